@@ -1,0 +1,35 @@
+"""Compile targets. Each backend module offers ``compile_model`` and ``open_runner``.
+
+Backends are imported lazily: an optional one that is not installed gives a one-line error
+naming the extra to install.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from export.errors import IsnetError, did_you_mean
+
+BACKENDS = {
+    "onnxruntime": "build_in.backends.onnxruntime",
+    "openvino": "build_in.backends.openvino",
+}
+# The package each backend needs, and the extra that installs it.
+_REQUIRES = {"onnxruntime": ("onnxruntime", None), "openvino": ("openvino", "openvino")}
+
+
+def get_backend(name: str) -> ModuleType:
+    """Import the backend module for ``name``; IsnetError if unknown or not installed."""
+    if name not in BACKENDS:
+        raise IsnetError(f"unknown backend '{name}'{did_you_mean(name, BACKENDS)}; choose from {', '.join(BACKENDS)}")
+    package, extra = _REQUIRES[name]
+    try:
+        importlib.import_module(package)
+    except ImportError:
+        hint = f"pip install 'isnet[{extra}]'" if extra else f"pip install {package}"
+        raise IsnetError(f"backend '{name}' needs the {package} package: {hint}") from None
+    return importlib.import_module(BACKENDS[name])
+
+
+__all__ = ["BACKENDS", "get_backend"]

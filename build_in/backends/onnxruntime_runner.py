@@ -1,0 +1,43 @@
+"""Running ONNX models with ONNX Runtime on the CPU."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from export.errors import IsnetError
+
+
+class OnnxRuntimeRunner:
+    """An ONNX Runtime CPU session behind the :class:`~build_in.runner.Runner` contract.
+
+    ``threads`` sets intra-op threads (None: ONNX Runtime's default, one per core).
+    """
+
+    def __init__(self, model_path: str | os.PathLike, threads: int | None = None):
+        import onnxruntime as ort
+
+        self.path = Path(model_path)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = int(threads)
+            options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT raises its own exception types for unreadable models
+            raise IsnetError(f"{self.path}: ONNX Runtime cannot load the model ({str(exc).splitlines()[0][:200]})") from None
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        self.input_name = inputs[0].name
+        self.output_name = outputs[0].name
+        self.input_shape = list(inputs[0].shape)
+        self._input_is_fp16 = inputs[0].type == "tensor(float16)"
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the session; outputs are returned as float32."""
+        feed = {k: (v.astype(np.float16) if self._input_is_fp16 else v.astype(np.float32, copy=False))
+                for k, v in inputs.items()}
+        names = [o.name for o in self.session.get_outputs()]
+        return {n: np.asarray(v, dtype=np.float32) for n, v in zip(names, self.session.run(names, feed))}

@@ -1,0 +1,121 @@
+"""Reading images and masks from real folders: the one decoder every stage uses.
+
+Files are read as bytes and decoded with OpenCV (``cv2.imread`` cannot open non-ASCII paths on
+every platform). Colour images come back as RGB ``uint8`` HxWx3 whatever the file holds
+(grayscale, RGBA, 16-bit PNG, CMYK JPEG), with EXIF orientation applied. Masks are decoded the
+way PySODEvalToolkit reads them (``IMREAD_GRAYSCALE``), so scores match the field's numbers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from export.errors import IsnetError
+
+IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp")
+
+
+class ImageDecodeError(IsnetError):
+    """An image file that cannot be decoded (corrupt, truncated or not an image)."""
+
+
+def _read_bytes(path: Path) -> np.ndarray:
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise ImageDecodeError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if data.size == 0:
+        raise ImageDecodeError(f"{path}: empty file")
+    return data
+
+
+def _check_complete(path: Path, data: np.ndarray) -> None:
+    """Refuse truncated JPEG/PNG files, which OpenCV would decode with a grey or black tail."""
+    head = data[:8].tobytes()
+    tail = data[-4096:].tobytes()
+    if head[:2] == b"\xff\xd8" and b"\xff\xd9" not in tail:
+        raise ImageDecodeError(f"{path}: truncated JPEG (no end-of-image marker)")
+    if head == b"\x89PNG\r\n\x1a\n" and b"IEND" not in tail:
+        raise ImageDecodeError(f"{path}: truncated PNG (no IEND chunk)")
+
+
+def decode_image(path: str | os.PathLike) -> np.ndarray:
+    """Decode an image file to RGB ``uint8`` (H, W, 3), EXIF orientation applied.
+
+    Raises :class:`ImageDecodeError` naming the file when it is unreadable, corrupt or truncated.
+    """
+    path = Path(path)
+    data = _read_bytes(path)
+    _check_complete(path, data)
+    # IMREAD_COLOR applies EXIF orientation, drops alpha, expands gray, converts CMYK and
+    # scales 16-bit samples to 8 bits.
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if image is None:
+        raise ImageDecodeError(f"{path}: not a decodable image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def decode_mask(path: str | os.PathLike) -> np.ndarray:
+    """Decode a mask or saliency map to ``uint8`` (H, W) exactly as ``cv2.imread(..., IMREAD_GRAYSCALE)``.
+
+    RGB files are converted to luminance and 16-bit files scaled to 8 bits, as the reference
+    evaluation toolkit's reader does.
+    """
+    path = Path(path)
+    data = _read_bytes(path)
+    _check_complete(path, data)
+    mask = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE)
+    if mask is None:
+        raise ImageDecodeError(f"{path}: not a decodable image")
+    return mask
+
+
+def encode_png(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write ``array`` (uint8 gray or RGB) as a lossless PNG at ``path`` (any file name)."""
+    path = Path(path)
+    if array.ndim == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+    ok, buffer = cv2.imencode(".png", array)
+    if not ok:
+        raise ImageDecodeError(f"{path}: PNG encoding failed")
+    buffer.tofile(path)
+
+
+def parse_suffixes(text: str | Iterable[str] | None) -> tuple[str, ...]:
+    """Normalise ``"jpg,PNG"`` / ``[".jpg"]`` to lower-case suffixes without dots."""
+    if text is None:
+        return IMAGE_SUFFIXES
+    items = text.split(",") if isinstance(text, str) else list(text)
+    suffixes = tuple(s.strip().lower().lstrip(".") for s in items if s.strip())
+    if not suffixes:
+        raise IsnetError("empty suffix list")
+    return suffixes
+
+
+def list_images(root: str | os.PathLike, suffixes: Iterable[str] | None = None,
+                recursive: bool = True) -> list[Path]:
+    """Image files under ``root`` whose suffix matches (case-insensitive), sorted by relative path.
+
+    Hidden files and folders (names starting with '.') are skipped.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise IsnetError(f"image folder not found: {root}")
+    wanted = set(parse_suffixes(suffixes) if not isinstance(suffixes, tuple) else suffixes)
+
+    def walk(folder: Path) -> Iterator[Path]:
+        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir():
+                if recursive:
+                    yield from walk(Path(entry.path))
+            elif entry.name.rsplit(".", 1)[-1].lower() in wanted and "." in entry.name:
+                yield Path(entry.path)
+
+    return sorted(walk(root), key=lambda p: p.relative_to(root).as_posix())

@@ -1,0 +1,126 @@
+"""Loading ISNet weights: official checkpoints, wrapped or DataParallel ones, and this project's own.
+
+A checkpoint written by :func:`save_checkpoint` carries its architecture (``arch``), so a light
+ISNet loads with no extra flags. Checkpoints without one (the official releases) are matched
+against every known architecture by key and shape.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from export.atomic import atomic_path
+from export.errors import IsnetError
+from export.model import ARCHS, ISNet, IsnetArch
+
+RANDOM = "random"
+
+
+def _unwrap(obj: object, path: Path) -> tuple[dict[str, torch.Tensor], IsnetArch | None]:
+    arch = None
+    if isinstance(obj, Mapping) and "arch" in obj and isinstance(obj["arch"], Mapping):
+        arch = IsnetArch.from_dict(dict(obj["arch"]))
+    for key in ("state_dict", "model"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise IsnetError(f"{path}: not an ISNet checkpoint (expected a state dict of tensors, "
+                         "optionally under 'state_dict' or 'model')")
+    state = {}
+    for key, value in obj.items():
+        # DataParallel / DistributedDataParallel save every key under `module.`.
+        state[key[len("module."):] if key.startswith("module.") else key] = value
+    return state, arch
+
+
+def _mismatch(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> list[str]:
+    """Human-readable differences between a checkpoint and a model's state dict."""
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+              for k in expected if k in state and state[k].shape != expected[k].shape]
+    problems = []
+    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape conflicts", shapes)):
+        if items:
+            shown = ", ".join(items[:5]) + (f", ... ({len(items)} in all)" if len(items) > 5 else "")
+            problems.append(f"{label}: {shown}")
+    return problems
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], IsnetArch | None]:
+    """Read a checkpoint file; return its state dict (keys normalised) and stored arch, if any."""
+    path = Path(path)
+    if not path.is_file():
+        raise IsnetError(f"weights file not found: {path} (pass a .pth checkpoint or 'random')")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load fails in many ways on a non-checkpoint (IndexError, too)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise IsnetError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
+    return _unwrap(obj, path)
+
+
+def read_checkpoint_arch(path: str | os.PathLike) -> IsnetArch:
+    """The architecture a checkpoint holds: its recorded ``arch`` or the known one its shapes match."""
+    state, arch = read_checkpoint(path)
+    return arch or _match_arch(state, Path(path))
+
+
+def _match_arch(state: Mapping[str, torch.Tensor], path: Path) -> IsnetArch:
+    for arch in ARCHS.values():
+        if not _mismatch(state, ISNet(arch).state_dict()):
+            return arch
+    problems = _mismatch(state, ISNet("isnet").state_dict())
+    raise IsnetError(f"{path}: weights do not fit ISNet ({'; '.join(problems)})")
+
+
+def load_isnet_weights(model: ISNet, state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Load ``state`` into ``model`` strictly, tolerating only absent ``num_batches_tracked``.
+
+    Raises :class:`IsnetError` listing missing/unexpected keys and shape conflicts.
+    """
+    expected = model.state_dict()
+    problems = _mismatch(state, expected)
+    if problems:
+        raise IsnetError(f"{source}: weights do not fit ISNet '{model.arch.name}' ({'; '.join(problems)})")
+    full = dict(state)
+    for key, value in expected.items():
+        # Older checkpoints were saved before BatchNorm tracked batch counts.
+        full.setdefault(key, value)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in full.items()})
+
+
+def build_isnet(weights: str | os.PathLike, seed: int = 0, arch: str | None = None,
+                deploy: bool = True) -> ISNet:
+    """Build an ISNet in eval mode from a checkpoint path, or from ``"random"`` with ``seed``.
+
+    ``arch`` names a known architecture; for a checkpoint it is read from the file when
+    omitted, for ``random`` it defaults to the official ``isnet``.
+    """
+    if arch is not None and arch not in ARCHS:
+        raise IsnetError(f"unknown architecture '{arch}' (choose from {', '.join(ARCHS)})")
+    if str(weights) == RANDOM:
+        torch.manual_seed(seed)
+        model = ISNet(arch or "isnet", deploy=deploy)
+    else:
+        state, stored = read_checkpoint(weights)
+        chosen = ARCHS[arch] if arch else stored or _match_arch(state, Path(weights))
+        model = ISNet(chosen, deploy=deploy)
+        load_isnet_weights(model, state, source=str(weights))
+    return model.eval()
+
+
+def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, half: bool = False, **extra) -> Path:
+    """Write ``{'arch', 'state_dict', **extra}`` atomically; ``half`` stores float tensors as fp16."""
+    path = Path(path)
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().clone()
+             for k, v in model.state_dict().items()}
+    payload = {"arch": model.arch.to_dict(), "state_dict": state, **extra}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path

@@ -1,0 +1,125 @@
+"""Loading weights: every checkpoint layout users have, and clear errors for the rest."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from export.errors import IsnetError
+from export.model import ISNet
+from export.weights import build_isnet, read_checkpoint_arch, save_checkpoint
+
+MANIFEST = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "isnet_state_dict.json"
+
+
+@pytest.fixture(scope="module")
+def lite_state() -> dict:
+    torch.manual_seed(1)
+    model = ISNet("isnet-lite")
+    # Non-default BN statistics, so a loader that silently keeps defaults is caught.
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _assert_loaded(model: ISNet, state: dict) -> None:
+    loaded = model.state_dict()
+    for key, value in state.items():
+        if not key.endswith("num_batches_tracked"):
+            torch.testing.assert_close(loaded[key], value.float(), rtol=0, atol=0)
+
+
+def _layouts(state: dict) -> dict:
+    return {
+        "raw": state,
+        "state_dict": {"state_dict": state, "epoch": 3},
+        "model": {"model": state},
+        "dataparallel": {f"module.{k}": v for k, v in state.items()},
+        "no_num_batches_tracked": {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")},
+    }
+
+
+@pytest.mark.parametrize("layout", ["raw", "state_dict", "model", "dataparallel", "no_num_batches_tracked"])
+def test_checkpoint_layouts_load_and_arch_is_inferred(tmp_path, lite_state, layout):
+    path = tmp_path / f"{layout}.pth"
+    torch.save(_layouts(lite_state)[layout], path)
+    model = build_isnet(path)
+    assert model.arch.name == "isnet-lite"
+    assert model.deploy and not model.training
+    _assert_loaded(model, lite_state)
+
+
+def test_official_layout_from_manifest_loads_without_renaming(tmp_path):
+    if not MANIFEST.exists():
+        pytest.skip("reference manifest absent")
+    shapes = json.loads(MANIFEST.read_text())
+    generator = torch.Generator().manual_seed(0)
+    state = {k: (torch.randn(s, generator=generator) if s else torch.tensor(7)) for k, s in shapes.items()}
+    path = tmp_path / "isnet-general-use.pth"
+    torch.save(state, path)
+    model = build_isnet(path)
+    assert model.arch.name == "isnet"
+    _assert_loaded(model, state)
+
+
+def test_own_checkpoint_records_arch_and_fp16_weights_load(tmp_path, lite_state):
+    model = ISNet("isnet-lite")
+    model.load_state_dict(lite_state)
+    path = save_checkpoint(tmp_path / "own.pth", model, half=True, note="demo")
+    assert read_checkpoint_arch(path).name == "isnet-lite"
+    loaded = build_isnet(path)
+    half_rounded = {k: v.half().float() if v.is_floating_point() else v for k, v in lite_state.items()}
+    _assert_loaded(loaded, half_rounded)
+
+
+def test_random_weights_are_explicit_and_seeded():
+    a = build_isnet("random", seed=3, arch="isnet-lite")
+    b = build_isnet("random", seed=3, arch="isnet-lite")
+    c = build_isnet("random", seed=4, arch="isnet-lite")
+    torch.testing.assert_close(a.conv_in.weight, b.conv_in.weight, rtol=0, atol=0)
+    assert not torch.equal(a.conv_in.weight, c.conv_in.weight)
+    assert build_isnet("random").arch.name == "isnet"
+
+
+def test_missing_file_is_a_user_error(tmp_path):
+    with pytest.raises(IsnetError, match="not found"):
+        build_isnet(tmp_path / "nope.pth")
+
+
+def test_corrupt_file_names_the_file(tmp_path):
+    path = tmp_path / "corrupt.pth"
+    path.write_bytes(b"this is not a checkpoint" * 10)
+    with pytest.raises(IsnetError, match="corrupt.pth"):
+        build_isnet(path)
+
+
+def test_non_state_dict_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "list.pth"
+    torch.save([1, 2, 3], path)
+    with pytest.raises(IsnetError, match="not an ISNet checkpoint"):
+        build_isnet(path)
+
+
+def test_wrong_keys_list_missing_unexpected_and_shapes(tmp_path, lite_state):
+    state = dict(lite_state)
+    del state["side1.weight"]
+    state["extra.weight"] = torch.zeros(1)
+    state["conv_in.bias"] = torch.zeros(3)
+    path = tmp_path / "wrong.pth"
+    torch.save(state, path)
+    with pytest.raises(IsnetError) as info:
+        build_isnet(path, arch="isnet-lite")
+    message = str(info.value)
+    assert "missing keys: side1.weight" in message
+    assert "unexpected keys: extra.weight" in message
+    assert "conv_in.bias: checkpoint (3,) vs model (64,)" in message
+    with pytest.raises(IsnetError, match="do not fit ISNet"):
+        build_isnet(path)
+
+
+def test_unknown_arch_is_refused():
+    with pytest.raises(IsnetError, match="unknown architecture 'tiny'"):
+        build_isnet("random", arch="tiny")
