@@ -38,3 +38,14 @@ def ecssd() -> Path:
     if not (ECSSD / "image").is_dir() or not (ECSSD / "mask").is_dir():
         pytest.skip(f"ECSSD not found at {ECSSD}")
     return ECSSD
+
+
+@pytest.fixture(scope="session")
+def lite_onnx(tmp_path_factory) -> Path:
+    """A randomly initialised ``isnet-lite`` exported once per session to a dynamic-shape ONNX."""
+    from export.exporter import ExportRequest, export_model
+
+    out = tmp_path_factory.mktemp("lite_onnx")
+    result = export_model(ExportRequest(weights="random", arch="isnet-lite", size=(64, 64), output_dir=out,
+                                        name="isnet-lite-random", formats=("onnx",), seed=0))
+    return result.files["onnx"]
