@@ -1,0 +1,386 @@
+"""Build configs: YAML in the reference recipe's layout, loaded into typed, frozen objects.
+
+Everything is validated before any work starts: unknown keys are refused with a suggestion,
+types are checked, relative paths resolve against the config file's folder, files must exist,
+and the pre-processing must produce the model's input shape. Every error names the key path
+and the config file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from build_in.imageio import list_images, parse_suffixes
+from build_in.ops import DEFAULT_OPS, Preprocessor
+from export.errors import IsnetError, did_you_mean
+
+
+class FrontendType(str, enum.Enum):
+    """Where the model comes from."""
+
+    ONNX = "onnx"
+    PYTORCH = "pytorch"
+
+
+class BackendType(str, enum.Enum):
+    """The runtime an artifact is compiled for."""
+
+    ONNXRUNTIME = "onnxruntime"
+    OPENVINO = "openvino"
+
+
+class Precision(str, enum.Enum):
+    """Numeric precision of the compiled model."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    BF16 = "bf16"
+    INT8 = "int8"
+
+
+class CalibrationMode(str, enum.Enum):
+    """How activation ranges are chosen for int8 (the reference's ``calibrate_mode`` names)."""
+
+    KL_DIVERGENCE = "kl_divergence"
+    MAX = "max"
+    PERCENTILE = "percentile"
+
+
+class QuantType(str, enum.Enum):
+    """8-bit integer type of weights or activations."""
+
+    INT8 = "int8"
+    UINT8 = "uint8"
+
+
+@dataclass(frozen=True)
+class FrontendConfig:
+    """The source model: an ONNX file, or a PyTorch checkpoint exported through export/ first."""
+
+    checkpoint: Path
+    shape: Mapping[str, tuple[int, ...]]
+    type: FrontendType = FrontendType.ONNX
+    dtype: str = "fp32"
+    arch: str | None = None
+    opset: int = 17
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """int8 settings. Weights are symmetric int8 per channel by default, activations asymmetric uint8."""
+
+    calibrate_mode: CalibrationMode = CalibrationMode.KL_DIVERGENCE
+    quantize_per_channel: bool = True
+    percentile: float = 99.999
+    weight_type: QuantType = QuantType.INT8
+    activation_type: QuantType = QuantType.UINT8
+    symmetric_weights: bool = True
+    symmetric_activations: bool = False
+    exclude_nodes: tuple[str, ...] = ()
+    num_bins: int = 0  # 0: the calibration method's default
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """Compile target and precision."""
+
+    type: BackendType = BackendType.ONNXRUNTIME
+    dtype: Precision = Precision.FP32
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+    keep_io_types: bool = True
+    performance_hint: str = "LATENCY"
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Which images of the dataset folder calibrate: the first ``get_data_num`` by name."""
+
+    suffix: tuple[str, ...] = ("jpg", "jpeg", "png")
+    get_data_num: int = 50
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """Calibration images and the pre-processing every consumer of the artifact will use."""
+
+    path: Path
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    process_ops: tuple[Mapping, ...] = tuple(DEFAULT_OPS)
+
+
+@dataclass(frozen=True)
+class WorkspaceConfig:
+    """Where artifacts are written: ``<path>/<name>/``."""
+
+    path: Path = Path("deploy_weights")
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    """The post-build fidelity check on held-out images."""
+
+    images: int = 4
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """A whole build config, validated."""
+
+    name: str
+    frontend: FrontendConfig
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    dataset: DatasetConfig | None = None
+    workspace: WorkspaceConfig = field(default_factory=WorkspaceConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    config_path: Path | None = None
+
+    @property
+    def input_name(self) -> str:
+        return next(iter(self.frontend.shape))
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.frontend.shape[self.input_name])
+
+    @property
+    def artifact_dir(self) -> Path:
+        return self.workspace.path / self.name
+
+    def preprocessor(self) -> Preprocessor:
+        """The validated pre-processing (the dataset's ops, or the reference default at the input size)."""
+        if self.dataset is not None:
+            return Preprocessor.from_specs(list(self.dataset.process_ops), where="dataset.process_ops")
+        specs = [dict(op) for op in DEFAULT_OPS]
+        specs[1]["size"] = list(self.input_shape[2:])
+        return Preprocessor.from_specs(specs)
+
+    def calibration_images(self) -> list[Path]:
+        """The calibration images, in order (empty for non-int8 builds)."""
+        if self.backend.dtype is not Precision.INT8 or self.dataset is None:
+            return []
+        return _dataset_images(self.dataset)[: self.dataset.sampler.get_data_num]
+
+    def held_out_images(self) -> tuple[list[Path], bool]:
+        """Images for the fidelity check and whether they are disjoint from the calibration set."""
+        if self.dataset is None:
+            return [], True
+        images = _dataset_images(self.dataset)
+        calibration = set(self.calibration_images())
+        rest = [p for p in images if p not in calibration]
+        if rest:
+            return rest[: self.verify.images], True
+        return images[: self.verify.images], False
+
+    def to_dict(self) -> dict:
+        """The resolved config as plain JSON-able data (stored in ``build.json``)."""
+        return _plain(self)
+
+
+def _dataset_images(dataset: DatasetConfig) -> list[Path]:
+    return list_images(dataset.path, dataset.sampler.suffix)
+
+
+def _plain(value):
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.name != "config_path"}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+class _Loader:
+    """Turns nested dicts into the dataclasses above, with errors naming key path and file."""
+
+    def __init__(self, source: str, base_dir: Path):
+        self.source = source
+        self.base_dir = base_dir
+
+    def fail(self, key: str, message: str) -> IsnetError:
+        return IsnetError(f"{self.source}: {key}: {message}")
+
+    def convert(self, value, annotation, key: str):
+        origin = typing.get_origin(annotation)
+        args = typing.get_args(annotation)
+        if origin in (typing.Union, types.UnionType):
+            if value is None and type(None) in args:
+                return None
+            inner = [a for a in args if a is not type(None)]
+            return self.convert(value, inner[0], key)
+        if dataclasses.is_dataclass(annotation):
+            return self.dataclass(annotation, value, key)
+        if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+            choices = [m.value for m in annotation]
+            if value not in choices:
+                raise self.fail(key, f"'{value}' is not valid{did_you_mean(str(value), choices)}; "
+                                     f"choose from {', '.join(choices)}")
+            return annotation(value)
+        if annotation is Path:
+            if not isinstance(value, (str, os.PathLike)):
+                raise self.fail(key, f"expected a path, got {value!r}")
+            path = Path(os.path.expanduser(str(value)))
+            return path if path.is_absolute() else (self.base_dir / path)
+        if annotation is bool:
+            if not isinstance(value, bool):
+                raise self.fail(key, f"expected true or false, got {value!r}")
+            return value
+        if annotation is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise self.fail(key, f"expected an integer, got {value!r}")
+            return value
+        if annotation is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise self.fail(key, f"expected a number, got {value!r}")
+            return float(value)
+        if annotation is str:
+            if not isinstance(value, str):
+                raise self.fail(key, f"expected a string, got {value!r}")
+            return value
+        if origin is tuple:
+            if isinstance(value, (str, int, float)) and args[0] is str:
+                value = [value]  # `suffix: jpg` means one suffix
+            if not isinstance(value, Sequence) or isinstance(value, str):
+                raise self.fail(key, f"expected a list, got {value!r}")
+            return tuple(self.convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if origin in (Mapping, dict, typing.Mapping):
+            if not isinstance(value, Mapping) or not value:
+                raise self.fail(key, f"expected a mapping, got {value!r}")
+            return {str(k): self.convert(v, args[1], f"{key}.{k}") for k, v in value.items()}
+        if annotation is Mapping:
+            if not isinstance(value, Mapping):
+                raise self.fail(key, f"expected a mapping, got {value!r}")
+            return dict(value)
+        raise TypeError(f"unsupported annotation {annotation!r}")  # a bug in this module, not user input
+
+    def dataclass(self, cls, data, key: str):
+        if not isinstance(data, Mapping):
+            raise self.fail(key or "(top level)", f"expected a mapping, got {data!r}")
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "config_path"}
+        prefix = f"{key}." if key else ""
+        for name in data:
+            if name not in fields:
+                raise self.fail(f"{prefix}{name}", f"unknown key{did_you_mean(str(name), fields)}; "
+                                                   f"valid keys: {', '.join(fields)}")
+        values = {}
+        for name, f in fields.items():
+            if name in data:
+                values[name] = self.convert(data[name], hints[name], f"{prefix}{name}")
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise self.fail(f"{prefix}{name}", "required key is missing")
+        return cls(**values)
+
+
+def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
+    """Apply ``key.path=value`` overrides (values parsed as YAML) to a nested dict, in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise IsnetError(f"--set expects key.path=value, got '{item}'")
+        path, raw = item.split("=", 1)
+        keys = [k for k in path.strip().split(".") if k]
+        if not keys:
+            raise IsnetError(f"--set expects key.path=value, got '{item}'")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        for k in keys[:-1]:
+            if not isinstance(node.get(k), dict):
+                node[k] = {}
+            node = node[k]
+        node[keys[-1]] = value
+    return data
+
+
+def load_build_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> BuildConfig:
+    """Read, override and validate a build config; raise IsnetError naming the key on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise IsnetError(f"build config not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = str(exc).splitlines()[0]
+        raise IsnetError(f"{path}: not valid YAML ({first})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise IsnetError(f"{path}: the top level must be a mapping of keys")
+    apply_overrides(data, overrides)
+    return validate_build_config(data, source=str(path), base_dir=path.resolve().parent, config_path=path)
+
+
+def validate_build_config(data: Mapping, source: str, base_dir: Path, config_path: Path | None = None) -> BuildConfig:
+    """Validate an already-parsed config dict (see :func:`load_build_config`)."""
+    loader = _Loader(source, base_dir)
+    config = loader.dataclass(BuildConfig, data, "")
+    config = dataclasses.replace(config, config_path=config_path)
+    _check_semantics(config, loader)
+    return config
+
+
+def _check_semantics(config: BuildConfig, loader: _Loader) -> None:
+    fail = loader.fail
+    if not config.name or "/" in config.name or config.name.startswith("."):
+        raise fail("name", f"must be a plain folder name, got '{config.name}'")
+    front = config.frontend
+    if not front.checkpoint.is_file():
+        raise fail("frontend.checkpoint", f"file not found: {front.checkpoint}")
+    if front.dtype != "fp32":
+        raise fail("frontend.dtype", f"only fp32 source models are supported, got '{front.dtype}'")
+    if len(front.shape) != 1:
+        raise fail("frontend.shape", "give exactly one input, e.g. {input: [1, 3, 320, 320]}")
+    shape = config.input_shape
+    if len(shape) != 4 or shape[1] != 3 or any(s <= 0 for s in shape):
+        raise fail(f"frontend.shape.{config.input_name}", f"expected [N, 3, H, W] with positive sizes, got {list(shape)}")
+    quant = config.backend.quantize
+    if not 0 < quant.percentile <= 100:
+        raise fail("backend.quantize.percentile", f"must be in (0, 100], got {quant.percentile}")
+    if quant.num_bins < 0:
+        raise fail("backend.quantize.num_bins", "must be >= 0")
+    if config.verify.images < 0:
+        raise fail("verify.images", "must be >= 0")
+    try:
+        preprocessor = config.preprocessor()
+    except IsnetError as exc:
+        raise IsnetError(f"{loader.source}: {exc}") from None
+    size = preprocessor.input_size
+    if size is None:
+        raise fail("dataset.process_ops", "needs a Resize to the model input size")
+    if tuple(size) != tuple(shape[2:]):
+        raise fail("dataset.process_ops", f"Resize.size {list(size)} does not match "
+                                          f"frontend.shape.{config.input_name} {list(shape)} (H, W = {list(shape[2:])})")
+    dataset = config.dataset
+    if config.backend.dtype is Precision.INT8 and dataset is None:
+        raise fail("dataset", "int8 builds need a calibration dataset (dataset.path with images)")
+    if dataset is not None:
+        if not dataset.path.is_dir():
+            raise fail("dataset.path", f"folder not found: {dataset.path}")
+        try:
+            suffixes = parse_suffixes(dataset.sampler.suffix)
+        except IsnetError as exc:
+            raise fail("dataset.sampler.suffix", str(exc)) from None
+        wanted = dataset.sampler.get_data_num
+        if wanted <= 0:
+            raise fail("dataset.sampler.get_data_num", f"must be positive, got {wanted}")
+        found = len(list_images(dataset.path, suffixes))
+        if found == 0:
+            raise fail("dataset.path", f"no images with suffix {', '.join(suffixes)} in {dataset.path}")
+        if config.backend.dtype is Precision.INT8 and found < wanted:
+            raise fail("dataset.sampler.get_data_num", f"asks for {wanted} calibration images but "
+                                                       f"{dataset.path} has only {found}")
