@@ -28,6 +28,9 @@ OUTPUT_NAME = "output"
 # fp32 graphs of the same network differ only by operator order and fused kernels; 1e-4 on a
 # sigmoid map in [0, 1] is far below one 8-bit grey level (3.9e-3) yet catches any wrong op.
 MAX_ABS_DIFF = 1e-4
+# torch.export specialises a dimension that is 1, and the deepest ISNet stage is 1 pixel for
+# sides up to 64 (six halvings with ceil); a dynamic ExportedProgram therefore guards sides > 64.
+PROGRAM_MIN_SIDE = 65
 
 
 @dataclass(frozen=True)
@@ -162,8 +165,13 @@ def _export_torchscript(model: ISNet, example: torch.Tensor, path: Path, referen
 
 
 def _export_program(model: ISNet, example: torch.Tensor, path: Path, request: ExportRequest,
-                    reference: np.ndarray) -> float:
+                    reference: np.ndarray, result: ExportResult) -> float:
+    if not request.static and min(request.size) < PROGRAM_MIN_SIDE:
+        raise IsnetError(f"a dynamic exported-program needs an export size of at least {PROGRAM_MIN_SIDE} px "
+                         "per side; pass a larger --size or --static")
     program = torch.export.export(model, (example,), dynamic_shapes=_dynamic_shapes(request))
+    if not request.static:
+        result.notes.append(f"exported-program accepts any batch and sides of at least {PROGRAM_MIN_SIDE} px")
     torch.export.save(program, str(path))
     loaded = torch.export.load(str(path)).module()
     with torch.no_grad():
@@ -193,7 +201,7 @@ def export_model(request: ExportRequest) -> ExportResult:
             elif fmt == "torchscript":
                 diff = _export_torchscript(model, example, tmp, reference)
             else:
-                diff = _export_program(model, example, tmp, request, reference)
+                diff = _export_program(model, example, tmp, request, reference, result)
             if diff > MAX_ABS_DIFF:
                 raise IsnetError(f"{fmt} export differs from PyTorch by {diff:.3g} (> {MAX_ABS_DIFF:g}); "
                                  "nothing was written")
