@@ -1,0 +1,19 @@
+"""build_in: YAML build configs, the pre-processing ops registry, calibration and compile backends.
+
+Public surface: config loading (:func:`load_build_config`), :func:`build_artifact`, opening an
+artifact (:func:`open_artifact`), the ops registry (:class:`Preprocessor`) and image decoding.
+"""
+
+from build_in.artifact import Artifact, is_artifact, open_artifact, read_build_info, sha256_file
+from build_in.builder import BuildResult, build_artifact
+from build_in.config import (BackendType, BuildConfig, CalibrationMode, Precision, load_build_config,
+                             validate_build_config)
+from build_in.imageio import ImageDecodeError, decode_image, decode_mask, list_images
+from build_in.ops import DEFAULT_OPS, Geometry, Preprocessor, map_to_uint8
+
+__all__ = [
+    "Artifact", "BackendType", "BuildConfig", "BuildResult", "CalibrationMode", "DEFAULT_OPS", "Geometry",
+    "ImageDecodeError", "Precision", "Preprocessor", "build_artifact", "decode_image", "decode_mask",
+    "is_artifact", "list_images", "load_build_config", "map_to_uint8", "open_artifact", "read_build_info",
+    "sha256_file", "validate_build_config",
+]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 import os
 import types
 import typing
@@ -206,9 +207,11 @@ def _plain(value):
 class _Loader:
     """Turns nested dicts into the dataclasses above, with errors naming key path and file."""
 
-    def __init__(self, source: str, base_dir: Path):
+    def __init__(self, source: str, base_dir: Path, cwd_keys: frozenset[str] = frozenset()):
         self.source = source
         self.base_dir = base_dir
+        # Keys given with --set on the command line: their relative paths mean the current folder.
+        self.cwd_keys = cwd_keys
 
     def fail(self, key: str, message: str) -> IsnetError:
         return IsnetError(f"{self.source}: {key}: {message}")
@@ -233,7 +236,8 @@ class _Loader:
             if not isinstance(value, (str, os.PathLike)):
                 raise self.fail(key, f"expected a path, got {value!r}")
             path = Path(os.path.expanduser(str(value)))
-            return path if path.is_absolute() else (self.base_dir / path)
+            base = Path.cwd() if key in self.cwd_keys else self.base_dir
+            return path if path.is_absolute() else (base / path)
         if annotation is bool:
             if not isinstance(value, bool):
                 raise self.fail(key, f"expected true or false, got {value!r}")
@@ -285,8 +289,12 @@ class _Loader:
         return cls(**values)
 
 
-def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
-    """Apply ``key.path=value`` overrides (values parsed as YAML) to a nested dict, in place."""
+def apply_overrides(data: dict, overrides: Sequence[str]) -> set[str]:
+    """Apply ``key.path=value`` overrides (values parsed as YAML) to a nested dict, in place.
+
+    Returns the overridden key paths.
+    """
+    keys_set = set()
     for item in overrides:
         if "=" not in item:
             raise IsnetError(f"--set expects key.path=value, got '{item}'")
@@ -304,7 +312,22 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
                 node[k] = {}
             node = node[k]
         node[keys[-1]] = value
-    return data
+        keys_set.add(".".join(keys))
+    return keys_set
+
+
+def _inline_process_ops(data: dict, base_dir: Path, source: str) -> None:
+    """``dataset.process_ops: file.json`` names a JSON file holding the op list (or ``{process_ops: [...]}``)."""
+    dataset = data.get("dataset")
+    if not isinstance(dataset, dict) or not isinstance(dataset.get("process_ops"), str):
+        return
+    path = Path(dataset["process_ops"])
+    path = path if path.is_absolute() else base_dir / path
+    try:
+        ops = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise IsnetError(f"{source}: dataset.process_ops: cannot read {path} ({exc})") from None
+    dataset["process_ops"] = ops.get("process_ops") if isinstance(ops, dict) else ops
 
 
 def load_build_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> BuildConfig:
@@ -321,13 +344,21 @@ def load_build_config(path: str | os.PathLike, overrides: Sequence[str] = ()) ->
         data = {}
     if not isinstance(data, dict):
         raise IsnetError(f"{path}: the top level must be a mapping of keys")
-    apply_overrides(data, overrides)
-    return validate_build_config(data, source=str(path), base_dir=path.resolve().parent, config_path=path)
+    overridden = apply_overrides(data, overrides)
+    return validate_build_config(data, source=str(path), base_dir=path.resolve().parent, config_path=path,
+                                 cwd_keys=frozenset(overridden))
 
 
-def validate_build_config(data: Mapping, source: str, base_dir: Path, config_path: Path | None = None) -> BuildConfig:
-    """Validate an already-parsed config dict (see :func:`load_build_config`)."""
-    loader = _Loader(source, base_dir)
+def validate_build_config(data: Mapping, source: str, base_dir: Path, config_path: Path | None = None,
+                          cwd_keys: frozenset[str] = frozenset()) -> BuildConfig:
+    """Validate an already-parsed config dict (see :func:`load_build_config`).
+
+    Relative paths resolve against ``base_dir``, except keys in ``cwd_keys`` (``--set`` values),
+    which resolve against the current folder.
+    """
+    data = dict(data)
+    _inline_process_ops(data, base_dir, source)
+    loader = _Loader(source, base_dir, cwd_keys)
     config = loader.dataclass(BuildConfig, data, "")
     config = dataclasses.replace(config, config_path=config_path)
     _check_semantics(config, loader)

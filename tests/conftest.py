@@ -1,4 +1,4 @@
-"""Shared fixtures: running the real ``isnet`` command and locating the optional ECSSD data."""
+"""Shared fixtures: the real ``isnet`` command, ECSSD when present, a tiny ISNet ONNX, images, configs."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ECSSD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ECSSD"
 
@@ -49,3 +50,47 @@ def lite_onnx(tmp_path_factory) -> Path:
     result = export_model(ExportRequest(weights="random", arch="isnet-lite", size=(64, 64), output_dir=out,
                                         name="isnet-lite-random", formats=("onnx",), seed=0))
     return result.files["onnx"]
+
+
+@pytest.fixture(scope="session")
+def calib_images(tmp_path_factory) -> Path:
+    """Eight synthetic photos (ECSSD layout); the image folder is returned."""
+    from tools.synth import generate_dataset
+
+    root = tmp_path_factory.mktemp("calib")
+    generate_dataset(root, 8, seed=11)
+    return root / "image"
+
+
+@pytest.fixture
+def write_config(tmp_path, lite_onnx, calib_images):
+    """Write a build config (dict overrides merged into an int8 64x64 default) and return its path."""
+
+    def write(overrides: dict | None = None, name: str = "build.yaml") -> Path:
+        config = {
+            "name": "tiny",
+            "frontend": {"type": "onnx", "checkpoint": str(lite_onnx), "shape": {"input": [1, 3, 64, 64]}},
+            "backend": {"type": "onnxruntime", "dtype": "int8",
+                        "quantize": {"calibrate_mode": "kl_divergence", "quantize_per_channel": True}},
+            "dataset": {"path": str(calib_images), "sampler": {"suffix": "jpg", "get_data_num": 5},
+                        "process_ops": [{"type": "DecodeImage"}, {"type": "Resize", "size": [64, 64]},
+                                        {"type": "Normalize", "mean": [0.5, 0.5, 0.5], "std": [1.0, 1.0, 1.0]},
+                                        {"type": "ToTensor"}]},
+            "workspace": {"path": "deploy"},
+        }
+        _merge(config, overrides or {})
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    return write
+
+
+def _merge(base: dict, extra: dict) -> None:
+    for key, value in extra.items():
+        if value is None:
+            base.pop(key, None)
+        elif isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value

@@ -1,12 +1,129 @@
-"""The ONNX Runtime backend: fp32 (graph-optimised), fp16 and int8 (QDQ) artifacts."""
+"""The ONNX Runtime backend: fp32 (graph-optimised), fp16 (float weights, fp32 I/O) and int8 (QDQ)."""
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
+import io
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import onnx
+
 from build_in.backends.onnxruntime_runner import OnnxRuntimeRunner
+from build_in.calibration import CalibrationSource, compute_tensor_ranges
+from build_in.config import BuildConfig, Precision, QuantType
+from export.errors import IsnetError
 
 MODEL_FILE = "model.onnx"
+PRECISIONS = (Precision.FP32, Precision.FP16, Precision.INT8)
 
 
 def open_runner(model_file, threads=None, **options) -> OnnxRuntimeRunner:
     """Open an artifact's model file with ONNX Runtime (no runtime options are used)."""
     return OnnxRuntimeRunner(model_file, threads=threads)
+
+
+def versions() -> dict[str, str]:
+    """Library versions that determine what this backend produces."""
+    import onnxruntime
+
+    return {"onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__}
+
+
+def _optimise_fp32(source: Path, target: Path) -> None:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    # EXTENDED fusions are portable across CPUs; ENABLE_ALL adds layout changes tied to this
+    # machine's instruction set, which ORT applies at load time anyway.
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(target)
+    ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+
+
+def _convert_fp16(source: Path, target: Path, keep_io_types: bool) -> None:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=keep_io_types)
+    onnx.save(model, str(target))
+
+
+def resolve_exclude_nodes(model: onnx.ModelProto, patterns: tuple[str, ...]) -> list[str]:
+    """Node names matching ``exclude_nodes`` entries: a node-name glob or a PyTorch module path.
+
+    ``side1`` matches the Conv whose weights are ``side1.weight``; ``stage1d.*`` every node whose
+    weights live under ``stage1d``; ``node_Conv_4?`` node names directly.
+    """
+    names = []
+    for pattern in patterns:
+        hits = [node.name for node in model.graph.node
+                if fnmatch.fnmatchcase(node.name, pattern)
+                or any(fnmatch.fnmatchcase(i, f"{pattern}.*") or fnmatch.fnmatchcase(i, pattern) for i in node.input[1:])]
+        if not hits:
+            convs = [n.name for n in model.graph.node if n.op_type == "Conv"][:3]
+            raise IsnetError(f"backend.quantize.exclude_nodes: '{pattern}' matches no node; give a module path "
+                             f"such as 'side1' or a node name such as '{convs[0] if convs else 'node_Conv_1'}'")
+        names.extend(h for h in hits if h not in names)
+    return names
+
+
+def _quantize_int8(source: Path, target: Path, config: BuildConfig, work: Path,
+                   progress: Callable[[str, int, int], None] | None) -> dict:
+    from onnxruntime.quantization import QuantFormat, QuantType as OrtQuantType, quantize_static
+    from onnxruntime.quantization.calibrate import save_tensors_data
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    quant = config.backend.quantize
+    prepared = work / "prepared.onnx"
+    # ORT recommends its pre-processing (symbolic shape inference, basic fusions) before
+    # quantization; calibration must run on the very graph that gets quantized.
+    with contextlib.redirect_stdout(io.StringIO()):
+        quant_pre_process(str(source), str(prepared))
+    exclude = resolve_exclude_nodes(onnx.load(str(prepared), load_external_data=False), quant.exclude_nodes)
+
+    images = config.calibration_images()
+    source_data = CalibrationSource(images, config.preprocessor(), config.input_name)
+    total = 2 * len(images) if quant.calibrate_mode.value != "max" else len(images)
+    step = (lambda n: progress("calibrate", n, total)) if progress else None
+    ranges = compute_tensor_ranges(prepared, source_data, quant.calibrate_mode, work,
+                                   symmetric=quant.symmetric_activations, percentile=quant.percentile,
+                                   num_bins=quant.num_bins, progress=step)
+    cache = work / "calibration.json"
+    save_tensors_data(ranges, cache)
+
+    types = {QuantType.INT8: OrtQuantType.QInt8, QuantType.UINT8: OrtQuantType.QUInt8}
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # quantize_static logs a pre-processing hint we already followed
+    try:
+        quantize_static(str(prepared), str(target), calibration_data_reader=None,
+                        quant_format=QuantFormat.QDQ, per_channel=quant.quantize_per_channel,
+                        activation_type=types[quant.activation_type], weight_type=types[quant.weight_type],
+                        calibrate_method=ranges.calibration_method, nodes_to_exclude=exclude,
+                        calibration_cache_path=str(cache),
+                        extra_options={"ActivationSymmetric": quant.symmetric_activations,
+                                       "WeightSymmetric": quant.symmetric_weights,
+                                       "CalibTensorRangeSymmetric": quant.symmetric_activations})
+    finally:
+        root.setLevel(level)
+    return {"excluded_nodes": exclude, "calibrated_tensors": len(ranges.data)}
+
+
+def compile_model(source: Path, config: BuildConfig, out_dir: Path, work: Path,
+                  progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """Compile the fp32 ONNX ``source`` into ``out_dir/model.onnx``; return backend details for build.json."""
+    precision = config.backend.dtype
+    if precision not in PRECISIONS:
+        raise IsnetError(f"backend.dtype: onnxruntime builds {', '.join(p.value for p in PRECISIONS)}, "
+                         f"not {precision.value} (openvino supports bf16)")
+    target = out_dir / MODEL_FILE
+    details: dict = {}
+    if precision is Precision.FP32:
+        _optimise_fp32(source, target)
+    elif precision is Precision.FP16:
+        _convert_fp16(source, target, config.backend.keep_io_types)
+    else:
+        details = _quantize_int8(source, target, config, work, progress)
+    return {"model_file": MODEL_FILE, "runtime_options": {}, "details": details}

@@ -1,0 +1,186 @@
+"""Build benchmark: fp32 / fp16 / int8 artifacts of a 320x320 ISNet, and int8 calibration cost
+against ONNX Runtime's stock ``quantize_static`` in the same run.
+
+Every build runs in its own process so its peak memory (max RSS) is its own.
+
+    python bench/build.py [--images 50] [--arch isnet] [--stock/--no-stock] [--extra-images 500]
+
+Prints one table: build time, peak memory, artifact size, fidelity vs fp32 on held-out images
+and single-image latency of each artifact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ECSSD = ROOT.parent / "shared" / "data" / "ECSSD" / "image"
+
+
+def _peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+
+
+def _ours(config_path: str, overrides: list[str], queue) -> None:
+    from build_in import build_artifact, load_build_config
+
+    started = time.perf_counter()
+    result = build_artifact(load_build_config(config_path, overrides), force=True)
+    queue.put({"seconds": time.perf_counter() - started, "peak_gb": _peak_rss_gb(),
+               "dir": str(result.artifact_dir), "fidelity": result.info["fidelity"]})
+
+
+def _stock(source_onnx: str, images: list[str], size: int, out_dir: str, queue) -> None:
+    """ONNX Runtime's own path: quantize_static with an entropy calibrator over all images."""
+    import shutil
+
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, quantize_static
+
+    from build_in.builder import _prepare_fp32
+    from build_in.config import validate_build_config
+    from build_in.ops import DEFAULT_OPS, Preprocessor
+
+    specs = [dict(op) for op in DEFAULT_OPS]
+    specs[1]["size"] = [size, size]
+    pre = Preprocessor.from_specs(specs)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter(images)
+
+        def get_next(self):
+            path = next(self.items, None)
+            return None if path is None else {"input": pre.load(path)[0][None]}
+
+    started = time.perf_counter()
+    work = Path(tempfile.mkdtemp())
+    config = validate_build_config({"name": "stock", "frontend": {"checkpoint": source_onnx,
+                                                                  "shape": {"input": [1, 3, size, size]}}},
+                                   source="bench", base_dir=work)
+    _prepare_fp32(Path(source_onnx), config, work / "fp32.onnx")
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    quant_pre_process(str(work / "fp32.onnx"), str(work / "prepared.onnx"))
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    quantize_static(str(work / "prepared.onnx"), str(Path(out_dir) / "model.onnx"), Reader(),
+                    quant_format=QuantFormat.QDQ, per_channel=True, calibrate_method=CalibrationMethod.Entropy,
+                    extra_options={"CalibTensorRangeSymmetric": False})
+    shutil.rmtree(work, ignore_errors=True)
+    queue.put({"seconds": time.perf_counter() - started, "peak_gb": _peak_rss_gb(), "dir": out_dir})
+
+
+def _in_process(target, *args) -> dict:
+    queue = multiprocessing.get_context("spawn").Queue()
+    process = multiprocessing.get_context("spawn").Process(target=target, args=(*args, queue))
+    process.start()
+    result = queue.get()
+    process.join()
+    if process.exitcode:
+        raise SystemExit(f"{target.__name__} failed with exit code {process.exitcode}")
+    return result
+
+
+def _latency_ms(model_file: Path, size: int, runs: int = 20) -> float:
+    import numpy as np
+
+    from build_in.backends.onnxruntime_runner import OnnxRuntimeRunner
+
+    runner = OnnxRuntimeRunner(model_file)
+    x = (np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32) - 0.5)
+    for _ in range(3):
+        runner.infer({"input": x})
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        runner.infer({"input": x})
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=50, help="calibration images (default 50)")
+    parser.add_argument("--extra-images", type=int, default=0,
+                        help="also calibrate ours (kl) on this many images to show memory stays flat")
+    parser.add_argument("--arch", default="isnet", help="isnet (official size, random weights) or isnet-lite")
+    parser.add_argument("--weights", default="random", help="checkpoint, or random (default)")
+    parser.add_argument("--size", type=int, default=320)
+    parser.add_argument("--no-stock", action="store_true", help="skip the stock quantize_static row")
+    parser.add_argument("--work", default=None, help="working folder (default: a temporary one)")
+    args = parser.parse_args()
+    if not ECSSD.is_dir():
+        raise SystemExit(f"ECSSD images not found at {ECSSD}")
+
+    import yaml
+
+    from build_in.imageio import list_images
+    from export.exporter import ExportRequest, export_model
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="isnet-bench-build-"))
+    exported = export_model(ExportRequest(weights=args.weights, arch=args.arch if args.weights == "random" else None,
+                                          size=(args.size, args.size), output_dir=work, name="source",
+                                          formats=("onnx",)))
+    source = exported.files["onnx"]
+    config = {
+        "name": "x",
+        "frontend": {"type": "onnx", "checkpoint": str(source), "shape": {"input": [1, 3, args.size, args.size]}},
+        "backend": {"type": "onnxruntime", "dtype": "fp32"},
+        "dataset": {"path": str(ECSSD), "sampler": {"suffix": "jpg", "get_data_num": args.images},
+                    "process_ops": [{"type": "DecodeImage"}, {"type": "Resize", "size": [args.size, args.size]},
+                                    {"type": "Normalize", "mean": [0.5, 0.5, 0.5], "std": [1.0, 1.0, 1.0]},
+                                    {"type": "ToTensor"}]},
+        "workspace": {"path": str(work / "artifacts")},
+    }
+    config_path = work / "bench.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+
+    runs = [("fp32", ["name=fp32", "backend.dtype=fp32"]),
+            ("fp16", ["name=fp16", "backend.dtype=fp16"]),
+            (f"int8 kl, {args.images} img", ["name=int8_kl", "backend.dtype=int8",
+                                              "backend.quantize.calibrate_mode=kl_divergence"]),
+            (f"int8 max, {args.images} img", ["name=int8_max", "backend.dtype=int8",
+                                               "backend.quantize.calibrate_mode=max"])]
+    if args.extra_images:
+        runs.append((f"int8 kl, {args.extra_images} img", [
+            "name=int8_kl_many", "backend.dtype=int8", "backend.quantize.calibrate_mode=kl_divergence",
+            f"dataset.sampler.get_data_num={args.extra_images}"]))
+    rows = []
+    for label, overrides in runs:
+        print(f"building {label} ...", file=sys.stderr, flush=True)
+        result = _in_process(_ours, str(config_path), overrides)
+        model = Path(result["dir"]) / "model.onnx"
+        rows.append((label, "isnet build", result["seconds"], result["peak_gb"], model.stat().st_size / 1e6,
+                     result["fidelity"]["mean_abs_diff"], result["fidelity"]["max_abs_diff"],
+                     _latency_ms(model, args.size)))
+    if not args.no_stock:
+        print("building stock quantize_static ...", file=sys.stderr, flush=True)
+        images = [str(p) for p in list_images(ECSSD, ("jpg",))[: args.images]]
+        result = _in_process(_stock, str(source), images, args.size, str(work / "stock"))
+        model = Path(result["dir"]) / "model.onnx"
+        rows.append((f"int8 kl, {args.images} img", "ORT quantize_static", result["seconds"], result["peak_gb"],
+                     model.stat().st_size / 1e6, float("nan"), float("nan"), _latency_ms(model, args.size)))
+
+    print(f"\nISNet '{args.arch}' ({args.weights} weights) at {args.size}x{args.size}; "
+          f"{platform.processor() or platform.machine()}, {multiprocessing.cpu_count()} cores, "
+          f"Python {platform.python_version()}")
+    header = ("build", "tool", "time s", "peak GB", "size MB", "mean|d| fp32", "max|d| fp32", "latency ms")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for label, tool, seconds, peak, size_mb, mean_d, max_d, latency in rows:
+        print(f"| {label} | {tool} | {seconds:.1f} | {peak:.2f} | {size_mb:.1f} | {mean_d:.2e} | {max_d:.2e} | "
+              f"{latency:.1f} |")
+    (work / "results.json").write_text(json.dumps(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""``build_artifact``: from a validated config to a deployable folder with ``build.json``.
+
+The steps are the same for every backend: get an fp32 ONNX (exporting a ``.pth`` through
+export/ first), fix its spatial size (batch stays dynamic) and simplify it, let the backend
+compile it, then run the artifact and the fp32 model side by side on held-out images. All of it
+happens in a temporary folder that is renamed into place at the very end, so a failed or
+interrupted build leaves nothing and never clobbers a good artifact unless ``force``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from build_in.artifact import BUILD_JSON, FORMAT_VERSION, sha256_file
+from build_in.backends import get_backend
+from build_in.backends.onnxruntime_runner import OnnxRuntimeRunner
+from build_in.config import BuildConfig, FrontendType, Precision
+from build_in.ops import Preprocessor
+from export.atomic import atomic_dir
+from export.errors import IsnetError
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class BuildResult:
+    """Where the artifact is and what its ``build.json`` says."""
+
+    artifact_dir: Path
+    info: dict
+
+
+def _source_onnx(config: BuildConfig, work: Path) -> tuple[Path, str | None]:
+    """The fp32 ONNX to compile, exporting a PyTorch checkpoint first; also the arch name if known."""
+    if config.frontend.type is FrontendType.ONNX:
+        return config.frontend.checkpoint, None
+    from export.exporter import ExportRequest, export_model
+
+    result = export_model(ExportRequest(weights=str(config.frontend.checkpoint), size=tuple(config.input_shape[2:]),
+                                        output_dir=work, name="exported", formats=("onnx",),
+                                        arch=config.frontend.arch, opset=config.frontend.opset))
+    return result.files["onnx"], result.arch
+
+
+def _prepare_fp32(source: Path, config: BuildConfig, target: Path) -> None:
+    """Check the model's input against the config, fix H and W (batch stays dynamic), simplify."""
+    import onnx
+    import onnxsim
+    from onnx.tools.update_model_dims import update_inputs_outputs_dims
+
+    try:
+        model = onnx.load(str(source))
+    except Exception as exc:  # protobuf raises its own DecodeError
+        raise IsnetError(f"frontend.checkpoint: {source} is not a readable ONNX model ({exc})") from None
+    inputs = [i for i in model.graph.input if i.name not in {init.name for init in model.graph.initializer}]
+    where = f"{config.config_path or 'config'}: frontend.shape"
+    if len(inputs) != 1 or len(model.graph.output) < 1:
+        raise IsnetError(f"{where}: {source} has {len(inputs)} inputs; an ISNet export has exactly one")
+    graph_input = inputs[0]
+    if graph_input.name != config.input_name:
+        raise IsnetError(f"{where}: the model's input is named '{graph_input.name}', not '{config.input_name}' "
+                         f"(write shape: {{{graph_input.name}: [...]}})")
+    dims = graph_input.type.tensor_type.shape.dim
+    wanted = config.input_shape
+    if len(dims) != len(wanted):
+        raise IsnetError(f"{where}.{config.input_name}: {source} takes a rank-{len(dims)} input, not {list(wanted)}")
+    for axis, (dim, size) in enumerate(zip(dims, wanted)):
+        if dim.dim_value and dim.dim_value != size and axis != 0:
+            raise IsnetError(f"{where}.{config.input_name}: {list(wanted)} does not match the model's static "
+                             f"input {[d.dim_value or d.dim_param for d in dims]} in {source}")
+    output = model.graph.output[0]
+    height, width = wanted[2:]
+    model = update_inputs_outputs_dims(model, {graph_input.name: ["batch", wanted[1], height, width]},
+                                       {output.name: ["batch", 1, height, width]})
+    simplified, ok = onnxsim.simplify(model)
+    onnx.save(simplified if ok else model, str(target))
+
+
+def _combined_hash(items: list[dict]) -> str:
+    digest = hashlib.sha256()
+    for item in sorted(i["sha256"] for i in items):
+        digest.update(item.encode())
+    return digest.hexdigest()
+
+
+def _fidelity(reference: Path, artifact_runner, preprocessor: Preprocessor, images: list[Path],
+              held_out: bool, size: tuple[int, int]) -> dict:
+    """Run the fp32 model and the artifact on the same inputs; summarise |difference|."""
+    fp32 = OnnxRuntimeRunner(reference)
+    inputs: list[tuple[str, np.ndarray]] = [(p.name, preprocessor.load(p)[0]) for p in images]
+    source = "held-out images" if held_out else "calibration images (no other images in dataset.path)"
+    if not inputs:
+        # No dataset configured (fp32/fp16): deterministic smooth pseudo-images stand in.
+        rng = np.random.default_rng(0)
+        for i in range(2):
+            rgb = (rng.random((size[0] // 8 + 1, size[1] // 8 + 1, 3)) * 255).astype(np.uint8)
+            rgb = cv2.resize(rgb, (size[1], size[0]), interpolation=cv2.INTER_CUBIC)
+            inputs.append((f"synthetic-{i}", preprocessor.transform(rgb)[0]))
+        source = "synthetic images (no dataset configured)"
+    sums, peak, count, nonfinite = 0.0, 0.0, 0, 0
+    for _, tensor in inputs:
+        feed = tensor[None]
+        expected = fp32.infer({fp32.input_name: feed})[fp32.output_name]
+        got = artifact_runner.infer({artifact_runner.input_name: feed})[artifact_runner.output_name]
+        nonfinite += int(np.count_nonzero(~np.isfinite(got)))
+        diff = np.abs(got.astype(np.float64) - expected.astype(np.float64))
+        diff = diff[np.isfinite(diff)]
+        sums += float(diff.sum())
+        count += diff.size
+        peak = max(peak, float(diff.max(initial=0.0)))
+    return {"source": source, "images": [name for name, _ in inputs],
+            "mean_abs_diff": sums / max(count, 1), "max_abs_diff": peak, "nonfinite_values": nonfinite}
+
+
+def _versions(backend) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        isnet_version = version("isnet")
+    except PackageNotFoundError:
+        isnet_version = "unknown"
+    return {"isnet": isnet_version, "python": platform.python_version(), "numpy": np.__version__,
+            "opencv": cv2.__version__, **backend.versions()}
+
+
+def build_artifact(config: BuildConfig, force: bool = False, progress: Progress | None = None) -> BuildResult:
+    """Compile ``config`` into ``<workspace>/<name>/``; return the folder and its ``build.json`` contents.
+
+    Raises IsnetError for user-fixable problems (existing artifact without ``force``, a model that
+    does not match the config, a backend that is not installed, non-finite outputs).
+    """
+    started = time.perf_counter()
+    target = config.artifact_dir
+    if target.exists() and not force:
+        raise IsnetError(f"artifact {target} already exists; pass --force to replace it")
+    backend = get_backend(config.backend.type.value)
+    if config.backend.dtype not in backend.PRECISIONS:
+        raise IsnetError(f"backend.dtype: {config.backend.type.value} builds "
+                         f"{', '.join(p.value for p in backend.PRECISIONS)}, not {config.backend.dtype.value}")
+    preprocessor = config.preprocessor()
+    calibration = config.calibration_images()
+    held_out, disjoint = config.held_out_images()
+
+    with tempfile.TemporaryDirectory(prefix="isnet-build-") as work_name:
+        work = Path(work_name)
+        if progress:
+            progress("export", 0, 1)
+        source, arch = _source_onnx(config, work)
+        reference = work / "fp32.onnx"
+        _prepare_fp32(source, config, reference)
+        with atomic_dir(target, replace=force) as out:
+            compiled = backend.compile_model(reference, config, out, work, progress)
+            runner = backend.open_runner(out / compiled["model_file"], **compiled["runtime_options"])
+            fidelity = _fidelity(reference, runner, preprocessor, held_out, disjoint, tuple(config.input_shape[2:]))
+            if fidelity["nonfinite_values"]:
+                raise IsnetError(f"the {config.backend.dtype.value} build produces {fidelity['nonfinite_values']} "
+                                 f"NaN/inf values on {fidelity['source']}; keep more layers in float "
+                                 "(backend.quantize.exclude_nodes) or use a wider precision")
+            model_files = sorted(p for p in out.iterdir() if p.is_file())
+            calibration_items = [{"path": str(p), "sha256": sha256_file(p)} for p in calibration]
+            info = {
+                "format": FORMAT_VERSION,
+                "name": config.name,
+                "backend": config.backend.type.value,
+                "precision": config.backend.dtype.value,
+                "model_file": compiled["model_file"],
+                "input": {"name": config.input_name, "shape": list(config.input_shape), "dynamic_batch": True},
+                "output": {"name": runner.output_name},
+                "preprocess": preprocessor.to_specs(),
+                "runtime_options": compiled["runtime_options"],
+                "arch": arch,
+                "config": config.to_dict(),
+                "config_file": str(config.config_path) if config.config_path else None,
+                "versions": _versions(backend),
+                "source": {"path": str(config.frontend.checkpoint), "sha256": sha256_file(config.frontend.checkpoint)},
+                "artifact_sha256": {p.name: sha256_file(p) for p in model_files},
+                "calibration": None if config.backend.dtype is not Precision.INT8 else {
+                    "mode": config.backend.quantize.calibrate_mode.value,
+                    "images": calibration_items,
+                    "sha256": _combined_hash(calibration_items),
+                },
+                "backend_details": compiled["details"],
+                "fidelity": fidelity,
+                "build_seconds": round(time.perf_counter() - started, 3),
+            }
+            (out / BUILD_JSON).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    return BuildResult(target, info)

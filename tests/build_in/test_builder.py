@@ -1,0 +1,123 @@
+"""Building artifacts: each precision loads and runs, build.json is complete, failures leave nothing."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from build_in import build_artifact, load_build_config, open_artifact
+from build_in.artifact import sha256_file
+from export.errors import IsnetError
+from export.model import ISNet
+from export.weights import save_checkpoint
+
+# Tolerances of artifact vs fp32 output maps (sigmoid values in [0, 1]) on real-looking images:
+# fp16 weights round to ~3 significant digits, so maps move by < 1e-2; int8 QDQ of a random
+# (untrained) tiny network moves them by at most a few grey levels.
+MAX_DIFF = {"fp32": 1e-5, "fp16": 1e-2, "int8": 0.1}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_each_precision_builds_loads_and_runs(write_config, tmp_path, precision, calib_images):
+    config = load_build_config(write_config({"name": f"tiny_{precision}", "backend": {"dtype": precision}}))
+    result = build_artifact(config)
+    folder = tmp_path / "deploy" / f"tiny_{precision}"
+    assert result.artifact_dir == folder
+    info = json.loads((folder / "build.json").read_text())
+    assert info == result.info
+    assert info["precision"] == precision and info["backend"] == "onnxruntime"
+    assert info["artifact_sha256"]["model.onnx"] == sha256_file(folder / "model.onnx")
+    assert info["source"]["sha256"] == sha256_file(config.frontend.checkpoint)
+    fidelity = info["fidelity"]
+    # 8 images: int8 calibrates on 5 and checks the other 3; other precisions check verify.images = 4.
+    assert fidelity["source"] == "held-out images"
+    assert len(fidelity["images"]) == (3 if precision == "int8" else 4)
+    assert 0 <= fidelity["mean_abs_diff"] <= fidelity["max_abs_diff"] <= MAX_DIFF[precision]
+    assert fidelity["nonfinite_values"] == 0
+    if precision == "int8":
+        calibration = info["calibration"]
+        assert calibration["mode"] == "kl_divergence" and len(calibration["images"]) == 5
+        assert {c["path"].rsplit("/", 1)[1] for c in calibration["images"]}.isdisjoint(fidelity["images"])
+        ops = {n.op_type for n in onnx.load(str(folder / "model.onnx")).graph.node}
+        assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    else:
+        assert info["calibration"] is None
+
+    artifact = open_artifact(folder)
+    tensor, _ = artifact.preprocessor.load(sorted(calib_images.iterdir())[0])
+    out = artifact.runner.infer({"input": np.stack([tensor, tensor])})["output"]
+    assert out.shape == (2, 1, 64, 64) and out.dtype == np.float32
+    assert np.isfinite(out).all() and 0 <= out.min() and out.max() <= 1
+
+
+def test_fp16_keeps_fp32_io_and_converts_weights(write_config):
+    result = build_artifact(load_build_config(write_config({"backend": {"dtype": "fp16"}})))
+    model = onnx.load(str(result.artifact_dir / "model.onnx"))
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    float_inits = [i for i in model.graph.initializer if i.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)]
+    assert float_inits and all(i.data_type == onnx.TensorProto.FLOAT16 for i in float_inits if i.dims)
+
+
+def test_exclude_nodes_keeps_side_head_in_float(write_config):
+    config = load_build_config(write_config({"backend": {"quantize": {"calibrate_mode": "max",
+                                                                      "exclude_nodes": ["side1"]}}}))
+    result = build_artifact(config)
+    model = onnx.load(str(result.artifact_dir / "model.onnx"))
+    side_conv = next(n for n in model.graph.node if n.op_type == "Conv" and any("side1" in i for i in n.input))
+    assert "side1.weight" in side_conv.input  # float weight, not a DequantizeLinear output
+    assert result.info["backend_details"]["excluded_nodes"] == [side_conv.name]
+    with pytest.raises(IsnetError, match="'nothing_here' matches no node"):
+        build_artifact(load_build_config(write_config({"name": "x", "backend": {"quantize": {
+            "exclude_nodes": ["nothing_here"]}}})))
+
+
+def test_pytorch_frontend_exports_first_and_records_arch(write_config, tmp_path):
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(tmp_path / "lite.pth", ISNet("isnet-lite"))
+    config = load_build_config(write_config({"frontend": {"type": "pytorch", "checkpoint": str(checkpoint)},
+                                             "backend": {"dtype": "fp32"}}))
+    result = build_artifact(config)
+    assert result.info["arch"] == "isnet-lite"
+    assert result.info["fidelity"]["max_abs_diff"] <= MAX_DIFF["fp32"]
+
+
+def test_existing_artifact_needs_force_and_failed_rebuild_keeps_it(write_config, monkeypatch, tmp_path):
+    config = load_build_config(write_config({"backend": {"dtype": "fp32"}}))
+    first = build_artifact(config)
+    before = sha256_file(first.artifact_dir / "build.json")
+    with pytest.raises(IsnetError, match="--force"):
+        build_artifact(config)
+
+    import build_in.backends.onnxruntime as backend
+
+    def interrupted(source, config, out, work, progress=None):
+        (out / "model.onnx").write_bytes(b"half written")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(backend, "compile_model", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_artifact(config, force=True)
+    assert sha256_file(first.artifact_dir / "build.json") == before
+    assert sorted(p.name for p in (tmp_path / "deploy").iterdir()) == ["tiny"]
+
+
+def test_interrupted_first_build_leaves_no_artifact(write_config, monkeypatch, tmp_path):
+    import build_in.backends.onnxruntime as backend
+
+    def crash(source, config, out, work, progress=None):
+        (out / "model.onnx").write_bytes(b"half written")
+        raise RuntimeError("power cut")
+
+    monkeypatch.setattr(backend, "compile_model", crash)
+    with pytest.raises(RuntimeError, match="power cut"):
+        build_artifact(load_build_config(write_config()))
+    assert list((tmp_path / "deploy").iterdir()) == []
+
+
+def test_model_input_name_must_match_config(write_config):
+    config = load_build_config(write_config(), ["frontend.shape={image: [1, 3, 64, 64]}"])
+    with pytest.raises(IsnetError, match="input is named 'input', not 'image'"):
+        build_artifact(config)

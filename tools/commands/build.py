@@ -1,0 +1,40 @@
+"""``isnet build``."""
+
+from __future__ import annotations
+
+import argparse
+
+
+class BuildCommand:
+    """Compile a model to an fp32 / fp16 / int8 artifact from a YAML build config.
+
+    The config keeps the reference recipe's layout (name, frontend, backend, dataset,
+    workspace); see build_in/configs/ for examples. The artifact folder <workspace>/<name>/
+    holds the compiled model and build.json (pre-processing, hashes, fidelity vs fp32).
+    """
+
+    name = "build"
+
+    def add_args(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("config", help="build config (YAML)")
+        parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                            help="override a config key, e.g. --set backend.dtype=fp16 (repeatable)")
+        parser.add_argument("--force", action="store_true", help="replace an existing artifact of the same name")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from build_in import build_artifact, load_build_config
+        from tools.progress import StageBars
+
+        config = load_build_config(args.config, args.overrides)
+        with StageBars(prefix=f"{config.name}: ") as bars:
+            result = build_artifact(config, force=args.force, progress=bars)
+        info = result.info
+        fidelity = info["fidelity"]
+        size_mb = sum((result.artifact_dir / name).stat().st_size for name in info["artifact_sha256"]) / 1e6
+        calibration = info["calibration"]
+        detail = f", calibration: {calibration['mode']} on {len(calibration['images'])} images" if calibration else ""
+        print(f"built {result.artifact_dir} ({info['backend']} {info['precision']}, {size_mb:.1f} MB, "
+              f"{info['build_seconds']:.1f} s{detail})")
+        print(f"fidelity vs fp32 on {len(fidelity['images'])} {fidelity['source']}: "
+              f"mean |diff| {fidelity['mean_abs_diff']:.2e}, max |diff| {fidelity['max_abs_diff']:.2e}")
+        return 0
