@@ -1,0 +1,211 @@
+"""The OpenVINO backend: IR artifacts in fp32, fp16 (compressed weights), bf16 (inference
+precision hint) and int8 (NNCF post-training quantization fed by the ops registry).
+
+Precision choices are recorded as ``runtime_options`` in ``build.json``, so the runner compiles
+the IR exactly as the build intended (on AMX/AVX512-BF16 CPUs OpenVINO would otherwise run an
+fp32 IR in bf16 by default).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import fnmatch
+import io
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from build_in.calibration import CalibrationSource
+from build_in.config import BuildConfig, CalibrationMode, Precision, QuantType
+from export.errors import IsnetError
+
+MODEL_FILE = "model.xml"
+PRECISIONS = (Precision.FP32, Precision.FP16, Precision.BF16, Precision.INT8)
+PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT")
+# What each build precision asks of the CPU plugin at compile time.
+_INFERENCE_PRECISION = {Precision.FP32: "f32", Precision.FP16: "f32", Precision.BF16: "bf16", Precision.INT8: "f32"}
+
+
+def versions() -> dict[str, str]:
+    """Library versions that determine what this backend produces."""
+    import nncf
+    import openvino
+
+    return {"openvino": openvino.__version__, "nncf": nncf.__version__}
+
+
+class OpenVinoRunner:
+    """A compiled OpenVINO model on the CPU behind the :class:`~build_in.runner.Runner` contract.
+
+    The IR has a dynamic batch; the runner reshapes it to each batch size it sees (compiled once
+    per size and kept), which is what the CPU plugin runs fastest. ``streams`` > 1 with the
+    THROUGHPUT hint lets several infer requests run concurrently (see :meth:`infer_requests`).
+    """
+
+    def __init__(self, model_file: str | os.PathLike, threads: int | None = None,
+                 inference_precision: str = "f32", performance_hint: str = "LATENCY", streams: int | None = None):
+        import openvino as ov
+
+        self.path = Path(model_file)
+        self.core = ov.Core()
+        try:
+            self.model = self.core.read_model(str(self.path))
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses for unreadable IR
+            raise IsnetError(f"{self.path}: OpenVINO cannot read the model ({str(exc).splitlines()[0][:200]})") from None
+        if performance_hint not in PERFORMANCE_HINTS:
+            raise IsnetError(f"performance hint must be one of {', '.join(PERFORMANCE_HINTS)}, got '{performance_hint}'")
+        self.config = {"INFERENCE_PRECISION_HINT": inference_precision, "PERFORMANCE_HINT": performance_hint}
+        if threads:
+            self.config["INFERENCE_NUM_THREADS"] = int(threads)
+        if streams:
+            self.config["NUM_STREAMS"] = int(streams)
+        self.input_name = self.model.inputs[0].get_any_name()
+        self.output_name = self.model.outputs[0].get_any_name()
+        self._compiled: dict[int, object] = {}
+        self._requests: dict[int, object] = {}
+
+    def compiled_for(self, batch: int):
+        """The model compiled for a static ``batch`` (cached)."""
+        if batch not in self._compiled:
+            model = self.model.clone()
+            shape = list(model.inputs[0].get_partial_shape())
+            shape[0] = batch
+            model.reshape({self.input_name: shape})
+            self._compiled[batch] = self.core.compile_model(model, "CPU", self.config)
+        return self._compiled[batch]
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one synchronous request; outputs are float32."""
+        array = np.ascontiguousarray(inputs[self.input_name], dtype=np.float32)
+        batch = array.shape[0]
+        if batch not in self._requests:
+            self._requests[batch] = self.compiled_for(batch).create_infer_request()
+        result = self._requests[batch].infer({0: array})
+        return {self.output_name: np.asarray(result[0], dtype=np.float32).copy()}
+
+    def infer_requests(self, count: int, batch: int = 1) -> list:
+        """``count`` independent infer requests on one compiled model, for concurrent use."""
+        compiled = self.compiled_for(batch)
+        return [compiled.create_infer_request() for _ in range(count)]
+
+
+def open_runner(model_file, threads=None, inference_precision: str = "f32", performance_hint: str = "LATENCY",
+                streams: int | None = None, **_unused) -> OpenVinoRunner:
+    """Open an artifact's IR with the precision recorded at build time."""
+    return OpenVinoRunner(model_file, threads=threads, inference_precision=inference_precision,
+                          performance_hint=performance_hint, streams=streams)
+
+
+def resolve_ignored_names(model, patterns: tuple[str, ...]) -> list[str]:
+    """OpenVINO op names matching ``exclude_nodes``: an op-name glob or a PyTorch module path.
+
+    A module path such as ``side1`` matches the ops fed by constants named ``side1.*`` (the
+    ONNX initializer names survive conversion).
+    """
+    names: list[str] = []
+    ops = list(model.get_ops())
+    for pattern in patterns:
+        hits = []
+        for op in ops:
+            if op.get_type_name() in ("Constant", "Parameter", "Result"):
+                continue
+            feeds = [src.get_node() for src in (inp.get_source_output() for inp in op.inputs())]
+            constants = [f.get_friendly_name() for f in feeds if f.get_type_name() in ("Constant", "Convert")]
+            if fnmatch.fnmatchcase(op.get_friendly_name(), pattern) or any(
+                    fnmatch.fnmatchcase(c, f"{pattern}.*") or fnmatch.fnmatchcase(c, pattern) for c in constants):
+                hits.append(op.get_friendly_name())
+        if not hits:
+            raise IsnetError(f"backend.quantize.exclude_nodes: '{pattern}' matches no OpenVINO op; give a module "
+                             "path such as 'side1' or an op name")
+        names.extend(h for h in hits if h not in names)
+    return names
+
+
+def _nncf_parameters(config: BuildConfig):
+    """Map the config's quantize settings to NNCF; refuse settings NNCF has no equivalent for."""
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    quant = config.backend.quantize
+    key = "backend.quantize"
+    if quant.calibrate_mode is CalibrationMode.KL_DIVERGENCE:
+        raise IsnetError(f"{key}.calibrate_mode: NNCF has no KL-divergence calibration; use 'max' (min/max over "
+                         "the calibration set) or 'percentile' with backend.type openvino")
+    if quant.weight_type is not QuantType.INT8 or quant.activation_type is not QuantType.UINT8:
+        raise IsnetError(f"{key}: NNCF picks int8 weights and u8/i8 activations itself; leave weight_type and "
+                         "activation_type at their defaults (int8, uint8) with backend.type openvino")
+    if not quant.symmetric_weights:
+        raise IsnetError(f"{key}.symmetric_weights: NNCF's CPU target quantizes weights symmetrically only")
+    if quant.num_bins:
+        raise IsnetError(f"{key}.num_bins: NNCF's range estimators take no histogram size; remove it")
+    if quant.calibrate_mode is CalibrationMode.MAX:
+        estimator = RangeEstimatorParametersSet.MINMAX
+    else:
+        # Mean over images of each image's percentile: NNCF's nearest equivalent of ORT's
+        # percentile of the pooled histogram.
+        estimator = copy.deepcopy(RangeEstimatorParametersSet.MEAN_QUANTILE)
+        outlier = (100.0 - quant.percentile) / 100.0
+        estimator.min.quantile_outlier_prob = outlier
+        estimator.max.quantile_outlier_prob = outlier
+    preset = nncf.QuantizationPreset.PERFORMANCE if quant.symmetric_activations else nncf.QuantizationPreset.MIXED
+    advanced = AdvancedQuantizationParameters(
+        activations_range_estimator_params=estimator,
+        weights_quantization_params=QuantizationParameters(per_channel=quant.quantize_per_channel))
+    return preset, advanced
+
+
+def _quantize_int8(model, config: BuildConfig, progress: Callable[[str, int, int], None] | None):
+    import nncf
+
+    preset, advanced = _nncf_parameters(config)
+    images = config.calibration_images()
+    source = CalibrationSource(images, config.preprocessor(), config.input_name)
+    ignored = resolve_ignored_names(model, config.backend.quantize.exclude_nodes)
+
+    def counted():
+        for item in source:
+            if progress:
+                progress("calibrate", 1, len(images))
+            yield item[config.input_name]
+
+    dataset = nncf.Dataset(_Reiterable(counted))
+    # NNCF logs through the "nncf" logger and prints its own progress bars; keep ours.
+    logging.getLogger("nncf").setLevel(logging.ERROR)
+    with contextlib.redirect_stdout(io.StringIO()):
+        quantized = nncf.quantize(model, dataset, preset=preset, subset_size=len(images), target_device=nncf.TargetDevice.CPU,
+                                  ignored_scope=nncf.IgnoredScope(names=ignored) if ignored else None,
+                                  advanced_parameters=advanced)
+    return quantized, {"ignored_ops": ignored, "calibration_images": len(images)}
+
+
+class _Reiterable:
+    """An iterable that restarts its generator on every ``iter`` (NNCF may read the data twice)."""
+
+    def __init__(self, factory):
+        self.factory = factory
+
+    def __iter__(self):
+        return iter(self.factory())
+
+
+def compile_model(source: Path, config: BuildConfig, out_dir: Path, work: Path,
+                  progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """Convert the fp32 ONNX ``source`` to an IR in ``out_dir``; return backend details for build.json."""
+    import openvino as ov
+
+    precision = config.backend.dtype
+    hint = config.backend.performance_hint.upper()
+    if hint not in PERFORMANCE_HINTS:
+        raise IsnetError(f"backend.performance_hint must be one of {', '.join(PERFORMANCE_HINTS)}, got '{hint}'")
+    model = ov.convert_model(str(source))
+    details: dict = {}
+    if precision is Precision.INT8:
+        model, details = _quantize_int8(model, config, progress)
+    ov.save_model(model, str(out_dir / MODEL_FILE), compress_to_fp16=precision is Precision.FP16)
+    options = {"inference_precision": _INFERENCE_PRECISION[precision], "performance_hint": hint}
+    return {"model_file": MODEL_FILE, "runtime_options": options, "details": details}

@@ -1,0 +1,74 @@
+"""OpenVINO artifacts: every precision builds from a tiny ISNet, runs, and agrees with ONNX Runtime fp32."""
+
+import sys
+
+import numpy as np
+import pytest
+
+from build_in import build_artifact, load_build_config, open_artifact
+from export.errors import IsnetError
+
+pytest.importorskip("openvino", reason="the openvino extra is not installed")
+
+# Agreement with the ONNX Runtime fp32 run, on sigmoid maps in [0, 1]:
+# - fp32: same graph, different kernels: float rounding only (1e-5).
+# - fp16: weights rounded to fp16 (~1e-3 relative), compute in fp32: maps move < 1e-2.
+# - bf16: activations and weights in bf16 (8-bit mantissa, ~4e-3 relative) through ~100 layers: 3e-2.
+# - int8: 8-bit activations of an untrained network; a few grey levels (0.1), as for ORT's int8.
+TOLERANCE = {"fp32": 1e-5, "fp16": 1e-2, "bf16": 3e-2, "int8": 0.1}
+
+
+@pytest.fixture(scope="module")
+def ort_reference(lite_onnx, calib_images):
+    """The fp32 ONNX Runtime output of the tiny model on three held-out images."""
+    from build_in.backends.onnxruntime_runner import OnnxRuntimeRunner
+    from build_in.ops import DEFAULT_OPS, Preprocessor
+
+    specs = [dict(op) for op in DEFAULT_OPS]
+    specs[1]["size"] = [64, 64]
+    pre = Preprocessor.from_specs(specs)
+    batch = np.stack([pre.load(p)[0] for p in sorted(calib_images.iterdir())[5:8]])
+    return batch, OnnxRuntimeRunner(lite_onnx).infer({"input": batch})["output"]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16", "int8"])
+def test_openvino_precisions_agree_with_onnxruntime_fp32(write_config, ort_reference, precision):
+    overrides = {"name": f"ov_{precision}", "backend": {"type": "openvino", "dtype": precision,
+                                                        "quantize": {"calibrate_mode": "max"}}}
+    result = build_artifact(load_build_config(write_config(overrides)))
+    info = result.info
+    assert info["backend"] == "openvino" and info["model_file"] == "model.xml"
+    assert (result.artifact_dir / "model.xml").is_file() and (result.artifact_dir / "model.bin").is_file()
+    expected_hint = "bf16" if precision == "bf16" else "f32"
+    assert info["runtime_options"]["inference_precision"] == expected_hint
+    assert info["fidelity"]["max_abs_diff"] <= TOLERANCE[precision]
+
+    artifact = open_artifact(result.artifact_dir)
+    batch, reference = ort_reference
+    out = artifact.runner.infer({"input": batch})["output"]
+    assert out.shape == reference.shape
+    assert np.abs(out - reference).max() <= TOLERANCE[precision]
+    single = artifact.runner.infer({"input": batch[:1]})["output"]
+    np.testing.assert_allclose(single, out[:1], atol=1e-6)
+
+
+def test_kl_divergence_is_refused_for_openvino(write_config):
+    config = load_build_config(write_config({"backend": {"type": "openvino", "dtype": "int8"}}))
+    with pytest.raises(IsnetError, match="NNCF has no KL-divergence calibration"):
+        build_artifact(config)
+    assert not config.artifact_dir.exists()
+
+
+def test_exclude_nodes_map_to_ignored_scope(write_config):
+    config = load_build_config(write_config({"backend": {"type": "openvino", "dtype": "int8", "quantize": {
+        "calibrate_mode": "percentile", "exclude_nodes": ["side1"]}}}))
+    result = build_artifact(config)
+    ignored = result.info["backend_details"]["ignored_ops"]
+    assert len(ignored) >= 1 and all("conv" in name.lower() for name in ignored)
+
+
+def test_missing_extra_names_it(monkeypatch, write_config):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
+    config = load_build_config(write_config({"backend": {"type": "openvino", "dtype": "fp32"}}))
+    with pytest.raises(IsnetError, match=r"pip install 'isnet\[openvino\]'"):
+        build_artifact(config)
