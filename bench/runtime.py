@@ -1,0 +1,214 @@
+"""Does ``isnet run`` keep the model busy? Images/s of a sequential loop, of the pipeline, and of pure inference.
+
+    python bench/runtime.py                          # ECSSD images, fp32 and int8, 320x320
+    python bench/runtime.py --limit 100 --precisions fp32 --work-dir /tmp/isnet-bench
+
+For each artifact (fp32 and int8, ONNX Runtime, ISNet at 320x320) it measures, on the same images:
+
+- ``sequential``: a plain loop, decode -> pre-process -> infer -> restore -> save PNG, one image
+  at a time (what a user's first script does);
+- ``isnet run``: :func:`runtime.run_folder`, the pipeline behind the command (batch 1);
+- ``inference``: :func:`runtime.profile_model`'s pure inference throughput (batch 1).
+
+The three take turns in rounds of ``--chunk`` images (the order rotating each round) and their
+images and seconds are summed over the rounds, so a burst of load from other jobs on the
+machine falls on all of them alike.
+
+Target: ``isnet run`` reaches at least 90% of pure inference throughput. The model has random
+weights unless ``--weights`` names a checkpoint: throughput does not depend on the values.
+
+The int8 artifact is quantised here with ``onnxruntime.quantization.quantize_static`` (QDQ,
+per-channel int8 weights, uint8 activations, MinMax on 16 images) until ``isnet build`` can make it.
+Artifacts are kept in ``--work-dir`` and reused by later runs. Other jobs on the machine slow
+every figure down; the range of the load average over the measurements is printed with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+# This script shares its name with the package it measures: keep its own folder off the import
+# path, or `import runtime` would import this file.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+from build_in.imageio import encode_png, list_images  # noqa: E402
+from build_in.ops import DEFAULT_OPS, map_to_uint8  # noqa: E402
+from export.atomic import atomic_path  # noqa: E402
+from runtime import load_model, profile_model, run_folder  # noqa: E402
+
+ECSSD_IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ECSSD" / "image"
+SIZE = 320
+CALIBRATION_IMAGES = 16
+
+
+def _artifact(folder: Path, onnx_file: Path, precision: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    if onnx_file != folder / "model.onnx":
+        shutil.copyfile(onnx_file, folder / "model.onnx")
+    ops = [{**op, "size": [SIZE, SIZE]} if op["type"] == "Resize" else op for op in DEFAULT_OPS]
+    info = {"format": 1, "name": f"isnet-{precision}-{SIZE}", "backend": "onnxruntime", "precision": precision,
+            "model_file": "model.onnx", "input": {"name": "input", "shape": ["N", 3, SIZE, SIZE]},
+            "output": {"name": "output"}, "preprocess": ops}
+    (folder / "build.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+    return folder
+
+
+def _fp32_artifact(work: Path, weights: str) -> Path:
+    folder = work / "isnet-fp32"
+    if (folder / "build.json").is_file():
+        return folder
+    from export.exporter import ExportRequest, export_model
+
+    print(f"exporting ISNet ({weights}) at {SIZE}x{SIZE} ...", flush=True)
+    result = export_model(ExportRequest(weights=weights, size=(SIZE, SIZE), output_dir=work / "export",
+                                        name="isnet", formats=("onnx",), seed=0))
+    return _artifact(folder, result.files["onnx"], "fp32")
+
+
+def _int8_artifact(work: Path, fp32: Path, images: list[Path]) -> Path:
+    folder = work / "isnet-int8"
+    if (folder / "build.json").is_file():
+        return folder
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    model = load_model(fp32)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self._items = iter(images[:CALIBRATION_IMAGES])
+
+        def get_next(self):
+            image = next(self._items, None)
+            return None if image is None else {"input": model.preprocessor.load(image)[0][None]}
+
+    print(f"quantising to int8 on {min(len(images), CALIBRATION_IMAGES)} images ...", flush=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / "model.onnx") as tmp:
+        quantize_static(str(fp32 / "model.onnx"), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return _artifact(folder, folder / "model.onnx", "int8")
+
+
+def _warm_model(artifact: Path, image: Path):
+    """Open the artifact and run one image, so no figure includes the first, slower call."""
+    model = load_model(artifact)
+    model.predict(model.preprocessor.load(image)[0][None])
+    return model
+
+
+def _sequential(model, images: list[Path], save_dir: Path) -> tuple[int, float]:
+    """The plain loop a first script would be: decode, pre-process, infer, restore, save; (images, seconds)."""
+    start = time.perf_counter()
+    for image in images:
+        tensor, geometry = model.preprocessor.load(image)
+        output = model.predict(tensor[None])[0, 0]
+        mask = map_to_uint8(model.preprocessor.restore(output, geometry))
+        with atomic_path(save_dir / f"{image.stem}.png") as tmp:
+            encode_png(tmp, mask)
+    return len(images), time.perf_counter() - start
+
+
+def _pipeline(model, image_dir: Path, save_dir: Path) -> tuple[int, float]:
+    """:func:`runtime.run_folder` (what ``isnet run`` calls) at batch 1; (images, seconds)."""
+    result = run_folder(model, image_dir, save_dir, batch=1)
+    if result.failed:
+        raise RuntimeError(f"{result.failed} images failed: {result.failures[:3]}")
+    return result.done, result.seconds
+
+
+def _inference(artifact: Path, calls: int) -> tuple[int, float]:
+    """The profiler's pure inference figure at batch 1; (images, seconds)."""
+    [record] = profile_model(artifact, batches=[1], warmup=2, iterations=calls)
+    return record.inference.images, record.inference.seconds
+
+
+def _chunk_folders(images: list[Path], root: Path, chunk: int) -> list[tuple[Path, list[Path]]]:
+    """Link the images into folders of ``chunk`` images each (``isnet run`` takes a folder)."""
+    folders = []
+    for number, first in enumerate(range(0, len(images), chunk)):
+        folder = root / f"chunk-{number:03d}"
+        folder.mkdir(parents=True)
+        members = images[first:first + chunk]
+        for image in members:
+            os.symlink(image.resolve(), folder / image.name)
+        folders.append((folder, members))
+    return folders
+
+
+METHODS = ("sequential", "isnet run", "inference")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=Path, default=ECSSD_IMAGES, help=f"image folder (default {ECSSD_IMAGES})")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    parser.add_argument("--chunk", type=int, default=50,
+                        help="images per round; the three methods take turns round by round (default 50)")
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "int8"], choices=["fp32", "int8"])
+    parser.add_argument("--weights", default="random", help="checkpoint to export (default: random weights)")
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="keep artifacts here and reuse them (default: a temporary folder)")
+    args = parser.parse_args()
+
+    if not args.images.is_dir():
+        print(f"image folder not found: {args.images}", file=sys.stderr)
+        return 2
+    scratch = tempfile.TemporaryDirectory(prefix="isnet-bench-runtime-")
+    work = args.work_dir or Path(scratch.name)
+    work.mkdir(parents=True, exist_ok=True)
+    images = list_images(args.images)[:args.limit]
+    for image in images:
+        image.read_bytes()  # into the OS cache, so the first measurement does not pay for the disk
+    chunks = _chunk_folders(images, Path(scratch.name) / "chunks", args.chunk)
+
+    artifacts = {"fp32": _fp32_artifact(work, args.weights)}
+    if "int8" in args.precisions:
+        artifacts["int8"] = _int8_artifact(work, artifacts["fp32"], images)
+
+    print(f"{len(images)} images from {args.images}, ISNet {SIZE}x{SIZE}, ONNX Runtime, batch 1, "
+          f"{os.cpu_count()} CPUs; methods interleaved in rounds of {args.chunk} images")
+    rows = []
+    for precision in args.precisions:
+        artifact = artifacts[precision]
+        sequential_model, pipeline_model = _warm_model(artifact, images[0]), _warm_model(artifact, images[0])
+        totals = {method: [0, 0.0] for method in METHODS}
+        loads = []
+        for number, (folder, members) in enumerate(chunks):
+            # Rotate the order each round, so a burst of load from other jobs hits every method alike.
+            for method in METHODS[number % 3:] + METHODS[:number % 3]:
+                loads.append(os.getloadavg()[0])
+                save = Path(scratch.name) / f"{precision}-{method.replace(' ', '-')}"
+                if method == "sequential":
+                    done, seconds = _sequential(sequential_model, members, save)
+                elif method == "isnet run":
+                    done, seconds = _pipeline(pipeline_model, folder, save)
+                else:
+                    done, seconds = _inference(artifact, len(members))
+                totals[method][0] += done
+                totals[method][1] += seconds
+            rates = "  ".join(f"{m} {totals[m][0] / totals[m][1]:.2f}" for m in METHODS)
+            print(f"  {precision} after round {number + 1}/{len(chunks)}: {rates} images/s", flush=True)
+        rows.append((precision, {m: totals[m][0] / totals[m][1] for m in METHODS}, min(loads), max(loads)))
+
+    print()
+    print("| artifact | sequential loop img/s | isnet run img/s | pure inference img/s | run / inference | "
+          "sequential / inference | load avg (min-max) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for precision, f, low, high in rows:
+        print(f"| {precision} | {f['sequential']:.2f} | {f['isnet run']:.2f} | {f['inference']:.2f} | "
+              f"{100 * f['isnet run'] / f['inference']:.0f}% | {100 * f['sequential'] / f['inference']:.0f}% | "
+              f"{low:.1f}-{high:.1f} |")
+    scratch.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

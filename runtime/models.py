@@ -1,0 +1,177 @@
+"""Model resolution: one call turns whatever the user points at into a runner plus its pre-processing.
+
+Accepted models:
+
+- an artifact folder (``build.json`` beside the model file): backend, pre-processing and input
+  shape come from ``build.json``;
+- a plain ``.onnx`` file, run with ONNX Runtime;
+- a TorchScript file (``.torchscript.pt``, or any ``.pt``/``.pth`` that is a TorchScript archive);
+- a ``.pth`` checkpoint (official, DataParallel or this project's own), built with
+  :func:`export.build_isnet` in deploy mode.
+
+Models without a ``build.json`` get the reference recipe (:data:`build_in.ops.DEFAULT_OPS`) with the
+Resize size taken from a static ONNX input shape, else from ``size``, else 320x320.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from build_in.artifact import BUILD_JSON, is_artifact, open_artifact
+from build_in.ops import DEFAULT_OPS, Preprocessor
+from build_in.runner import Runner
+from export.errors import IsnetError
+
+DEFAULT_SIZE = (320, 320)
+
+
+class ModelKind(str, enum.Enum):
+    """What a model path holds."""
+
+    ARTIFACT = "artifact"
+    ONNX = "onnx"
+    TORCHSCRIPT = "torchscript"
+    CHECKPOINT = "checkpoint"
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to run: its runner, its pre-processing and where it came from.
+
+    ``name`` is the artifact's name, or the file name for a plain model file.
+    ``fixed_batch`` is the batch size baked into the graph (None when the batch is dynamic);
+    :meth:`predict` pads or splits batches to fit it, so callers may use any batch size.
+    """
+
+    path: Path
+    name: str
+    kind: ModelKind
+    backend: str
+    precision: str
+    runner: Runner
+    preprocessor: Preprocessor
+    fixed_batch: int | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        """The model input (height, width), or None when it follows each image."""
+        return self.preprocessor.input_size
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Run a float32 N x 3 x H x W batch; return the N x 1 x H x W saliency maps (float32)."""
+        count = batch.shape[0]
+        step = self.fixed_batch or count
+        outputs = []
+        for start in range(0, count, step):
+            chunk = batch[start:start + step]
+            real = chunk.shape[0]
+            if real < step:
+                # A fixed-batch graph cannot take a short final batch: pad with copies of the
+                # last image and drop their outputs.
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], step - real, axis=0)])
+            result = self.runner.infer({self.runner.input_name: chunk})[self.runner.output_name]
+            outputs.append(result[:real])
+        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+
+
+def _static_dim(value) -> int | None:
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def _artifact_fixed_batch(info: dict, runner: Runner) -> int | None:
+    """The batch an artifact's graph is fixed to: the runner's own input shape when it tells, else build.json."""
+    shape = getattr(runner, "input_shape", None)
+    if isinstance(shape, (list, tuple)) and len(shape) == 4:
+        return _static_dim(shape[0])
+    if info["input"].get("dynamic_batch"):
+        return None
+    return _static_dim((info["input"].get("shape") or [None])[0])
+
+
+def _default_preprocessor(size: tuple[int, int]) -> Preprocessor:
+    specs = [{**op, "size": [int(size[0]), int(size[1])]} if op["type"] == "Resize" else op for op in DEFAULT_OPS]
+    return Preprocessor.from_specs(specs, where="default pre-processing")
+
+
+def _check_size(size) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    if len(size) != 2 or any(int(s) <= 0 for s in size):
+        raise IsnetError(f"--size must be two positive integers (height width), got {list(size)}")
+    return int(size[0]), int(size[1])
+
+
+def _is_torchscript_archive(path: Path) -> bool:
+    """TorchScript archives are zip files with a ``code/`` folder; checkpoints have none."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in name or name.startswith("code/") for name in archive.namelist())
+
+
+def model_kind(path: str | os.PathLike) -> ModelKind:
+    """Classify a model path; :class:`IsnetError` when it is missing or of no known kind."""
+    path = Path(path)
+    if path.is_dir():
+        if is_artifact(path):
+            return ModelKind.ARTIFACT
+        raise IsnetError(f"{path}: a folder without {BUILD_JSON} is not a build artifact; "
+                         "pass an artifact folder from `isnet build`, or a .onnx, .torchscript.pt or .pth file")
+    if not path.is_file():
+        raise IsnetError(f"model not found: {path}")
+    name = path.name.lower()
+    if name.endswith(".onnx"):
+        return ModelKind.ONNX
+    if name.endswith((".pt", ".pth")):
+        return ModelKind.TORCHSCRIPT if _is_torchscript_archive(path) else ModelKind.CHECKPOINT
+    raise IsnetError(f"{path}: unknown model type; pass an artifact folder, a .onnx, a .torchscript.pt "
+                     "or a .pth checkpoint")
+
+
+def load_model(path: str | os.PathLike, threads: int | None = None,
+               size: tuple[int, int] | None = None) -> LoadedModel:
+    """Open a model (artifact folder, ``.onnx``, TorchScript or ``.pth``) for inference.
+
+    ``threads`` sets intra-op threads (None: the library default). ``size`` (height, width) is
+    the pre-processing size for models without ``build.json``; it is refused for artifacts,
+    which carry their own, and must agree with a static ONNX input shape.
+    """
+    path = Path(path)
+    kind = model_kind(path)
+    size = _check_size(size)
+    if kind is ModelKind.ARTIFACT:
+        if size is not None:
+            raise IsnetError(f"{path}: an artifact's input size comes from its {BUILD_JSON}; drop --size")
+        artifact = open_artifact(path, threads=threads)
+        return LoadedModel(path, artifact.name, kind, str(artifact.info["backend"]),
+                           str(artifact.info["precision"]), artifact.runner, artifact.preprocessor,
+                           fixed_batch=_artifact_fixed_batch(artifact.info, artifact.runner), info=artifact.info)
+    if kind is ModelKind.ONNX:
+        from build_in.backends.onnxruntime_runner import OnnxRuntimeRunner
+
+        runner = OnnxRuntimeRunner(path, threads=threads)
+        shape = runner.input_shape
+        if len(shape) != 4:
+            raise IsnetError(f"{path}: expected an N x 3 x H x W input, the model takes {shape}")
+        static_hw = (_static_dim(shape[2]), _static_dim(shape[3]))
+        if None not in static_hw:
+            if size is not None and size != static_hw:
+                raise IsnetError(f"{path}: the model's input is fixed at {static_hw[0]}x{static_hw[1]}; "
+                                 f"--size {size[0]} {size[1]} does not fit it (drop --size)")
+            size = static_hw
+        return LoadedModel(path, path.name, kind, "onnxruntime", "fp32", runner,
+                           _default_preprocessor(size or DEFAULT_SIZE), fixed_batch=_static_dim(shape[0]))
+    from runtime.torch_runners import CheckpointRunner, TorchScriptRunner
+
+    if kind is ModelKind.TORCHSCRIPT:
+        runner = TorchScriptRunner(path, threads=threads)
+    else:
+        runner = CheckpointRunner(path, threads=threads)
+    return LoadedModel(path, path.name, kind, "pytorch", "fp32", runner, _default_preprocessor(size or DEFAULT_SIZE))

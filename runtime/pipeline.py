@@ -1,0 +1,90 @@
+"""Bounded, ordered worker stages around an inference loop running in the caller's thread.
+
+:func:`ordered_map` runs a loading function on worker threads ahead of the consumer and yields
+results in input order; :class:`OrderedSink` runs a saving function on worker threads behind it.
+Both keep at most ``depth`` items in flight, so memory stays flat whatever the folder size, and
+both re-raise a worker's exception in the caller's thread at the next step, after cancelling
+pending work: an error never stays in a worker.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, depth: int) -> Iterator[R]:
+    """Yield ``fn(item)`` for every item, in order, computed by ``workers`` threads up to ``depth`` ahead.
+
+    An exception raised by ``fn`` is re-raised here when its result is due; pending work is
+    cancelled when the consumer stops early or fails.
+    """
+    if workers < 1 or depth < 1:
+        raise ValueError("workers and depth must be >= 1")
+    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="isnet-load")
+    pending: deque[Future] = deque()
+    try:
+        for item in items:
+            pending.append(executor.submit(fn, item))
+            if len(pending) >= depth:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+class OrderedSink:
+    """Run ``fn(*args)`` on worker threads, at most ``depth`` in flight, completing in submission order.
+
+    ``on_done(result)`` is called in the caller's thread for each finished task, in order. Use as a
+    context manager: leaving the block normally waits for every task (raising the first error);
+    leaving it on an exception cancels what has not started.
+    """
+
+    def __init__(self, workers: int, depth: int, on_done: Callable[[object], None] | None = None):
+        if workers < 1 or depth < 1:
+            raise ValueError("workers and depth must be >= 1")
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="isnet-save")
+        self._pending: deque[Future] = deque()
+        self._depth = depth
+        self._on_done = on_done or (lambda result: None)
+
+    def submit(self, fn: Callable[..., object], *args) -> None:
+        """Queue one task, first waiting for the oldest ones if ``depth`` tasks are in flight."""
+        while len(self._pending) >= self._depth:
+            self._finish_oldest()
+        self._pending.append(self._executor.submit(fn, *args))
+        self.collect()
+
+    def collect(self) -> None:
+        """Finish the tasks already done at the front of the queue (raising their errors)."""
+        while self._pending and self._pending[0].done():
+            self._finish_oldest()
+
+    def _finish_oldest(self) -> None:
+        self._on_done(self._pending.popleft().result())
+
+    def drain(self) -> None:
+        """Wait for every queued task, in order."""
+        while self._pending:
+            self._finish_oldest()
+
+    def __enter__(self) -> "OrderedSink":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self.drain()
+        finally:
+            for future in self._pending:
+                future.cancel()
+            self._executor.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,208 @@
+"""The stream runner behind ``isnet run``: an image folder in, one 8-bit PNG mask per image out.
+
+Decoding and pre-processing run on worker threads ahead of inference, restoring and saving on
+worker threads behind it (:mod:`runtime.pipeline`), so the model is rarely idle. Queues are
+bounded, so memory does not grow with the folder. Images are processed in sorted relative-path
+order and every mask's name follows from its image's, so the outputs do not depend on timing.
+
+A corrupt or truncated image is recorded in ``failures.txt`` (``relative/path<TAB>reason``) in
+the save folder and skipped; any other error stops the run and reaches the caller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from build_in.imageio import ImageDecodeError, encode_png, list_images, parse_suffixes
+from build_in.ops import Geometry, map_to_uint8
+from export.atomic import atomic_path, write_text_atomic
+from export.errors import IsnetError
+from runtime.models import LoadedModel
+from runtime.pipeline import OrderedSink, ordered_map
+
+FAILURES_FILE = "failures.txt"
+MASK_SUFFIX = ".png"
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    """What a run did: counts, the images that failed (relative path, reason) and the wall time."""
+
+    save_dir: Path
+    total: int
+    done: int
+    skipped: int
+    failures: tuple[tuple[str, str], ...]
+    seconds: float
+    failures_path: Path | None = None
+
+    @property
+    def failed(self) -> int:
+        """Images that could not be decoded or whose mask name was taken."""
+        return len(self.failures)
+
+    @property
+    def images_per_second(self) -> float:
+        """Masks written per second of pipeline time (model loading excluded)."""
+        return self.done / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(slots=True)
+class _Item:
+    # Paths are kept relative (short strings) so that planning a 100k-image folder stays small.
+    relative: str
+    mask: str
+    tensor: np.ndarray | None = None
+    geometry: Geometry | None = None
+    error: str | None = None
+
+
+@dataclass
+class _Plan:
+    todo: list[_Item] = field(default_factory=list)
+    skipped: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+
+def default_workers() -> int:
+    """Pre/post-processing threads: one per core, at most 4 (inference takes the cores it needs)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def mask_is_complete(path: Path) -> bool:
+    """True when ``path`` is a PNG that ends with its IEND chunk (what ``--resume`` trusts)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            handle.seek(0, os.SEEK_END)
+            if handle.tell() < 20:
+                return False
+            handle.seek(-12, os.SEEK_END)
+            tail = handle.read(12)
+    except OSError:
+        return False
+    return head == b"\x89PNG\r\n\x1a\n" and tail[4:8] == b"IEND"
+
+
+def _plan(image_dir: Path, save_dir: Path, suffixes, resume: bool) -> tuple[int, _Plan]:
+    images = list_images(image_dir, suffixes)
+    if save_dir.resolve().is_relative_to(image_dir.resolve()):
+        # Masks saved inside the image folder must not become inputs of the next (resumed) run.
+        inside = save_dir.resolve()
+        images = [image for image in images if not image.resolve().is_relative_to(inside)]
+    if not images:
+        raise IsnetError(f"no images with suffix {', '.join(suffixes)} under {image_dir}")
+    plan = _Plan()
+    owners: dict[str, str] = {}
+    for image in images:
+        relative = image.relative_to(image_dir).as_posix()
+        mask = Path(relative).with_suffix(MASK_SUFFIX).as_posix()
+        if mask in owners:
+            # `a.jpg` and `a.png` would write the same mask; the first in sorted order keeps it.
+            plan.failures.append((relative, f"mask name {mask} is already taken by {owners[mask]}; "
+                                            "rename one of them"))
+            continue
+        owners[mask] = relative
+        if resume and mask_is_complete(save_dir / mask):
+            plan.skipped += 1
+            continue
+        plan.todo.append(_Item(relative, mask))
+    return len(images), plan
+
+
+def run_folder(model: LoadedModel, image_dir: str | os.PathLike, save_dir: str | os.PathLike,
+               batch: int = 1, resume: bool = False, suffixes: str | None = None, min_max: bool = False,
+               workers: int | None = None,
+               progress: Callable[[int, int], None] | None = None) -> StreamResult:
+    """Write a mask for every image under ``image_dir`` (sub-folders mirrored) into ``save_dir``.
+
+    Masks are 8-bit PNGs at the original image size (the model output upsampled bilinearly),
+    written atomically. ``resume`` skips images whose mask is already complete. ``min_max``
+    stretches each map to [0, 255] as the official script does. ``progress(n, total)`` is called
+    in the caller's thread each time ``n`` more of the ``total`` images to process are finished
+    (saved, or failed); resumed images are not part of ``total``.
+    Returns the counts; an unexpected error in any stage is raised.
+    """
+    if batch < 1:
+        raise IsnetError(f"--batch must be at least 1, got {batch}")
+    image_dir, save_dir = Path(image_dir), Path(save_dir)
+    suffix_list = parse_suffixes(suffixes)
+    if save_dir.resolve() == image_dir.resolve():
+        raise IsnetError(f"--save-dir must differ from --image-dir ({image_dir}); masks would mix with images")
+    total, plan = _plan(image_dir, save_dir, suffix_list, resume)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    workers = workers or default_workers()
+    to_process = len(plan.todo) + len(plan.failures)
+
+    def report(count: int) -> None:
+        if progress is not None:
+            progress(count, to_process)
+
+    preprocessor = model.preprocessor
+    failures = list(plan.failures)
+    report(len(failures))
+    done = 0
+
+    def load(item: _Item) -> _Item:
+        image = image_dir / item.relative
+        try:
+            item.tensor, item.geometry = preprocessor.load(image)
+        except ImageDecodeError as exc:
+            item.error = str(exc).removeprefix(f"{image}: ")
+        return item
+
+    def save(item: _Item, output_map: np.ndarray) -> _Item:
+        mask = map_to_uint8(preprocessor.restore(output_map, item.geometry), min_max=min_max)
+        with atomic_path(save_dir / item.mask) as tmp:
+            encode_png(tmp, mask)
+        return item
+
+    def saved(item: _Item) -> None:
+        nonlocal done
+        done += 1
+        report(1)
+
+    def infer(items: list[_Item], sink: OrderedSink) -> None:
+        shapes = {item.tensor.shape for item in items}
+        # Without a fixed Resize each image keeps its own size; such images run one at a time.
+        groups = [items] if len(shapes) == 1 else [[item] for item in items]
+        for group in groups:
+            outputs = model.predict(np.stack([item.tensor for item in group]))
+            for item, output in zip(group, outputs):
+                item.tensor = None  # free the input while the mask waits to be saved
+                sink.submit(save, item, output[0])
+
+    depth = 2 * batch + workers
+    start = time.perf_counter()
+    with OrderedSink(workers, depth, on_done=saved) as sink, \
+            contextlib.closing(ordered_map(load, plan.todo, workers, depth)) as loaded:
+        pending: list[_Item] = []
+        for item in loaded:
+            if item.error is not None:
+                failures.append((item.relative, item.error))
+                report(1)
+                continue
+            pending.append(item)
+            if len(pending) == batch:
+                infer(pending, sink)
+                pending = []
+        if pending:
+            infer(pending, sink)
+    seconds = time.perf_counter() - start
+
+    failures_path = save_dir / FAILURES_FILE
+    if failures:
+        failures.sort()
+        write_text_atomic(failures_path, "".join(f"{relative}\t{reason}\n" for relative, reason in failures))
+    else:
+        # A failures.txt from an earlier run would describe images that now have masks.
+        failures_path.unlink(missing_ok=True)
+    return StreamResult(save_dir, total, done, plan.skipped, tuple(failures), seconds,
+                        failures_path if failures else None)

@@ -1,0 +1,111 @@
+"""``isnet image2npz``, ``isnet npz-run``, ``isnet npz2png`` and ``isnet npz-compare``: the npz path for bit-level checks."""
+
+from __future__ import annotations
+
+import argparse
+
+from tools.args import add_batch_arg, add_min_max_arg, add_model_args, add_workers_arg, positive_int
+
+
+class Image2NpzCommand:
+    """Convert images to npz model inputs (key input_0: uint8 3 x H x W RGB) plus a datalist.
+
+    The datalist holds one absolute npz path per line; sub-folders are mirrored. Images are
+    stored as decoded (EXIF applied) unless --size resizes them (bilinear).
+    """
+
+    name = "image2npz"
+
+    def add_args(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--dataset-path", required=True, help="folder of images (searched recursively)")
+        parser.add_argument("--target-path", required=True, help="folder for the .npz files")
+        parser.add_argument("--text-path", required=True, help="datalist file to write")
+        parser.add_argument("--size", nargs=2, type=positive_int, metavar=("H", "W"), default=None,
+                            help="resize to H x W (default: keep each image's size)")
+        parser.add_argument("--suffix", default=None, metavar="jpg,png,...",
+                            help="image suffixes to take (default: jpg,jpeg,png,bmp,tif,tiff,webp)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from runtime import npz_from_images
+
+        paths = npz_from_images(args.dataset_path, args.target_path, args.text_path, size=args.size,
+                                suffixes=args.suffix)
+        print(f"wrote {len(paths)} npz files to {args.target_path}; datalist {args.text_path}")
+        return 0
+
+
+class NpzRunCommand:
+    """Run the npz inputs of a datalist through a model; write <name>.npz with output_0 (float32 1 x 1 x H x W).
+
+    Each input goes through the model's own pre-processing, so the outputs equal `isnet run`'s
+    maps bit for bit at the same batch size. Outputs are named after their inputs, and also
+    hold content_box (where the image lies in the model input) for npz2png.
+    """
+
+    name = "npz-run"
+
+    def add_args(self, parser: argparse.ArgumentParser) -> None:
+        add_model_args(parser)
+        parser.add_argument("--datalist", required=True, help="datalist from image2npz")
+        parser.add_argument("--output-dir", required=True, help="folder for the output .npz files")
+        add_batch_arg(parser)
+        add_workers_arg(parser)
+
+    def run(self, args: argparse.Namespace) -> int:
+        from runtime import load_model, run_npz
+
+        model = load_model(args.model, threads=args.threads, size=args.size)
+        written = run_npz(model, args.datalist, args.output_dir, batch=args.batch, workers=args.workers)
+        print(f"wrote {len(written)} output npz files to {args.output_dir} ({model.name})")
+        return 0
+
+
+class Npz2PngCommand:
+    """Draw output npz files as 8-bit PNG masks, at the source image size when --src-dir is given."""
+
+    name = "npz2png"
+
+    def add_args(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--datalist", required=True, help="datalist from image2npz (names the outputs)")
+        parser.add_argument("--out-npz-dir", required=True, help="folder of output npz files from npz-run")
+        parser.add_argument("--draw-dir", required=True, help="folder for the PNG masks")
+        parser.add_argument("--src-dir", default=None,
+                            help="folder of the source images: masks are resized to their sizes "
+                                 "(default: the model's resolution)")
+        add_min_max_arg(parser)
+
+    def run(self, args: argparse.Namespace) -> int:
+        from runtime import png_from_npz
+
+        drawn = png_from_npz(args.datalist, args.out_npz_dir, args.draw_dir, src_dir=args.src_dir,
+                             min_max=args.min_max_normalize)
+        print(f"wrote {len(drawn)} masks to {args.draw_dir}")
+        return 0
+
+
+class NpzCompareCommand:
+    """Compare two folders of output npz files by name: max |diff|, mean |diff| and cosine similarity.
+
+    Per file and overall. The exit code is 1 when a file exists on one side only.
+    """
+
+    name = "npz-compare"
+
+    def add_args(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("dir_a", metavar="DIR_A", help="first folder of .npz files (e.g. the fp32 reference)")
+        parser.add_argument("dir_b", metavar="DIR_B", help="second folder of .npz files")
+        parser.add_argument("--key", default="output_0", help="array to compare (default output_0)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from runtime import compare_npz
+
+        report = compare_npz(args.dir_a, args.dir_b, key=args.key)
+        width = max(len("file"), *(len(d.name) for d in (*report.files, report.overall)))
+        print(f"{'file'.ljust(width)}  {'max |diff|':>12}  {'mean |diff|':>12}  {'cosine':>10}")
+        for diff in (*report.files, report.overall):
+            print(f"{diff.name.ljust(width)}  {diff.max_abs:12.4e}  {diff.mean_abs:12.4e}  {diff.cosine:10.6f}")
+        for side, names in (("DIR_A", report.only_a), ("DIR_B", report.only_b)):
+            if names:
+                shown = ", ".join(names[:5]) + (f", ... ({len(names)} in all)" if len(names) > 5 else "")
+                print(f"only in {side}: {shown}")
+        return 1 if report.only_a or report.only_b else 0

@@ -1,0 +1,77 @@
+"""``isnet profile``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from tools.args import add_model_args, positive_int
+
+DEFAULT_ITERATIONS = 20
+
+
+def _batch_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got '{text}'") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got '{text}'")
+    return values
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got '{text}'") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {value}")
+    return value
+
+
+class ProfileCommand:
+    """Measure throughput (images/s) and latency p50/p90/p99/max of models on real pre-processed images.
+
+    One table, models side by side per batch size, headed by the host, CPU and library versions.
+    'infer' is the runner call alone; with --with-preprocess 'e2e' adds decoding, pre-processing,
+    restoring and PNG encoding. --instances runs N sessions concurrently on the same cores.
+    Images: the first 32 of --images, or deterministic synthetic photos.
+    """
+
+    name = "profile"
+
+    def add_args(self, parser: argparse.ArgumentParser) -> None:
+        add_model_args(parser, multiple=True)
+        parser.add_argument("--batch", type=_batch_list, default=[1], metavar="1,2,4",
+                            help="batch sizes, comma-separated (default 1)")
+        parser.add_argument("--instances", type=positive_int, default=1,
+                            help="concurrent sessions sharing the cores (default 1; threads then default "
+                                 "to cores / instances)")
+        parser.add_argument("--warmup", type=int, default=3, help="warm-up calls per session (default 3)")
+        length = parser.add_mutually_exclusive_group()
+        length.add_argument("--iterations", type=positive_int, default=None,
+                            help=f"measured calls per session (default {DEFAULT_ITERATIONS})")
+        length.add_argument("--duration", type=_positive_float, default=None, metavar="S",
+                            help="measure for S seconds instead of a number of calls")
+        parser.add_argument("--with-preprocess", action="store_true",
+                            help="also measure end to end: decode + pre-process + infer + restore + encode")
+        parser.add_argument("--images", default=None,
+                            help="folder of images to measure on (default: synthetic photos)")
+        parser.add_argument("--json", default=None, metavar="FILE", help="also write the records as JSON")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from export.atomic import write_text_atomic
+        from runtime import format_table, host_info, profile_models
+
+        iterations = None if args.duration is not None else (args.iterations or DEFAULT_ITERATIONS)
+        records = profile_models(args.model, batches=args.batch, instances=args.instances, threads=args.threads,
+                                 warmup=args.warmup, iterations=iterations, duration=args.duration,
+                                 with_preprocess=args.with_preprocess, image_dir=args.images, size=args.size)
+        host = host_info()
+        print(format_table(records, host))
+        if args.json:
+            payload = [record.to_json(host) for record in records]
+            write_text_atomic(args.json, json.dumps(payload, indent=2) + "\n")
+            print(f"wrote {args.json}")
+        return 0
