@@ -87,7 +87,7 @@ class QuantizeConfig:
     symmetric_weights: bool = True
     symmetric_activations: bool = False
     exclude_nodes: tuple[str, ...] = ()
-    num_bins: int = 0  # 0: the calibration method's default
+    num_bins: int = 0  # histogram bins; 0: 2048 (build_in.calibration.DEFAULT_BINS)
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,10 @@ import onnxsim
 import pytest
 from onnx.tools.update_model_dims import update_inputs_outputs_dims
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod
-from onnxruntime.quantization.calibrate import create_calibrator
+from onnxruntime.quantization.calibrate import HistogramCollector, create_calibrator
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from build_in.calibration import CalibrationSource, compute_tensor_ranges
+from build_in.calibration import CalibrationSource, compute_tensor_ranges, kl_threshold
 from build_in.config import CalibrationMode
 from build_in.ops import DEFAULT_OPS, Preprocessor
 
@@ -41,15 +41,15 @@ class _Reader(CalibrationDataReader):
 
 
 @pytest.mark.parametrize("mode, method, symmetric", [
-    (CalibrationMode.KL_DIVERGENCE, CalibrationMethod.Entropy, False),
     (CalibrationMode.MAX, CalibrationMethod.MinMax, False),
     (CalibrationMode.MAX, CalibrationMethod.MinMax, True),
     (CalibrationMode.PERCENTILE, CalibrationMethod.Percentile, True),
     (CalibrationMode.PERCENTILE, CalibrationMethod.Percentile, False),
 ])
 def test_ranges_identical_to_stock_calibrator(prepared, source, tmp_path, mode, method, symmetric):
+    # Same histogram size on both sides (ours defaults to DEFAULT_BINS).
     stock = create_calibrator(prepared, [], augmented_model_path=str(tmp_path / "stock.onnx"),
-                              calibrate_method=method, extra_options={"symmetric": symmetric})
+                              calibrate_method=method, extra_options={"symmetric": symmetric, "num_bins": 2048})
     stock.collect_data(_Reader(source))
     expected = stock.compute_data()
     steps = []
@@ -63,3 +63,84 @@ def test_ranges_identical_to_stock_calibrator(prepared, source, tmp_path, mode, 
         np.testing.assert_array_equal(got_high, high, err_msg=name)
     # One progress step per image and pass: histogram methods read the images twice.
     assert len(steps) == (4 if mode is CalibrationMode.MAX else 8)
+
+
+def test_kl_histograms_identical_to_stock_collection(prepared, source, tmp_path):
+    # The stock entropy search takes minutes per tensor at 2048 bins, so compare what feeds it:
+    # the collected histograms (and their min / max), which must be identical.
+    stock = create_calibrator(prepared, [], augmented_model_path=str(tmp_path / "stock.onnx"),
+                              calibrate_method=CalibrationMethod.Entropy,
+                              extra_options={"symmetric": False, "num_bins": 2048})
+    stock.collect_data(_Reader(source))
+    ours = compute_tensor_ranges(prepared, source, CalibrationMode.KL_DIVERGENCE, tmp_path)
+    assert set(ours.keys()) == set(stock.collector.histogram_dict)
+    for name, (hist, edges, low, high, _) in stock.collector.histogram_dict.items():
+        np.testing.assert_array_equal(ours[name].hist, hist, err_msg=name)
+        np.testing.assert_array_equal(ours[name].bins, edges, err_msg=name)
+        got_low, got_high = ours[name].range_value
+        assert low <= got_low <= got_high <= high
+
+
+def _reference_kl_curve(hist: np.ndarray, quantized: int = 128) -> np.ndarray:
+    """ONNX Runtime's entropy search, candidate by candidate as it is written, but in float64."""
+    bins = hist.size
+    zero = bins // 2
+    values = []
+    for reach in range(quantized // 2, zero + 1):
+        start, end = zero - reach, min(zero + reach + 1, bins)
+        window = hist[start:end].astype(np.int64)
+        p = window.copy()
+        p[0] += hist[:start].sum()
+        p[-1] += hist[end:].sum()
+        nonzero = p != 0
+        merged = window.size // quantized
+        q = np.zeros(p.size, dtype=np.int64)
+        for g in range(quantized):
+            total = window[g * merged:(g + 1) * merged].sum() + (window[quantized * merged:].sum()
+                                                                   if g == quantized - 1 else 0)
+            count = nonzero[g * merged:(g + 1) * merged].sum()
+            if count:
+                q[g * merged:(g + 1) * merged] = total // count
+        smoothed = []
+        for dist in (p.astype(np.float64), q.astype(np.float64)):
+            zeros = dist == 0
+            if zeros.all():
+                smoothed = None
+                break
+            dist = dist + np.where(zeros, 1e-4, -1e-4 * zeros.sum() / (~zeros).sum())
+            smoothed.append(dist / dist.sum())
+        values.append(np.inf if smoothed is None else float(np.sum(smoothed[0] * np.log(smoothed[0] / smoothed[1]))))
+    return np.array(values)
+
+
+def test_kl_threshold_is_the_minimum_of_ort_entropy_search():
+    rng = np.random.default_rng(0)
+    agree_with_ort = 0
+    collector = HistogramCollector("entropy", False, 512, 128, 99.9, "same")
+    for case in range(16):
+        data = np.concatenate([rng.normal(0, rng.uniform(0.1, 3), 5000),
+                               rng.exponential(rng.uniform(0.1, 5), rng.integers(0, 2000))]).astype(np.float32)
+        if case % 3 == 0:
+            data = np.maximum(data, 0)  # post-ReLU activations: one-sided
+        bound = np.array(np.abs(data).max(), np.float32)
+        hist, edges = np.histogram(data, 256 if case % 2 else 512, range=(-bound, bound))
+        low, high = kl_threshold(hist, edges, data.min(), data.max())
+        curve = _reference_kl_curve(hist)
+        best = int(np.argmin(curve))
+        zero = hist.size // 2
+        expected_low = max(edges[zero - 64 - best], data.min())
+        expected_high = min(edges[min(zero + 64 + best + 1, hist.size)], data.max())
+        assert (low, high) == (expected_low, expected_high)
+        agree_with_ort += collector.get_entropy_threshold((hist, edges, data.min(), data.max(), bound), 128) == (low, high)
+    # ORT evaluates in float32; it may pick another candidate where two tie within its rounding.
+    assert agree_with_ort >= 12
+
+
+def test_kl_clips_ranges_that_max_keeps(prepared, source, tmp_path):
+    kl = compute_tensor_ranges(prepared, source, CalibrationMode.KL_DIVERGENCE, tmp_path)
+    full = compute_tensor_ranges(prepared, source, CalibrationMode.MAX, tmp_path)
+    widths = [(float(kl[n].range_value[1] - kl[n].range_value[0]),
+               float(full[n].range_value[1][0] - full[n].range_value[0][0])) for n in full.keys()]
+    assert all(k <= f * (1 + 1e-6) for k, f in widths)
+    # KL must actually clip: with 2048 bins it finds thresholds inside the min/max range.
+    assert sum(k < 0.9 * f for k, f in widths) >= len(widths) // 10

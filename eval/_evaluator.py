@@ -1,0 +1,156 @@
+"""All metrics over one image set in one pass per image, and the in-memory entry points."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from eval._metrics import MAE, EMeasure, FMeasure, SMeasure, WeightedFMeasure
+from eval._statistics import PairStatistics
+from export.errors import IsnetError, did_you_mean
+
+# The names PySODEvalToolkit's --metric-names accepts for these metrics, and the result keys each
+# one reports (also the console and record columns, in this order).
+RESULT_KEYS: dict[str, tuple[str, ...]] = {
+    "mae": ("mae",),
+    "fmeasure": ("maxfmeasure", "avgfmeasure", "adpfmeasure"),
+    "precision": ("maxprecision", "avgprecision"),
+    "recall": ("maxrecall", "avgrecall"),
+    "em": ("maxem", "avgem", "adpem"),
+    "sm": ("sm",),
+    "wfm": ("wfm",),
+}
+METRIC_NAMES: tuple[str, ...] = tuple(RESULT_KEYS)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Scores of one method on one image set.
+
+    ``metrics`` maps result keys (``mae``, ``maxfmeasure``, ... see ``RESULT_KEYS``) to floats.
+    ``curves`` holds the dataset-mean curves over 256 thresholds, index t meaning "foreground where
+    the 8-bit normalised map is >= t": ``precision``, ``recall`` and ``fmeasure`` (the PR curve is
+    recall vs precision) when any F-measure family metric was asked for, ``em`` with the E-measure.
+    For files, ``missing`` lists the GT names skipped for want of a prediction (only with
+    ``allow_missing``) and ``resized`` the names whose prediction was resized to its GT.
+    """
+
+    metrics: dict[str, float]
+    curves: dict[str, np.ndarray]
+    num_images: int
+    missing: tuple[str, ...] = ()
+    resized: tuple[str, ...] = ()
+
+
+def check_metric_names(names: Iterable[str]) -> tuple[str, ...]:
+    """Validate metric names and return them in canonical order."""
+    names = [names] if isinstance(names, str) else list(names)
+    if not names:
+        raise IsnetError(f"no metric names given; choose from {', '.join(METRIC_NAMES)}")
+    for name in names:
+        if name not in RESULT_KEYS:
+            raise IsnetError(f"unknown metric '{name}'{did_you_mean(name, METRIC_NAMES)}; "
+                             f"choose from {', '.join(METRIC_NAMES)}")
+    return tuple(name for name in METRIC_NAMES if name in names)
+
+
+class SaliencyEvaluator:
+    """Every requested metric over a set of (prediction, GT) pairs, sharing one pass per image.
+
+    ``step(pred, gt)`` takes uint8 2-D arrays of the same shape (0..255, the GT binarised at
+    > 128 as in PySODEvalToolkit); ``results()`` returns an :class:`EvalResult`.
+    """
+
+    def __init__(self, metric_names: Iterable[str] = METRIC_NAMES):
+        self.metric_names = check_metric_names(metric_names)
+        wanted = set(self.metric_names)
+        self._metrics = []
+        if "mae" in wanted:
+            self._metrics.append(MAE())
+        if wanted & {"fmeasure", "precision", "recall"}:
+            self._metrics.append(FMeasure())
+        if "em" in wanted:
+            self._metrics.append(EMeasure())
+        if "sm" in wanted:
+            self._metrics.append(SMeasure())
+        if "wfm" in wanted:
+            self._metrics.append(WeightedFMeasure())
+        self._regions = any(metric.needs_regions for metric in self._metrics)
+
+    def step(self, pred: np.ndarray, gt: np.ndarray) -> None:
+        """Score one pair."""
+        self._add(self._measure(pred, gt))
+
+    def _measure(self, pred: np.ndarray, gt: np.ndarray) -> tuple:
+        """Per-image records of every metric (pure; run in worker processes)."""
+        stats = PairStatistics(pred, gt, regions=self._regions)
+        return tuple(metric._measure(stats) for metric in self._metrics)
+
+    def _add(self, records: tuple) -> None:
+        for metric, record in zip(self._metrics, records, strict=True):
+            metric._add(record)
+
+    @property
+    def num_images(self) -> int:
+        """Pairs stepped so far."""
+        return self._metrics[0].num_images
+
+    def results(self) -> EvalResult:
+        """Dataset-level scores and curves; raises ``ValueError`` before the first step."""
+        values: dict[str, float] = {}
+        curves: dict[str, np.ndarray] = {}
+        for metric in self._metrics:
+            values.update(metric.results())
+            if hasattr(metric, "curves"):
+                curves.update(metric.curves())
+        keys = [key for name in self.metric_names for key in RESULT_KEYS[name]]
+        return EvalResult(metrics={key: values[key] for key in keys}, curves=curves,
+                          num_images=self.num_images)
+
+
+def _as_maps(arrays) -> list[np.ndarray]:
+    """2-D uint8 maps from an array (H, W), (N, H, W) or (N, 1, H, W), or a list/tuple of those."""
+    from build_in.ops import map_to_uint8
+
+    if isinstance(arrays, (list, tuple)):
+        return [m for item in arrays for m in _as_maps(item)]
+    batch = np.asarray(arrays)
+    if batch.ndim == 4 and batch.shape[1] == 1:
+        batch = batch[:, 0]
+    if batch.ndim == 2:
+        batch = batch[None]
+    if batch.ndim != 3:
+        raise ValueError(f"expected maps shaped (H, W), (N, H, W) or (N, 1, H, W), got {batch.shape}")
+    if batch.dtype == np.uint8:
+        return [np.ascontiguousarray(m) for m in batch]
+    if batch.dtype == bool:
+        return [m.astype(np.uint8) * np.uint8(255) for m in batch]
+    if np.issubdtype(batch.dtype, np.floating):
+        return [map_to_uint8(m) for m in batch]
+    raise ValueError(f"maps must be uint8, bool or float in [0, 1], got {batch.dtype}")
+
+
+def validation_scores(preds, gts) -> dict[str, float]:
+    """MAE and max F-measure of in-memory maps: the cheap validation scores for training.
+
+    ``preds`` and ``gts`` are arrays shaped (H, W), (N, H, W) or (N, 1, H, W), or sequences of such
+    (e.g. one batch per element); pairs are matched by position and must have the same size. Float
+    maps are probabilities in [0, 1] and are rounded to 8 bits as ``isnet run`` saves them
+    (``build_in.ops.map_to_uint8``), so the scores equal what ``isnet eval`` reports on the saved
+    masks; uint8 maps are used as they are; bool GTs mean 0/255. Only the histogram pieces are
+    computed (no S-measure or weighted F-measure work), a fraction of a millisecond per image.
+
+    Returns ``{"mae": float, "maxfmeasure": float}``.
+    """
+    pred_maps, gt_maps = _as_maps(preds), _as_maps(gts)
+    if len(pred_maps) != len(gt_maps):
+        raise ValueError(f"{len(pred_maps)} predictions but {len(gt_maps)} GT maps")
+    if not pred_maps:
+        raise ValueError("no maps given")
+    evaluator = SaliencyEvaluator(("mae", "fmeasure"))
+    for pred, gt in zip(pred_maps, gt_maps):
+        evaluator.step(pred, gt)
+    metrics = evaluator.results().metrics
+    return {"mae": metrics["mae"], "maxfmeasure": metrics["maxfmeasure"]}

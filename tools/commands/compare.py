@@ -1,0 +1,88 @@
+"""``isnet compare``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tools.args import positive_int
+
+
+class CompareCommand:
+    """Build every precision of a model, run, evaluate and profile each: one accuracy/speed report.
+
+    Give an experiment file (YAML/JSON, see tools/compare.py), or flags (--model, --dataset,
+    --builds ...), or both (flags win). The report folder gets report.md, report.json, PR and
+    F-measure curves and a strip of masks per build. Reruns reuse every stage whose inputs did
+    not change. With max_delta tolerances, the exit code is 1 when a build drifts past them.
+    """
+
+    name = "compare"
+
+    def add_args(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("experiment", nargs="?", help="experiment file (YAML or JSON)")
+        parser.add_argument("--model", help="source model: .pth checkpoint or .onnx")
+        parser.add_argument("--dataset", help="evaluation set in ECSSD layout (image/, mask/)")
+        parser.add_argument("--calibration", help="calibration image folder (default: the evaluation images)")
+        parser.add_argument("--calibration-count", type=positive_int, help="calibration images (default 50)")
+        parser.add_argument("--builds", help="comma-separated presets, e.g. fp32,fp16,int8_kl,int8_max,ov_int8_max")
+        parser.add_argument("--size", nargs=2, type=positive_int, metavar=("H", "W"), help="model input size")
+        parser.add_argument("--output", help="report folder")
+        parser.add_argument("--max-delta", action="append", default=[], metavar="METRIC=TOL",
+                            help="gate: fail when a build's metric moves more than TOL from the reference "
+                                 "(repeatable, e.g. --max-delta mae=0.002)")
+        parser.add_argument("--profile-seconds", type=float, help="profiling time per build (default 3)")
+        parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                            help="override an experiment key (repeatable)")
+        parser.add_argument("--force", action="store_true", help="redo every stage, reusing nothing")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from export.errors import IsnetError
+        from tools.compare import HEADERS, load_experiment, read_experiment, run_experiment, table_rows
+        from tools.progress import StageBars
+
+        overrides = list(args.overrides)
+        flag_values = {"model": args.model, "builds": args.builds, "report.path": args.output,
+                       "calibration.path": args.calibration, "calibration.count": args.calibration_count,
+                       "profile.seconds": args.profile_seconds,
+                       "input_size": list(args.size) if args.size else None}
+        for key, value in flag_values.items():
+            if value is not None:
+                overrides.append(f"{key}={value if not isinstance(value, str) else value}")
+        if args.dataset:
+            overrides.append(f"dataset={{path: '{Path(args.dataset).resolve()}'}}")
+        for item in args.max_delta:
+            if "=" not in item:
+                raise IsnetError(f"--max-delta expects METRIC=TOL, got '{item}'")
+            metric, tolerance = item.split("=", 1)
+            overrides.append(f"max_delta.{metric}={tolerance}")
+        if args.experiment:
+            experiment = read_experiment(args.experiment, overrides)
+        else:
+            if not args.model or not args.dataset:
+                raise IsnetError("give an experiment file, or at least --model and --dataset")
+            if not args.builds:
+                overrides.append("builds=fp32,fp16,int8_kl,int8_max")
+            experiment = load_experiment({}, "command line", Path.cwd(), overrides)
+
+        with StageBars() as bars:
+            result = run_experiment(experiment, force=args.force, progress=bars)
+        header, rows = table_rows(result.reports, result.reference)
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+        print("  ".join(h.rjust(w) for h, w in zip(header, widths)))
+        for row in rows:
+            print("  ".join(c.rjust(w) for c, w in zip(row, widths)))
+        for report in result.reports:
+            if report.reused:
+                print(f"{report.name}: reused {', '.join(report.reused)}")
+        for note in result.warnings:
+            print(f"warning: {note}")
+        print(f"report: {result.files['report.md']} (and report.json, curves, strip) in {result.output}")
+        if result.violations:
+            for violation in result.violations:
+                print(f"FAIL {violation}")
+            return 1
+        if experiment.max_delta:
+            print(f"gate: every build within {', '.join(f'{k} {v}' for k, v in experiment.max_delta.items())} "
+                  f"of {result.reference}")
+        return 0
