@@ -136,20 +136,24 @@ def model_kind(path: str | os.PathLike) -> ModelKind:
 
 
 def load_model(path: str | os.PathLike, threads: int | None = None,
-               size: tuple[int, int] | None = None) -> LoadedModel:
+               size: tuple[int, int] | None = None, runner_options: dict | None = None) -> LoadedModel:
     """Open a model (artifact folder, ``.onnx``, TorchScript or ``.pth``) for inference.
 
     ``threads`` sets intra-op threads (None: the library default). ``size`` (height, width) is
     the pre-processing size for models without ``build.json``; it is refused for artifacts,
-    which carry their own, and must agree with a static ONNX input shape.
+    which carry their own, and must agree with a static ONNX input shape. ``runner_options``
+    override an artifact's recorded runtime options (e.g. OpenVINO ``performance_hint``,
+    ``streams``); other model kinds take none.
     """
+    if runner_options and not is_artifact(path):
+        raise IsnetError(f"{path}: runner options ({', '.join(runner_options)}) apply to OpenVINO artifacts only")
     path = Path(path)
     kind = model_kind(path)
     size = _check_size(size)
     if kind is ModelKind.ARTIFACT:
         if size is not None:
             raise IsnetError(f"{path}: an artifact's input size comes from its {BUILD_JSON}; drop --size")
-        artifact = open_artifact(path, threads=threads)
+        artifact = open_artifact(path, threads=threads, **(runner_options or {}))
         return LoadedModel(path, artifact.name, kind, str(artifact.info["backend"]),
                            str(artifact.info["precision"]), artifact.runner, artifact.preprocessor,
                            fixed_batch=_artifact_fixed_batch(artifact.info, artifact.runner), info=artifact.info)

@@ -30,6 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from build_in.artifact import is_artifact, read_build_info
 from build_in.imageio import list_images
 from build_in.ops import map_to_uint8
 from export.errors import IsnetError
@@ -203,15 +204,51 @@ def _instance_threads(instances: int, threads: int | None) -> int | None:
     return max(1, (os.cpu_count() or 1) // instances)
 
 
+@dataclass
+class _Instance:
+    model: LoadedModel
+    threads_used: int | None
+
+
+def _open_instances(path, instances: int, threads: int | None, size, hint: str | None):
+    """The sessions to measure and a factory of one infer callable per instance for a batch size.
+
+    ONNX Runtime and torch models get one session per instance, the cores split between them.
+    An OpenVINO artifact gets one compiled model with ``instances`` streams and one infer request
+    per instance, which is how OpenVINO shares a CPU between concurrent requests.
+    """
+    probe_options = {"performance_hint": hint} if hint else None
+    if is_artifact(path) and read_build_info(path)["backend"] == "openvino":
+        options = {}
+        if instances > 1:
+            options = {"streams": instances, "performance_hint": "THROUGHPUT"}
+        if hint:
+            options["performance_hint"] = hint.upper()
+        model = load_model(path, threads=threads, size=size, runner_options=options)
+
+        def calls(batch: int):
+            requests = model.runner.infer_requests(instances, batch)
+            return [lambda stack, r=r: r.infer({0: stack})[0] for r in requests]
+
+        return [_Instance(model, threads)], calls
+    if probe_options:
+        raise IsnetError(f"{path}: --hint applies to OpenVINO artifacts only")
+    threads = _instance_threads(instances, threads)
+    models = [load_model(path, threads=threads, size=size) for _ in range(instances)]
+    return [_Instance(m, threads) for m in models], lambda batch: [m.predict for m in models]
+
+
 def profile_model(path: str | os.PathLike, batches: Sequence[int] = (1,), instances: int = 1,
                   threads: int | None = None, warmup: int = 3, iterations: int | None = 20,
                   duration: float | None = None, with_preprocess: bool = False,
                   image_dir: str | os.PathLike | None = None,
-                  size: tuple[int, int] | None = None) -> list[ProfileRecord]:
+                  size: tuple[int, int] | None = None, hint: str | None = None) -> list[ProfileRecord]:
     """Profile one model at every batch size; returns one :class:`ProfileRecord` per batch.
 
     Images come from ``image_dir`` (its first 32) or, when None, from deterministic synthetic
     photos. Give either ``iterations`` (calls per instance) or ``duration`` (seconds).
+    ``hint`` (``LATENCY`` / ``THROUGHPUT``) is the OpenVINO performance hint; by default an
+    OpenVINO artifact uses its recorded hint with one instance and THROUGHPUT with several.
     """
     if (iterations is None) == (duration is None):
         raise IsnetError("give either --iterations or --duration")
@@ -219,9 +256,9 @@ def profile_model(path: str | os.PathLike, batches: Sequence[int] = (1,), instan
         raise IsnetError("--iterations and --duration must be positive")
     if instances < 1 or warmup < 0 or not batches or any(b < 1 for b in batches):
         raise IsnetError("--instances and --batch values must be positive, --warmup non-negative")
-    threads = _instance_threads(instances, threads)
-    models = [load_model(path, threads=threads, size=size) for _ in range(instances)]
-    first = models[0]
+    models, calls = _open_instances(path, instances, threads, size, hint)
+    threads = models[0].threads_used
+    first = models[0].model
     with tempfile.TemporaryDirectory(prefix="isnet-profile-") as scratch:
         images = _images(image_dir, Path(scratch))
         prepared = [first.preprocessor.load(image) for image in images]
@@ -235,22 +272,24 @@ def profile_model(path: str | os.PathLike, batches: Sequence[int] = (1,), instan
                       for start in range(0, max(len(prepared), batch), batch)]
             cursor = [0] * instances
 
+            infer_calls = calls(batch)
+
             def infer(instance: int) -> int:
                 stack = stacks[cursor[instance] % len(stacks)]
                 cursor[instance] += 1
-                models[instance].predict(stack)
+                infer_calls[instance](stack)
                 return batch
 
             inference = _measure(infer, instances, warmup, iterations, duration)
             end_to_end = None
             if with_preprocess:
                 def run_end_to_end(instance: int) -> int:
-                    model: LoadedModel = models[instance]
+                    model: LoadedModel = first
                     start = cursor[instance]
                     cursor[instance] += batch
                     files = [images[(start + i) % len(images)] for i in range(batch)]
                     loaded = [model.preprocessor.load(file) for file in files]
-                    outputs = model.predict(np.stack([tensor for tensor, _ in loaded]))
+                    outputs = infer_calls[instance](np.stack([tensor for tensor, _ in loaded]))
                     for (_, geometry), output in zip(loaded, outputs):
                         mask = map_to_uint8(model.preprocessor.restore(output[0], geometry))
                         cv2.imencode(".png", mask)
@@ -305,8 +344,14 @@ def profile_models(paths: Sequence[str | os.PathLike], size: tuple[int, int] | N
     kinds = [model_kind(path) for path in paths]
     if size is not None and all(kind is ModelKind.ARTIFACT for kind in kinds):
         raise IsnetError("--size is for models without build.json; artifacts carry their own input size (drop --size)")
+    hint = options.pop("hint", None)
+    openvino = [kind is ModelKind.ARTIFACT and read_build_info(path)["backend"] == "openvino"
+                for path, kind in zip(paths, kinds)]
+    if hint and not any(openvino):
+        raise IsnetError("--hint is the OpenVINO performance hint; none of the models is an OpenVINO artifact")
     records = []
-    for path, kind in zip(paths, kinds):
-        records.extend(profile_model(path, size=None if kind is ModelKind.ARTIFACT else size, **options))
+    for path, kind, is_openvino in zip(paths, kinds, openvino):
+        records.extend(profile_model(path, size=None if kind is ModelKind.ARTIFACT else size,
+                                     hint=hint if is_openvino else None, **options))
     return records
 

@@ -24,10 +24,15 @@ class StageBars:
         bar = self._bars.get(stage)
         if bar is not None and advance:
             bar.update(advance)
+            if bar.n >= bar.total:
+                # A finished stage gives its line back, so bars never pile up on screen.
+                bar.close()
+                self._bars[stage] = None
 
     def close(self) -> None:
         for bar in self._bars.values():
-            bar.close()
+            if bar is not None:
+                bar.close()
         self._bars.clear()
 
     def __enter__(self) -> "StageBars":

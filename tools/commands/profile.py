@@ -58,6 +58,9 @@ class ProfileCommand:
                             help="also measure end to end: decode + pre-process + infer + restore + encode")
         parser.add_argument("--images", default=None,
                             help="folder of images to measure on (default: synthetic photos)")
+        parser.add_argument("--hint", choices=["latency", "throughput"], default=None,
+                            help="OpenVINO performance hint (default: the artifact's, THROUGHPUT with "
+                                 "--instances > 1, which become OpenVINO streams with one infer request each)")
         parser.add_argument("--json", default=None, metavar="FILE", help="also write the records as JSON")
 
     def run(self, args: argparse.Namespace) -> int:
@@ -67,7 +70,8 @@ class ProfileCommand:
         iterations = None if args.duration is not None else (args.iterations or DEFAULT_ITERATIONS)
         records = profile_models(args.model, batches=args.batch, instances=args.instances, threads=args.threads,
                                  warmup=args.warmup, iterations=iterations, duration=args.duration,
-                                 with_preprocess=args.with_preprocess, image_dir=args.images, size=args.size)
+                                 with_preprocess=args.with_preprocess, image_dir=args.images, size=args.size,
+                                 hint=args.hint)
         host = host_info()
         print(format_table(records, host))
         if args.json:
