@@ -22,8 +22,11 @@ setup: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# The main job on the embedded default: synthetic data, the shipped demo checkpoint, every build.
 demo: $(STAMP)
-	$(VENV)/bin/isnet export --weights random --seed 0 --size 320 320 --output-dir demo-out --name isnet-random-320
+	$(VENV)/bin/isnet synth --out demo-out/data/eval --count 40 --seed 2026
+	$(VENV)/bin/isnet synth --out demo-out/data/calib --count 32 --seed 7
+	$(VENV)/bin/isnet compare tools/experiments/demo.yaml
 
 clean:
 	rm -rf $(VENV) demo-out

@@ -26,6 +26,7 @@ scores and profiles whose inputs did not change.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -37,7 +38,7 @@ import numpy as np
 import yaml
 
 from build_in import build_artifact, decode_image, decode_mask, list_images, read_build_info, sha256_file
-from build_in.config import BuildConfig, load_build_config, validate_build_config
+from build_in.config import BuildConfig, FrontendType, load_build_config, validate_build_config
 from build_in.ops import DEFAULT_OPS
 from export.atomic import atomic_path, write_text_atomic
 from export.errors import IsnetError, did_you_mean
@@ -84,6 +85,8 @@ class Experiment:
     """A validated experiment."""
 
     name: str
+    model: Path
+    input_size: tuple[int, int]
     images: Path
     masks: Path
     builds: tuple[BuildEntry, ...]
@@ -277,7 +280,7 @@ def load_experiment(data: Mapping, source: str, base: Path, overrides: Sequence[
         if not isinstance(tolerance, (int, float)) or tolerance < 0:
             raise _fail(source, f"max_delta.{metric}", f"expected a non-negative number, got {tolerance!r}")
     return Experiment(
-        name=name, images=images, masks=masks, builds=tuple(builds), reference=reference, output=output,
+        name=name, model=model, input_size=(size[0], size[1]), images=images, masks=masks, builds=tuple(builds), reference=reference, output=output,
         batch=int(run.get("batch", 1)), workers=run.get("workers"), threads=run.get("threads"),
         drift_images=int(run.get("drift_images", 100)), profile_seconds=float(profile.get("seconds", 3.0)),
         profile_batch=int(profile.get("batch", 1)), max_delta={k: float(v) for k, v in max_delta.items()},
@@ -402,6 +405,29 @@ def _strip(path: Path, images: list[Path], masks_dir: Path, builds: list[str], m
     return path
 
 
+def _export_once(experiment: Experiment, manifests: "_Manifests", force: bool) -> tuple[BuildEntry, ...]:
+    """Export a ``.pth`` source to ONNX once, and point every build made from it at that file."""
+    from export.exporter import ExportRequest, export_model
+
+    from_model = [e for e in experiment.builds if e.config is not None
+                  and e.config.frontend.type is FrontendType.PYTORCH and e.config.frontend.checkpoint == experiment.model]
+    if not from_model:
+        return experiment.builds
+    target = experiment.output / "source" / f"{experiment.model.stem}.onnx"
+    inputs = _digest({"model": sha256_file(experiment.model), "size": experiment.input_size})
+    if force or manifests.get("export", "source", inputs) is None or not target.is_file():
+        export_model(ExportRequest(weights=str(experiment.model), size=experiment.input_size, output_dir=target.parent,
+                                   name=target.stem, formats=("onnx",)))
+        manifests.put("export", "source", inputs, {"onnx": str(target)})
+    builds = []
+    for entry in experiment.builds:
+        if entry in from_model:
+            frontend = dataclasses.replace(entry.config.frontend, type=FrontendType.ONNX, checkpoint=target)
+            entry = dataclasses.replace(entry, config=dataclasses.replace(entry.config, frontend=frontend))
+        builds.append(entry)
+    return tuple(builds)
+
+
 def run_experiment(experiment: Experiment, force: bool = False, progress: Progress | None = None) -> CompareResult:
     """Build, run, evaluate and profile every build; write the report; check the gate."""
     from eval import evaluate_folders
@@ -420,6 +446,7 @@ def run_experiment(experiment: Experiment, force: bool = False, progress: Progre
     reports: list[BuildReport] = []
     mask_dirs: dict[str, Path] = {}
 
+    experiment = dataclasses.replace(experiment, builds=_export_once(experiment, manifests, force))
     infos = {}
     for entry in experiment.builds:
         info, reused = _build_stage(entry, force, progress)
@@ -531,7 +558,7 @@ def gate(reports: list[BuildReport], reference: str, max_delta: Mapping[str, flo
 def table_rows(reports: list[BuildReport], reference: str) -> tuple[list[str], list[list[str]]]:
     """The report table: header and rows of formatted cells."""
     header = ["build", "backend", "precision", "calibration", "size MB", *[HEADERS[m] for m in METRIC_COLUMNS],
-              f"mean |d| vs {reference}", "images/s", "p50 ms"]
+              f"drift vs {reference}", "images/s", "p50 ms"]
     rows = []
     for r in reports:
         rows.append([r.name, r.backend, r.precision, r.calibration_mode, f"{r.size_mb:.1f}",
@@ -564,7 +591,7 @@ def write_report(experiment: Experiment, reports: list[BuildReport], notes: list
 
     md = [f"# {experiment.name}: accuracy and speed per build", "",
           f"{len(images)} images from `{experiment.images}`, ground truth `{experiment.masks}`. "
-          f"Drift (mean |d|) compares raw output maps with build `{experiment.reference}` on "
+          f"Drift is the mean absolute difference of the raw output maps from build `{experiment.reference}` on "
           f"{min(experiment.drift_images, len(images))} images; speed is inference only, batch "
           f"{experiment.profile_batch}, {experiment.profile_seconds:g} s per build.", "",
           markdown_table(header, rows), ""]

@@ -1,0 +1,83 @@
+"""`isnet compare` end to end on a tiny random model and a tiny generated set."""
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from export.model import ISNet
+from export.weights import save_checkpoint
+from tools.synth import generate_dataset
+
+COLUMNS = ["build", "backend", "precision", "calibration", "size MB", "MAE", "maxF", "avgF", "adpF", "maxE",
+           "avgE", "adpE", "Sm", "wFm", "drift vs fp32", "images/s", "p50 ms"]
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    torch.manual_seed(0)
+    save_checkpoint(root / "tiny.pth", ISNet("isnet-lite"))
+    generate_dataset(root / "eval", 6, seed=3)
+    generate_dataset(root / "calib", 4, seed=4)
+    data = {
+        "name": "tiny", "model": "tiny.pth", "input_size": [64, 64], "dataset": {"path": "eval"},
+        "calibration": {"path": "calib/image", "count": 4},
+        "builds": {"fp32": {"backend": {"dtype": "fp32"}}, "fp16": {"backend": {"dtype": "fp16"}},
+                   "int8": {"backend": {"dtype": "int8", "quantize": {"calibrate_mode": "max"}}}},
+        "profile": {"seconds": 0.3}, "report": {"path": "report", "strip_images": 2},
+    }
+    path = root / "experiment.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_compare_writes_every_report_file_and_column(run_isnet, experiment):
+    proc = run_isnet("compare", experiment, cwd=experiment.parent)
+    assert proc.returncode == 0, proc.stderr
+    report = experiment.parent / "report"
+    assert {"report.md", "report.json", "tiny.png", "strip.png"} <= {p.name for p in report.iterdir()}
+    header = next(line for line in proc.stdout.splitlines() if line.strip().startswith("build"))
+    for column in COLUMNS:
+        assert column in header
+    markdown = (report / "report.md").read_text()
+    table_header = next(line for line in markdown.splitlines() if line.startswith("| build"))
+    assert [c.strip() for c in table_header.strip("|").split("|")] == COLUMNS
+    payload = json.loads((report / "report.json").read_text())
+    builds = {b["name"]: b for b in payload["builds"]}
+    assert list(builds) == ["fp32", "fp16", "int8"]
+    assert builds["int8"]["calibration"] == "max" and builds["fp32"]["drift_mean_abs"] == 0.0
+    for build in builds.values():
+        assert set(build["metrics"]) >= {"mae", "maxfmeasure", "avgfmeasure", "adpfmeasure", "maxem", "avgem",
+                                         "adpem", "sm", "wfm"}
+        assert 0 <= build["metrics"]["mae"] <= 1 and build["throughput_ips"] > 0 and build["size_mb"] > 0
+        assert len(list((report / "masks" / build["name"]).glob("*.png"))) == 6
+    assert 0 < builds["int8"]["drift_mean_abs"] < 0.1
+    assert payload["notes"] == []  # calibration and evaluation images are disjoint
+
+
+def test_rerun_reuses_every_stage(run_isnet, experiment):
+    first = run_isnet("compare", experiment, cwd=experiment.parent)
+    assert first.returncode == 0, first.stderr
+    again = run_isnet("compare", experiment, cwd=experiment.parent)
+    assert again.returncode == 0, again.stderr
+    for name in ("fp32", "fp16", "int8"):
+        assert f"{name}: reused build, masks, scores, profile" in again.stdout
+
+
+def test_gate_fails_a_drifting_build_and_overlap_is_reported(run_isnet, experiment):
+    root = experiment.parent
+    proc = run_isnet("compare", experiment, "--max-delta", "drift=0", "--set", "calibration.path=eval/image",
+                     "--set", "report.path=gated", cwd=root)
+    assert proc.returncode == 1, proc.stderr
+    assert "FAIL int8: mean |diff| vs fp32" in proc.stdout
+    assert "int8: 4 of the 6 evaluation images were also calibration images" in proc.stdout
+    payload = json.loads((root / "gated" / "report.json").read_text())
+    assert payload["violations"] and payload["notes"]
+
+
+def test_bad_experiment_is_one_line_exit_2(run_isnet, experiment):
+    proc = run_isnet("compare", experiment, "--set", "builds=[fp32, int9]", cwd=experiment.parent)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "unknown preset 'int9'" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
