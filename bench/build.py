@@ -22,21 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-ECSSD = ROOT.parent / "shared" / "data" / "ECSSD" / "image"
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _common import ECSSD as ECSSD_ROOT, build_in_child  # noqa: E402
 
-def _peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
-
-
-def _ours(config_path: str, overrides: list[str], queue) -> None:
-    from build_in import build_artifact, load_build_config
-
-    started = time.perf_counter()
-    result = build_artifact(load_build_config(config_path, overrides), force=True)
-    queue.put({"seconds": time.perf_counter() - started, "peak_gb": _peak_rss_gb(),
-               "dir": str(result.artifact_dir), "fidelity": result.info["fidelity"]})
+ECSSD = ECSSD_ROOT / "image"
 
 
 def _stock(source_onnx: str, images: list[str], size: int, out_dir: str, queue) -> None:
@@ -75,17 +66,19 @@ def _stock(source_onnx: str, images: list[str], size: int, out_dir: str, queue) 
                     quant_format=QuantFormat.QDQ, per_channel=True, calibrate_method=CalibrationMethod.Entropy,
                     extra_options={"CalibTensorRangeSymmetric": False})
     shutil.rmtree(work, ignore_errors=True)
-    queue.put({"seconds": time.perf_counter() - started, "peak_gb": _peak_rss_gb(), "dir": out_dir})
+    queue.put({"seconds": time.perf_counter() - started,
+               "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2, "dir": out_dir})
 
 
-def _in_process(target, *args) -> dict:
-    queue = multiprocessing.get_context("spawn").Queue()
-    process = multiprocessing.get_context("spawn").Process(target=target, args=(*args, queue))
+def _stock_in_child(*args) -> dict:
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_stock, args=(*args, queue))
     process.start()
     result = queue.get()
     process.join()
     if process.exitcode:
-        raise SystemExit(f"{target.__name__} failed with exit code {process.exitcode}")
+        raise SystemExit(f"stock quantize_static failed with exit code {process.exitcode}")
     return result
 
 
@@ -120,8 +113,6 @@ def main() -> int:
     if not ECSSD.is_dir():
         raise SystemExit(f"ECSSD images not found at {ECSSD}")
 
-    import yaml
-
     from build_in.imageio import list_images
     from export.exporter import ExportRequest, export_model
 
@@ -140,33 +131,28 @@ def main() -> int:
                                     {"type": "ToTensor"}]},
         "workspace": {"path": str(work / "artifacts")},
     }
-    config_path = work / "bench.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-
-    runs = [("fp32", ["name=fp32", "backend.dtype=fp32"]),
-            ("fp16", ["name=fp16", "backend.dtype=fp16"]),
-            (f"int8 kl, {args.images} img", ["name=int8_kl", "backend.dtype=int8",
-                                              "backend.quantize.calibrate_mode=kl_divergence"]),
-            (f"int8 max, {args.images} img", ["name=int8_max", "backend.dtype=int8",
-                                               "backend.quantize.calibrate_mode=max"])]
+    runs = [("fp32", {"backend": {"dtype": "fp32"}}),
+            ("fp16", {"backend": {"dtype": "fp16"}}),
+            (f"int8 kl, {args.images} img", {"backend": {"dtype": "int8", "quantize": {"calibrate_mode": "kl_divergence"}}}),
+            (f"int8 max, {args.images} img", {"backend": {"dtype": "int8", "quantize": {"calibrate_mode": "max"}}})]
     if args.extra_images:
-        runs.append((f"int8 kl, {args.extra_images} img", [
-            "name=int8_kl_many", "backend.dtype=int8", "backend.quantize.calibrate_mode=kl_divergence",
-            f"dataset.sampler.get_data_num={args.extra_images}"]))
+        runs.append((f"int8 kl, {args.extra_images} img", {
+            "backend": {"dtype": "int8", "quantize": {"calibrate_mode": "kl_divergence"}},
+            "dataset": {**config["dataset"], "sampler": {"suffix": "jpg", "get_data_num": args.extra_images}}}))
     rows = []
-    for label, overrides in runs:
+    for number, (label, overrides) in enumerate(runs):
         print(f"building {label} ...", file=sys.stderr, flush=True)
-        result = _in_process(_ours, str(config_path), overrides)
+        result = build_in_child({**config, **overrides, "name": f"build{number}"}, work)
         model = Path(result["dir"]) / "model.onnx"
+        fidelity = result["info"]["fidelity"]
         rows.append((label, "isnet build", result["seconds"], result["peak_gb"], model.stat().st_size / 1e6,
-                     result["fidelity"]["mean_abs_diff"], result["fidelity"]["max_abs_diff"],
-                     _latency_ms(model, args.size)))
+                     fidelity["mean_abs_diff"], fidelity["max_abs_diff"], _latency_ms(model, args.size)))
     if not args.no_stock:
         print("building stock quantize_static ...", file=sys.stderr, flush=True)
         images = [str(p) for p in list_images(ECSSD, ("jpg",))[: args.images]]
-        result = _in_process(_stock, str(source), images, args.size, str(work / "stock"))
+        result = _stock_in_child(str(source), images, args.size, str(work / "stock"))
         model = Path(result["dir"]) / "model.onnx"
-        rows.append((f"int8 kl, {args.images} img", "ORT quantize_static", result["seconds"], result["peak_gb"],
+        rows.append((f"int8 entropy (128 bins), {args.images} img", "ORT quantize_static", result["seconds"], result["peak_gb"],
                      model.stat().st_size / 1e6, float("nan"), float("nan"), _latency_ms(model, args.size)))
 
     print(f"\nISNet '{args.arch}' ({args.weights} weights) at {args.size}x{args.size}; "

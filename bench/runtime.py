@@ -17,8 +17,7 @@ machine falls on all of them alike.
 Target: ``isnet run`` reaches at least 90% of pure inference throughput. The model has random
 weights unless ``--weights`` names a checkpoint: throughput does not depend on the values.
 
-The int8 artifact is quantised here with ``onnxruntime.quantization.quantize_static`` (QDQ,
-per-channel int8 weights, uint8 activations, MinMax on 16 images) until ``isnet build`` can make it.
+The artifacts are made with ``isnet build`` (int8: KL calibration on the first 16 images).
 Artifacts are kept in ``--work-dir`` and reused by later runs. Other jobs on the machine slow
 every figure down; the range of the load average over the measurements is printed with them.
 """
@@ -26,9 +25,7 @@ every figure down; the range of the load average over the measurements is printe
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -49,52 +46,31 @@ SIZE = 320
 CALIBRATION_IMAGES = 16
 
 
-def _artifact(folder: Path, onnx_file: Path, precision: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    if onnx_file != folder / "model.onnx":
-        shutil.copyfile(onnx_file, folder / "model.onnx")
-    ops = [{**op, "size": [SIZE, SIZE]} if op["type"] == "Resize" else op for op in DEFAULT_OPS]
-    info = {"format": 1, "name": f"isnet-{precision}-{SIZE}", "backend": "onnxruntime", "precision": precision,
-            "model_file": "model.onnx", "input": {"name": "input", "shape": ["N", 3, SIZE, SIZE]},
-            "output": {"name": "output"}, "preprocess": ops}
-    (folder / "build.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
-    return folder
-
-
-def _fp32_artifact(work: Path, weights: str) -> Path:
-    folder = work / "isnet-fp32"
-    if (folder / "build.json").is_file():
-        return folder
+def _artifacts(work: Path, weights: str, images_dir: Path, precisions: list[str]) -> dict[str, Path]:
+    """fp32 / int8 (KL, 16 calibration images) ONNX Runtime artifacts made by ``isnet build``, reused if present."""
+    from build_in import build_artifact, validate_build_config
     from export.exporter import ExportRequest, export_model
 
-    print(f"exporting ISNet ({weights}) at {SIZE}x{SIZE} ...", flush=True)
-    result = export_model(ExportRequest(weights=weights, size=(SIZE, SIZE), output_dir=work / "export",
-                                        name="isnet", formats=("onnx",), seed=0))
-    return _artifact(folder, result.files["onnx"], "fp32")
-
-
-def _int8_artifact(work: Path, fp32: Path, images: list[Path]) -> Path:
-    folder = work / "isnet-int8"
-    if (folder / "build.json").is_file():
-        return folder
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    model = load_model(fp32)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self._items = iter(images[:CALIBRATION_IMAGES])
-
-        def get_next(self):
-            image = next(self._items, None)
-            return None if image is None else {"input": model.preprocessor.load(image)[0][None]}
-
-    print(f"quantising to int8 on {min(len(images), CALIBRATION_IMAGES)} images ...", flush=True)
-    folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder / "model.onnx") as tmp:
-        quantize_static(str(fp32 / "model.onnx"), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    return _artifact(folder, folder / "model.onnx", "int8")
+    source = work / "export" / "isnet.onnx"
+    if not source.is_file():
+        print(f"exporting ISNet ({weights}) at {SIZE}x{SIZE} ...", flush=True)
+        export_model(ExportRequest(weights=weights, size=(SIZE, SIZE), output_dir=source.parent, name="isnet",
+                                   formats=("onnx",), seed=0))
+    artifacts = {}
+    for precision in precisions:
+        config = validate_build_config({
+            "name": f"isnet-{precision}",
+            "frontend": {"checkpoint": str(source), "shape": {"input": [1, 3, SIZE, SIZE]}},
+            "backend": {"dtype": precision},
+            "dataset": {"path": str(images_dir), "sampler": {"get_data_num": CALIBRATION_IMAGES},
+                        "process_ops": [{**op, "size": [SIZE, SIZE]} if op["type"] == "Resize" else op
+                                        for op in DEFAULT_OPS]},
+            "workspace": {"path": str(work)}}, source="bench/runtime.py", base_dir=work)
+        if not (config.artifact_dir / "build.json").is_file():
+            print(f"building {precision} ...", flush=True)
+            build_artifact(config)
+        artifacts[precision] = config.artifact_dir
+    return artifacts
 
 
 def _warm_model(artifact: Path, image: Path):
@@ -169,9 +145,7 @@ def main() -> int:
         image.read_bytes()  # into the OS cache, so the first measurement does not pay for the disk
     chunks = _chunk_folders(images, Path(scratch.name) / "chunks", args.chunk)
 
-    artifacts = {"fp32": _fp32_artifact(work, args.weights)}
-    if "int8" in args.precisions:
-        artifacts["int8"] = _int8_artifact(work, artifacts["fp32"], images)
+    artifacts = _artifacts(work, args.weights, args.images, args.precisions)
 
     print(f"{len(images)} images from {args.images}, ISNet {SIZE}x{SIZE}, ONNX Runtime, batch 1, "
           f"{os.cpu_count()} CPUs; methods interleaved in rounds of {args.chunk} images")

@@ -268,9 +268,11 @@ def compute_tensor_ranges(model_path: str | os.PathLike, source: CalibrationSour
 
     each_image(accumulate)
     if mode is CalibrationMode.KL_DIVERGENCE:
-        thresholds = {name: (*kl_threshold(counts[name], edges[name], lows[name], highs[name],
-                                           calibrator.num_quantized_bins), counts[name], edges[name])
-                      for name in names}
+        # One threshold search per tensor; numpy releases the GIL in them, so threads share the cores.
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            found = pool.map(lambda name: kl_threshold(counts[name], edges[name], lows[name], highs[name],
+                                                       calibrator.num_quantized_bins), names)
+            thresholds = {name: (*threshold, counts[name], edges[name]) for name, threshold in zip(names, found)}
         return TensorsData(_ort_method(mode), thresholds)
     collector = HistogramCollector(method=_histogram_method(mode), symmetric=symmetric, num_bins=bins,
                                    num_quantized_bins=calibrator.num_quantized_bins, percentile=percentile,

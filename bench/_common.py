@@ -1,0 +1,64 @@
+"""Shared pieces of the benchmarks: the ECSSD split and builds measured in their own process."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import resource
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ECSSD = ROOT.parent / "shared" / "data" / "ECSSD"
+
+
+def split_ecssd(work: Path, calibration: int = 50) -> tuple[Path, Path]:
+    """Link ECSSD into ``work``: the first ``calibration`` images for calibration, the rest to evaluate.
+
+    Returns (calibration image folder, evaluation set in ECSSD layout). The two never overlap, so
+    int8 scores are not flattered by their own calibration images.
+    """
+    if not (ECSSD / "image").is_dir():
+        raise SystemExit(f"ECSSD not found at {ECSSD}")
+    images = sorted((ECSSD / "image").glob("*.jpg"))
+    calib, evaluation = work / "calib" / "image", work / "eval"
+    for folder in (calib, evaluation / "image", evaluation / "mask"):
+        folder.mkdir(parents=True, exist_ok=True)
+    for index, image in enumerate(images):
+        target = calib / image.name if index < calibration else evaluation / "image" / image.name
+        if not target.exists():
+            os.symlink(image, target)
+        if index >= calibration:
+            mask = evaluation / "mask" / f"{image.stem}.png"
+            if not mask.exists():
+                os.symlink(ECSSD / "mask" / f"{image.stem}.png", mask)
+    return calib, evaluation
+
+
+def _build_child(config: dict, base_dir: str, queue) -> None:
+    from build_in import build_artifact, validate_build_config
+
+    started = time.perf_counter()
+    result = build_artifact(validate_build_config(config, source="bench", base_dir=Path(base_dir)), force=True)
+    queue.put({"seconds": time.perf_counter() - started,
+               "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2,
+               "dir": str(result.artifact_dir), "info": result.info})
+
+
+def build_in_child(config: dict, base_dir: Path) -> dict:
+    """``build_artifact`` in a fresh process: its time, its own peak RSS (GB) and the build.json."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_build_child, args=(config, str(base_dir), queue))
+    process.start()
+    result = queue.get()
+    process.join()
+    if process.exitcode:
+        raise SystemExit(f"build {config.get('name')} failed (exit code {process.exitcode})")
+    return result
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])

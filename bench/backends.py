@@ -1,0 +1,112 @@
+"""Every backend x precision of ISNet at 320x320 on ECSSD, against PyTorch eager fp32, in one run.
+
+    python bench/backends.py                                   # the full ISNet, random weights
+    python bench/backends.py --weights export/weights/isnet-demo.pth
+
+Per build: build time and peak build memory (each build in its own process), artifact size,
+fidelity against the ONNX Runtime fp32 build (mean |diff| of output maps on 100 images, dMAE and
+dSm against the ECSSD ground truth of 450 images), images/s and p50 latency (batch 1), and the
+speed-up over PyTorch eager fp32 measured in the same run. Calibration: the first 50 ECSSD
+images, evaluation: the other 450.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import build_in_child, markdown, split_ecssd  # noqa: E402
+
+BUILDS = {
+    "ort fp32": {"backend": {"type": "onnxruntime", "dtype": "fp32"}},
+    "ort fp16": {"backend": {"type": "onnxruntime", "dtype": "fp16"}},
+    "ort int8 kl": {"backend": {"type": "onnxruntime", "dtype": "int8", "quantize": {"calibrate_mode": "kl_divergence"}}},
+    "ort int8 max": {"backend": {"type": "onnxruntime", "dtype": "int8", "quantize": {"calibrate_mode": "max"}}},
+    "ov fp32": {"backend": {"type": "openvino", "dtype": "fp32"}},
+    "ov fp16": {"backend": {"type": "openvino", "dtype": "fp16"}},
+    "ov bf16": {"backend": {"type": "openvino", "dtype": "bf16"}},
+    "ov int8 max": {"backend": {"type": "openvino", "dtype": "int8", "quantize": {"calibrate_mode": "max"}}},
+    "ov int8 percentile": {"backend": {"type": "openvino", "dtype": "int8",
+                                       "quantize": {"calibrate_mode": "percentile"}}},
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", default="random", help="checkpoint (default: the full ISNet, random weights)")
+    parser.add_argument("--builds", default=",".join(BUILDS), help="comma-separated subset of the builds")
+    parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--profile-seconds", type=float, default=10.0)
+    args = parser.parse_args()
+
+    import torch
+
+    from export.exporter import ExportRequest, export_model
+    from export.model import ISNet
+    from export.weights import save_checkpoint
+    from runtime import host_info, profile_model
+    from tools.compare import load_experiment, run_experiment
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="isnet-bench-backends-"))
+    calib, evaluation = split_ecssd(work)
+    weights = Path(args.weights) if args.weights != "random" else work / "isnet-random.pth"
+    if args.weights == "random" and not weights.is_file():
+        torch.manual_seed(0)
+        save_checkpoint(weights, ISNet("isnet"))
+    source = work / "source" / "isnet.onnx"
+    if not source.is_file():
+        export_model(ExportRequest(weights=str(weights), size=(320, 320), output_dir=source.parent, name="isnet",
+                                   formats=("onnx",)))
+    ops = [{"type": "DecodeImage"}, {"type": "Resize", "size": [320, 320]},
+           {"type": "Normalize", "mean": [0.5, 0.5, 0.5], "std": [1.0, 1.0, 1.0]}, {"type": "ToTensor"}]
+    names = [b.strip() for b in args.builds.split(",") if b.strip()]
+    built = {}
+    for name in names:
+        print(f"building {name} ...", file=sys.stderr, flush=True)
+        config = {"name": name.replace(" ", "_"), "frontend": {"checkpoint": str(source),
+                                                               "shape": {"input": [1, 3, 320, 320]}},
+                  **BUILDS[name], "dataset": {"path": str(calib), "sampler": {"get_data_num": 50},
+                                              "process_ops": ops},
+                  "workspace": {"path": str(work / "artifacts")}}
+        built[name] = build_in_child(config, work)
+
+    experiment = load_experiment({
+        "name": "backends", "model": str(source), "input_size": [320, 320], "dataset": {"path": str(evaluation)},
+        "builds": {name.replace(" ", "_"): {"artifact": built[name]["dir"]} for name in names},
+        "reference": names[0].replace(" ", "_"), "run": {"drift_images": 100},
+        "profile": {"seconds": args.profile_seconds}, "report": {"path": str(work / "report")},
+    }, source="bench/backends.py", base=work)
+    result = run_experiment(experiment)
+    print("profiling PyTorch eager fp32 ...", file=sys.stderr, flush=True)
+    eager = profile_model(weights, duration=args.profile_seconds, iterations=None, image_dir=evaluation / "image",
+                          size=(320, 320))[0]
+
+    host = host_info()
+    reference = result.reports[0]
+    header = ["build", "build s", "peak build GB", "size MB", "mean |diff| vs " + names[0], "dMAE", "dSm",
+              "images/s", "p50 ms", "x PyTorch eager"]
+    rows = [["PyTorch eager fp32", "-", "-", "-", "-", "-", "-", f"{eager.throughput_ips:.2f}",
+             f"{eager.latency_ms.p50:.1f}", "1.00"]]
+    for name, report in zip(names, result.reports):
+        rows.append([name, f"{built[name]['seconds']:.1f}", f"{built[name]['peak_gb']:.2f}", f"{report.size_mb:.1f}",
+                     f"{report.drift_mean_abs:.2e}", f"{report.metrics['mae'] - reference.metrics['mae']:+.4f}",
+                     f"{report.metrics['sm'] - reference.metrics['sm']:+.4f}", f"{report.throughput_ips:.2f}",
+                     f"{report.latency_p50_ms:.1f}", f"{report.throughput_ips / eager.throughput_ips:.2f}"])
+    print(f"\nISNet {weights.name} at 320x320 on ECSSD (450 evaluation / 50 calibration images); {host['cpu']}, "
+          f"{host['logical_cores']} threads; fp32 reference MAE {reference.metrics['mae']:.4f}, "
+          f"Sm {reference.metrics['sm']:.4f}")
+    print(markdown(header, rows))
+    int8 = [(r.throughput_ips, n) for n, r in zip(names, result.reports) if r.precision == "int8"]
+    if int8:
+        best, name = max(int8)
+        print(f"\nbest int8: {name}, {best / eager.throughput_ips:.2f}x PyTorch eager fp32 (goal >= 4.5x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
