@@ -78,8 +78,9 @@ def _quantize_int8(source: Path, target: Path, config: BuildConfig, work: Path,
     quant = config.backend.quantize
     prepared = work / "prepared.onnx"
     # ORT recommends its pre-processing (symbolic shape inference, basic fusions) before
-    # quantization; calibration must run on the very graph that gets quantized.
-    with contextlib.redirect_stdout(io.StringIO()):
+    # quantization; calibration must run on the very graph that gets quantized. On failure its
+    # shape inference dumps a file into the current folder, so run it from the work folder.
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.chdir(work):
         quant_pre_process(str(source), str(prepared))
     exclude = resolve_exclude_nodes(onnx.load(str(prepared), load_external_data=False), quant.exclude_nodes)
 

@@ -124,7 +124,7 @@ def test_kl_threshold_is_the_minimum_of_ort_entropy_search():
             data = np.maximum(data, 0)  # post-ReLU activations: one-sided
         bound = np.array(np.abs(data).max(), np.float32)
         hist, edges = np.histogram(data, 256 if case % 2 else 512, range=(-bound, bound))
-        low, high = kl_threshold(hist, edges, data.min(), data.max())
+        low, high = kl_threshold(hist, edges, data.min(), data.max(), 128)  # ORT's grid, to compare with it
         curve = _reference_kl_curve(hist)
         best = int(np.argmin(curve))
         zero = hist.size // 2
