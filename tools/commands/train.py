@@ -1,0 +1,194 @@
+"""``isnet train`` and ``isnet train-gt-encoder``."""
+
+from __future__ import annotations
+
+import argparse
+
+from tools.args import positive_int
+
+# Kept here (not imported from tools.train) so that `isnet --help` does not import torch.
+_ARCHS = ("isnet", "isnet-lite")
+_PRECISIONS = ("fp32", "bf16")
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
+    return value
+
+
+def _add_training_args(parser: argparse.ArgumentParser, arch_help: str) -> None:
+    """Flags shared by both training commands: data, schedule, augmentation, speed, output."""
+    data = parser.add_argument_group("data (ECSSD layout: DIR/image and DIR/mask, paired by file stem)")
+    data.add_argument("--data", required=True, metavar="DIR", help="training folder")
+    data.add_argument("--val-data", metavar="DIR",
+                      help="validation folder, scored (MAE, max F-measure) after every epoch")
+    data.add_argument("--train-size", nargs=2, type=positive_int, default=[224, 224], metavar=("H", "W"),
+                      help="training input size (default 224 224)")
+    data.add_argument("--val-size", nargs=2, type=positive_int, default=[320, 320], metavar=("H", "W"),
+                      help="validation input size: the deploy size (default 320 320)")
+    data.add_argument("--scale-min", type=float, default=0.5, metavar="F",
+                      help="smallest area fraction of a random crop; 1 disables cropping (default 0.5)")
+    data.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
+
+    model = parser.add_argument_group("model and schedule")
+    model.add_argument("--arch", choices=_ARCHS, default=None, help=arch_help)
+    model.add_argument("--epochs", type=positive_int, default=10, help="epochs (default 10)")
+    model.add_argument("--batch-size", type=positive_int, default=8, help="pictures per step (default 8)")
+    model.add_argument("--lr", type=_positive_float, default=1e-3,
+                       help="peak AdamW learning rate, reached after the warm-up and decayed by a cosine "
+                            "to 1%% of it (default 1e-3)")
+    model.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default 1e-4)")
+    model.add_argument("--warmup-steps", type=_non_negative_int, default=100,
+                       help="linear warm-up steps, at most a tenth of the run (default 100)")
+    model.add_argument("--seed", type=_non_negative_int, default=0,
+                       help="seed of the initial weights, the data order and the augmentation (default 0)")
+
+    speed = parser.add_argument_group("speed")
+    speed.add_argument("--precision", choices=_PRECISIONS, default=None,
+                       help="arithmetic of the training passes (default: bf16 where the CPU has native "
+                            "bf16, else fp32); validation and saved weights are always fp32")
+    speed.add_argument("--workers", type=_non_negative_int, default=0,
+                       help="data-loading processes (default 0: load in the training process)")
+    speed.add_argument("--threads", type=positive_int, default=None,
+                       help="intra-op threads (default: one per core); on a busy machine 1 can be "
+                            "several times faster than 2. Results are reproducible per thread count")
+
+    output = parser.add_argument_group("output")
+    output.add_argument("--output-dir", required=True, metavar="DIR",
+                        help="where last.pth (resumable), history.json and the final model go")
+    output.add_argument("--checkpoint-every", type=_non_negative_int, default=0, metavar="STEPS",
+                        help="also write last.pth every STEPS steps (default 0: after each epoch only)")
+    output.add_argument("--resume", metavar="CKPT",
+                        help="continue the run saved in this last.pth (same settings required)")
+
+
+def _config_kwargs(args: argparse.Namespace) -> dict:
+    kwargs = dict(data_dir=args.data, output_dir=args.output_dir, val_dir=args.val_data, arch=args.arch,
+                  epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                  warmup_steps=args.warmup_steps, train_size=tuple(args.train_size),
+                  val_size=tuple(args.val_size), scale_min=args.scale_min, flip=not args.no_flip,
+                  seed=args.seed, workers=args.workers, threads=args.threads, checkpoint_every=args.checkpoint_every,
+                  resume=args.resume)
+    if args.precision is not None:
+        kwargs["precision"] = args.precision
+    return kwargs
+
+
+class _Reporter:
+    """Draws the library's progress events: one tqdm bar with the loss, one line per epoch."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.bar = None
+
+    def __call__(self, event) -> None:
+        from tqdm import tqdm
+
+        if event.kind == "start":
+            self.bar = tqdm(total=event.total_steps, initial=event.step, desc=self.label, unit="step",
+                            dynamic_ncols=True)
+        elif event.kind == "step":
+            self.bar.update(event.step - self.bar.n)
+            parts = {k: f"{v:.4f}" for k, v in (event.parts or {}).items() if len(event.parts) > 1}
+            self.bar.set_postfix(epoch=f"{event.epoch}/{event.epochs}", loss=f"{event.loss:.4f}", **parts,
+                                 lr=f"{event.lr:.2e}", refresh=False)
+        elif event.kind == "epoch":
+            line = f"epoch {event.epoch}/{event.epochs}: loss {event.loss:.4f}"
+            if event.metrics is not None:
+                line += f", val mae {event.metrics['mae']:.4f} maxF {event.metrics['maxfmeasure']:.4f}"
+            self.bar.write(f"{line} ({event.seconds / 60:.1f} min)")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _summary(result) -> str:
+    line = (f"wrote {result.model_path} ({result.arch}, {result.steps} steps, "
+            f"{result.train_seconds / 60:.1f} min of training)")
+    if result.metrics is not None:
+        line += f"; validation mae {result.metrics['mae']:.4f}, maxF {result.metrics['maxfmeasure']:.4f}"
+    return line
+
+
+class TrainCommand:
+    """Train ISNet on an ECSSD-layout folder: deep supervision, optional feature synchronisation.
+
+    BCE on all six side outputs against the mask; with --gt-encoder (from `isnet
+    train-gt-encoder`) also the MSE between ISNet's six decoder features and the frozen GT
+    encoder's features for the same mask (ISNet's intermediate supervision). Pictures are
+    flipped and randomly cropped, then pre-processed exactly as at deployment (RGB, bilinear
+    resize, (x/255 - 0.5) / 1.0) at --train-size. AdamW with warm-up and cosine decay; MAE and
+    max F-measure on --val-data at the deploy size after every epoch. Writes OUT/last.pth after
+    each epoch (resume with --resume), OUT/history.json and finally OUT/model.pth, which every
+    isnet command loads (export, run, build configs). Deterministic for a --seed and thread count.
+    """
+
+    name = "train"
+
+    def add_args(self, parser: argparse.ArgumentParser) -> None:
+        _add_training_args(parser, "architecture (default: that of --init-weights, else isnet); "
+                                   "isnet-lite is the U2-Net-small channel plan, ~1.2 M parameters")
+        extra = parser.add_argument_group("ISNet")
+        extra.add_argument("--init-weights", metavar="PTH",
+                           help="start from these weights (official or isnet checkpoint) to fine-tune")
+        extra.add_argument("--gt-encoder", metavar="PTH",
+                           help="frozen GT encoder for the feature-synchronisation loss")
+        extra.add_argument("--feature-weight", type=float, default=1.0,
+                           help="weight of the feature-synchronisation loss (default 1)")
+        extra.add_argument("--fp16-weights", action="store_true",
+                           help="store model.pth's weights as fp16 (half the size; loaded as fp32)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from tools.train import TrainConfig, train_isnet
+
+        config = TrainConfig(**_config_kwargs(args), init_weights=args.init_weights, gt_encoder=args.gt_encoder,
+                             feature_weight=args.feature_weight, fp16_weights=args.fp16_weights)
+        reporter = _Reporter("isnet train")
+        try:
+            result = train_isnet(config, progress=reporter)
+        finally:
+            reporter.close()
+        print(_summary(result))
+        return 0
+
+
+class TrainGtEncoderCommand:
+    """Train the GT encoder (mask -> mask, BCE on six sides) for `isnet train --gt-encoder`.
+
+    Self-supervised: only DIR/mask is read. Its six stage features match ISNet's decoder
+    features in shape, so --arch must be the architecture of the ISNet it will supervise.
+    Validation reports how well it reproduces the --val-data masks. Writes OUT/last.pth,
+    OUT/history.json and OUT/gt-encoder.pth.
+    """
+
+    name = "train-gt-encoder"
+
+    def add_args(self, parser: argparse.ArgumentParser) -> None:
+        _add_training_args(parser, "architecture of the ISNet to supervise (default isnet)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from tools.train import TrainConfig, train_gt_encoder
+
+        reporter = _Reporter("isnet train-gt-encoder")
+        try:
+            result = train_gt_encoder(TrainConfig(**_config_kwargs(args)), progress=reporter)
+        finally:
+            reporter.close()
+        print(_summary(result))
+        return 0
