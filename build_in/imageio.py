@@ -44,20 +44,23 @@ def _check_complete(path: Path, data: np.ndarray) -> None:
         raise ImageDecodeError(f"{path}: truncated PNG (no IEND chunk)")
 
 
+def _decode(path: Path, flags: int) -> np.ndarray:
+    data = _read_bytes(path)
+    _check_complete(path, data)
+    decoded = cv2.imdecode(data, flags)
+    if decoded is None:
+        raise ImageDecodeError(f"{path}: not a decodable image")
+    return decoded
+
+
 def decode_image(path: str | os.PathLike) -> np.ndarray:
     """Decode an image file to RGB ``uint8`` (H, W, 3), EXIF orientation applied.
 
     Raises :class:`ImageDecodeError` naming the file when it is unreadable, corrupt or truncated.
     """
-    path = Path(path)
-    data = _read_bytes(path)
-    _check_complete(path, data)
     # IMREAD_COLOR applies EXIF orientation, drops alpha, expands gray, converts CMYK and
     # scales 16-bit samples to 8 bits.
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if image is None:
-        raise ImageDecodeError(f"{path}: not a decodable image")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(_decode(Path(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
 def decode_mask(path: str | os.PathLike) -> np.ndarray:
@@ -66,13 +69,7 @@ def decode_mask(path: str | os.PathLike) -> np.ndarray:
     RGB files are converted to luminance and 16-bit files scaled to 8 bits, as the reference
     evaluation toolkit's reader does.
     """
-    path = Path(path)
-    data = _read_bytes(path)
-    _check_complete(path, data)
-    mask = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE)
-    if mask is None:
-        raise ImageDecodeError(f"{path}: not a decodable image")
-    return mask
+    return _decode(Path(path), cv2.IMREAD_GRAYSCALE)
 
 
 def encode_png(path: str | os.PathLike, array: np.ndarray) -> None:

@@ -28,7 +28,7 @@ from build_in.ops import Geometry, Preprocessor, Resize, map_to_uint8
 from export.atomic import atomic_path, write_text_atomic
 from export.errors import IsnetError
 from runtime.models import LoadedModel
-from runtime.pipeline import OrderedSink, ordered_map
+from runtime.pipeline import OrderedSink, batches, ordered_map
 from runtime.stream import default_workers
 
 INPUT_KEY = "input_0"
@@ -162,14 +162,8 @@ def run_npz(model: LoadedModel, datalist: str | os.PathLike, output_dir: str | o
     depth = 2 * batch + workers
     with OrderedSink(workers, depth, on_done=written.append) as sink, \
             contextlib.closing(ordered_map(load, range(len(entries)), workers, depth)) as loaded:
-        pending = []
-        for item in loaded:
-            pending.append(item)
-            if len(pending) == batch:
-                infer(pending, sink)
-                pending = []
-        if pending:
-            infer(pending, sink)
+        for items in batches(loaded, batch):
+            infer(items, sink)
     return written
 
 

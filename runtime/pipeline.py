@@ -41,6 +41,18 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, depth: i
         executor.shutdown(wait=True, cancel_futures=True)
 
 
+def batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Consecutive lists of ``size`` items (the last one may be shorter)."""
+    chunk: list[T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 class OrderedSink:
     """Run ``fn(*args)`` on worker threads, at most ``depth`` in flight, completing in submission order.
 

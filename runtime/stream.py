@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from build_in.ops import Geometry, map_to_uint8
 from export.atomic import atomic_path, write_text_atomic
 from export.errors import IsnetError
 from runtime.models import LoadedModel
-from runtime.pipeline import OrderedSink, ordered_map
+from runtime.pipeline import OrderedSink, batches, ordered_map
 
 FAILURES_FILE = "failures.txt"
 MASK_SUFFIX = ".png"
@@ -183,18 +183,16 @@ def run_folder(model: LoadedModel, image_dir: str | os.PathLike, save_dir: str |
     start = time.perf_counter()
     with OrderedSink(workers, depth, on_done=saved) as sink, \
             contextlib.closing(ordered_map(load, plan.todo, workers, depth)) as loaded:
-        pending: list[_Item] = []
-        for item in loaded:
-            if item.error is not None:
-                failures.append((item.relative, item.error))
-                report(1)
-                continue
-            pending.append(item)
-            if len(pending) == batch:
-                infer(pending, sink)
-                pending = []
-        if pending:
-            infer(pending, sink)
+        def decoded() -> Iterator[_Item]:
+            for item in loaded:
+                if item.error is None:
+                    yield item
+                else:
+                    failures.append((item.relative, item.error))
+                    report(1)
+
+        for items in batches(decoded(), batch):
+            infer(items, sink)
     seconds = time.perf_counter() - start
 
     failures_path = save_dir / FAILURES_FILE

@@ -5,15 +5,40 @@ from __future__ import annotations
 import argparse
 
 
+def _number(text: str, kind: type, minimum: float, inclusive: bool, what: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got '{text}'") from None
+    if not (value > minimum or (inclusive and value == minimum)):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer > 0."""
+    return _number(text, int, 0, False, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _number(text, int, 0, True, "an integer >= 0")
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0."""
+    return _number(text, float, 0.0, False, "a number > 0")
+
+
+def positive_int_list(text: str) -> list[int]:
+    """argparse type: comma-separated positive integers, e.g. ``1,2,4``."""
     try:
-        value = int(text)
+        values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+        values = []
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got '{text}'")
+    return values
 
 
 def add_weights_args(parser: argparse.ArgumentParser) -> None:
@@ -70,3 +95,9 @@ def add_min_max_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-max-normalize", action="store_true",
                         help="stretch each map to the full 0-255 range before saving, as the official "
                              "inference script does (off: the model's probabilities are kept)")
+
+
+def add_suffix_arg(parser: argparse.ArgumentParser) -> None:
+    """``--suffix jpg,png,...``: which image files of a folder to take."""
+    parser.add_argument("--suffix", default=None, metavar="jpg,png,...",
+                        help="image suffixes to take, case-insensitive (default: jpg,jpeg,png,bmp,tif,tiff,webp)")

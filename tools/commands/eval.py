@@ -5,20 +5,10 @@ from __future__ import annotations
 import argparse
 
 from export.errors import IsnetError
-from tools.args import positive_int
+from tools.args import non_negative_int, positive_int
 
 # Kept here (not imported from eval) so that `isnet --help` does not import OpenCV.
 _METRIC_NAMES = ("mae", "fmeasure", "precision", "recall", "em", "sm", "wfm")
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got '{text}'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
 
 
 class EvalCommand:
@@ -53,7 +43,7 @@ class EvalCommand:
                              metavar="NAME", help=f"metrics to compute: {' '.join(_METRIC_NAMES)} (default: all)")
         scoring.add_argument("--num-workers", type=positive_int, default=1, metavar="N",
                              help="processes scoring images (default 1; results are identical for any number)")
-        scoring.add_argument("--num-bits", type=_non_negative_int, default=3, metavar="N",
+        scoring.add_argument("--num-bits", type=non_negative_int, default=3, metavar="N",
                              help="decimals shown in the console table and --record-txt (default 3)")
         output = parser.add_argument_group("output")
         output.add_argument("--record-txt", metavar="F", help="write the results table as text")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tools.args import add_batch_arg, add_min_max_arg, add_model_args, add_workers_arg, positive_int
+from tools.args import add_batch_arg, add_min_max_arg, add_model_args, add_suffix_arg, add_workers_arg, positive_int
 
 
 class Image2NpzCommand:
@@ -22,8 +22,7 @@ class Image2NpzCommand:
         parser.add_argument("--text-path", required=True, help="datalist file to write")
         parser.add_argument("--size", nargs=2, type=positive_int, metavar=("H", "W"), default=None,
                             help="resize to H x W (default: keep each image's size)")
-        parser.add_argument("--suffix", default=None, metavar="jpg,png,...",
-                            help="image suffixes to take (default: jpg,jpeg,png,bmp,tif,tiff,webp)")
+        add_suffix_arg(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         from runtime import npz_from_images

@@ -5,29 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from tools.args import add_model_args, positive_int
+from tools.args import add_model_args, positive_float, positive_int, positive_int_list
 
 DEFAULT_ITERATIONS = 20
-
-
-def _batch_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got '{text}'") from None
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got '{text}'")
-    return values
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got '{text}'") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {value}")
-    return value
 
 
 class ProfileCommand:
@@ -43,7 +23,7 @@ class ProfileCommand:
 
     def add_args(self, parser: argparse.ArgumentParser) -> None:
         add_model_args(parser, multiple=True)
-        parser.add_argument("--batch", type=_batch_list, default=[1], metavar="1,2,4",
+        parser.add_argument("--batch", type=positive_int_list, default=[1], metavar="1,2,4",
                             help="batch sizes, comma-separated (default 1)")
         parser.add_argument("--instances", type=positive_int, default=1,
                             help="concurrent sessions sharing the cores (default 1; threads then default "
@@ -52,7 +32,7 @@ class ProfileCommand:
         length = parser.add_mutually_exclusive_group()
         length.add_argument("--iterations", type=positive_int, default=None,
                             help=f"measured calls per session (default {DEFAULT_ITERATIONS})")
-        length.add_argument("--duration", type=_positive_float, default=None, metavar="S",
+        length.add_argument("--duration", type=positive_float, default=None, metavar="S",
                             help="measure for S seconds instead of a number of calls")
         parser.add_argument("--with-preprocess", action="store_true",
                             help="also measure end to end: decode + pre-process + infer + restore + encode")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tools.args import add_batch_arg, add_min_max_arg, add_model_args, add_workers_arg
+from tools.args import add_batch_arg, add_min_max_arg, add_model_args, add_suffix_arg, add_workers_arg
 
 
 class RunCommand:
@@ -23,8 +23,7 @@ class RunCommand:
         parser.add_argument("--save-dir", required=True, help="folder for the masks")
         add_batch_arg(parser)
         parser.add_argument("--resume", action="store_true", help="skip images whose mask is already complete")
-        parser.add_argument("--suffix", default=None, metavar="jpg,png,...",
-                            help="image suffixes to take, case-insensitive (default: jpg,jpeg,png,bmp,tif,tiff,webp)")
+        add_suffix_arg(parser)
         add_min_max_arg(parser)
         add_workers_arg(parser)
 

@@ -4,31 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from tools.args import positive_int
+from tools.args import non_negative_int, positive_float, positive_int
 
 # Kept here (not imported from tools.train) so that `isnet --help` does not import torch.
 _ARCHS = ("isnet", "isnet-lite")
 _PRECISIONS = ("fp32", "bf16")
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got '{text}'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
-    return value
 
 
 def _add_training_args(parser: argparse.ArgumentParser, arch_help: str) -> None:
@@ -49,20 +29,20 @@ def _add_training_args(parser: argparse.ArgumentParser, arch_help: str) -> None:
     model.add_argument("--arch", choices=_ARCHS, default=None, help=arch_help)
     model.add_argument("--epochs", type=positive_int, default=10, help="epochs (default 10)")
     model.add_argument("--batch-size", type=positive_int, default=8, help="pictures per step (default 8)")
-    model.add_argument("--lr", type=_positive_float, default=1e-3,
+    model.add_argument("--lr", type=positive_float, default=1e-3,
                        help="peak AdamW learning rate, reached after the warm-up and decayed by a cosine "
                             "to 1%% of it (default 1e-3)")
     model.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default 1e-4)")
-    model.add_argument("--warmup-steps", type=_non_negative_int, default=100,
+    model.add_argument("--warmup-steps", type=non_negative_int, default=100,
                        help="linear warm-up steps, at most a tenth of the run (default 100)")
-    model.add_argument("--seed", type=_non_negative_int, default=0,
+    model.add_argument("--seed", type=non_negative_int, default=0,
                        help="seed of the initial weights, the data order and the augmentation (default 0)")
 
     speed = parser.add_argument_group("speed")
     speed.add_argument("--precision", choices=_PRECISIONS, default=None,
                        help="arithmetic of the training passes (default: bf16 where the CPU has native "
                             "bf16, else fp32); validation and saved weights are always fp32")
-    speed.add_argument("--workers", type=_non_negative_int, default=0,
+    speed.add_argument("--workers", type=non_negative_int, default=0,
                        help="data-loading processes (default 0: load in the training process)")
     speed.add_argument("--threads", type=positive_int, default=None,
                        help="intra-op threads (default: one per core); on a busy machine 1 can be "
@@ -71,7 +51,7 @@ def _add_training_args(parser: argparse.ArgumentParser, arch_help: str) -> None:
     output = parser.add_argument_group("output")
     output.add_argument("--output-dir", required=True, metavar="DIR",
                         help="where last.pth (resumable), history.json and the final model go")
-    output.add_argument("--checkpoint-every", type=_non_negative_int, default=0, metavar="STEPS",
+    output.add_argument("--checkpoint-every", type=non_negative_int, default=0, metavar="STEPS",
                         help="also write last.pth every STEPS steps (default 0: after each epoch only)")
     output.add_argument("--resume", metavar="CKPT",
                         help="continue the run saved in this last.pth (same settings required)")
