@@ -26,7 +26,10 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/isnet synth --out demo-out/data/eval --count 40 --seed 2026
 	$(VENV)/bin/isnet synth --out demo-out/data/calib --count 32 --seed 7
-	$(VENV)/bin/isnet compare tools/experiments/demo.yaml
+	@# Exit code 1 is the drift gate flagging a build (printed above, and in the report): the demo
+	@# shows it rather than failing on it. Any other non-zero code is a real failure.
+	$(VENV)/bin/isnet compare tools/experiments/demo.yaml || { status=$$?; [ $$status -eq 1 ] || exit $$status; \
+	  echo "demo: finished; the gate above flags builds that drift past the experiment's max_delta"; }
 
 clean:
 	rm -rf $(VENV) demo-out

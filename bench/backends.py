@@ -17,8 +17,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The project root first and this folder last: bench/eval.py and bench/runtime.py must not
+# shadow the packages of the same name, yet _common must stay importable.
+_BENCH = Path(__file__).resolve().parent
+sys.path[:] = [str(_BENCH.parent), *(p for p in sys.path if Path(p or ".").resolve() != _BENCH), str(_BENCH)]
 
 from _common import build_in_child, markdown, split_ecssd  # noqa: E402
 

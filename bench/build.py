@@ -22,8 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The project root first and this folder last: bench/eval.py and bench/runtime.py must not
+# shadow the packages of the same name, yet _common must stay importable.
+_BENCH = Path(__file__).resolve().parent
+sys.path[:] = [str(_BENCH.parent), *(p for p in sys.path if Path(p or ".").resolve() != _BENCH), str(_BENCH)]
 
 from _common import ECSSD as ECSSD_ROOT, build_in_child  # noqa: E402
 
@@ -34,7 +36,8 @@ def _stock(source_onnx: str, images: list[str], size: int, out_dir: str, queue) 
     """ONNX Runtime's own path: quantize_static with an entropy calibrator over all images."""
     import shutil
 
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, quantize_static
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
 
     from build_in.builder import _prepare_fp32
     from build_in.config import validate_build_config
@@ -62,9 +65,13 @@ def _stock(source_onnx: str, images: list[str], size: int, out_dir: str, queue) 
 
     quant_pre_process(str(work / "fp32.onnx"), str(work / "prepared.onnx"))
     Path(out_dir).mkdir(parents=True, exist_ok=True)
+    # The same quantization settings as `isnet build`'s defaults (uint8 activations, symmetric
+    # int8 per-channel weights), so only the calibration differs between the rows.
     quantize_static(str(work / "prepared.onnx"), str(Path(out_dir) / "model.onnx"), Reader(),
                     quant_format=QuantFormat.QDQ, per_channel=True, calibrate_method=CalibrationMethod.Entropy,
-                    extra_options={"CalibTensorRangeSymmetric": False})
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    extra_options={"CalibTensorRangeSymmetric": False, "ActivationSymmetric": False,
+                                   "WeightSymmetric": True})
     shutil.rmtree(work, ignore_errors=True)
     queue.put({"seconds": time.perf_counter() - started,
                "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2, "dir": out_dir})
@@ -80,6 +87,18 @@ def _stock_in_child(*args) -> dict:
     if process.exitcode:
         raise SystemExit(f"stock quantize_static failed with exit code {process.exitcode}")
     return result
+
+
+def _stock_fidelity(model: Path, fp32_model: Path, config: dict, work: Path) -> dict:
+    """The stock model against the fp32 build on the held-out images `isnet build` checks."""
+    from build_in.backends.onnxruntime_runner import OnnxRuntimeRunner
+    from build_in.builder import _fidelity
+    from build_in.config import validate_build_config
+
+    checked = validate_build_config({**config, "name": "stock-check"}, source="bench", base_dir=work)
+    held_out, disjoint = checked.held_out_images()
+    return _fidelity(fp32_model, OnnxRuntimeRunner(model), checked.preprocessor(), held_out, disjoint,
+                     tuple(checked.input_shape[2:]))
 
 
 def _latency_ms(model_file: Path, size: int, runs: int = 20) -> float:
@@ -152,8 +171,10 @@ def main() -> int:
         images = [str(p) for p in list_images(ECSSD, ("jpg",))[: args.images]]
         result = _stock_in_child(str(source), images, args.size, str(work / "stock"))
         model = Path(result["dir"]) / "model.onnx"
-        rows.append((f"int8 entropy (128 bins), {args.images} img", "ORT quantize_static", result["seconds"], result["peak_gb"],
-                     model.stat().st_size / 1e6, float("nan"), float("nan"), _latency_ms(model, args.size)))
+        fidelity = _stock_fidelity(model, work / "artifacts" / "build0" / "model.onnx", config, work)
+        rows.append((f"int8 entropy (128 bins), {args.images} img", "ORT quantize_static", result["seconds"],
+                     result["peak_gb"], model.stat().st_size / 1e6, fidelity["mean_abs_diff"],
+                     fidelity["max_abs_diff"], _latency_ms(model, args.size)))
 
     print(f"\nISNet '{args.arch}' ({args.weights} weights) at {args.size}x{args.size}; "
           f"{platform.processor() or platform.machine()}, {multiprocessing.cpu_count()} cores, "

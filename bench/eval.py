@@ -25,8 +25,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-# This script shares its name with the package it measures: keep its own folder off the import path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+# The project root first and this folder last: bench/eval.py and bench/runtime.py must not
+# shadow the packages of the same name, yet _common must stay importable.
+_BENCH = Path(__file__).resolve().parent
+sys.path[:] = [str(_BENCH.parent), *(p for p in sys.path if Path(p or ".").resolve() != _BENCH), str(_BENCH)]
 
 from build_in.imageio import decode_mask, encode_png  # noqa: E402
 from eval import evaluate_folders  # noqa: E402

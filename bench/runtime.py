@@ -32,9 +32,10 @@ import time
 from pathlib import Path
 
 
-# This script shares its name with the package it measures: keep its own folder off the import
-# path, or `import runtime` would import this file.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+# The project root first and this folder last: bench/eval.py and bench/runtime.py must not
+# shadow the packages of the same name, yet _common must stay importable.
+_BENCH = Path(__file__).resolve().parent
+sys.path[:] = [str(_BENCH.parent), *(p for p in sys.path if Path(p or ".").resolve() != _BENCH), str(_BENCH)]
 
 from build_in.imageio import encode_png, list_images  # noqa: E402
 from build_in.ops import DEFAULT_OPS, map_to_uint8  # noqa: E402

@@ -237,7 +237,7 @@ class _Loader:
                 raise self.fail(key, f"expected a path, got {value!r}")
             path = Path(os.path.expanduser(str(value)))
             base = Path.cwd() if key in self.cwd_keys else self.base_dir
-            return path if path.is_absolute() else (base / path)
+            return Path(os.path.normpath(path if path.is_absolute() else base / path))
         if annotation is bool:
             if not isinstance(value, bool):
                 raise self.fail(key, f"expected true or false, got {value!r}")

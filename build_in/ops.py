@@ -155,6 +155,21 @@ class Normalize(Op):
         inv_std = 1.0 / np.asarray(self.std, dtype=np.float32)
         return (image.astype(np.float32) * np.float32(self.scale) - mean) * inv_std, geometry
 
+    def chw_from_uint8(self, image: np.ndarray) -> np.ndarray:
+        """``apply`` then :class:`ToTensor` in one pass, for a uint8 HxWx3 image; bit-identical.
+
+        A uint8 channel has 256 levels, so each channel's result is a 256-entry table computed
+        with exactly ``apply``'s float32 arithmetic; looking it up straight into the CHW tensor
+        takes a fifth of the time of the float passes and the transposing copy (1.2 -> 0.25 ms
+        at 320x320 here), time the stream runner's decode threads take from inference.
+        """
+        levels = np.arange(256, dtype=np.uint8)[:, None].repeat(3, axis=1)
+        table, _ = self.apply(levels, None)  # 256 x 3: level -> value per channel
+        out = np.empty((3, *image.shape[:2]), dtype=np.float32)
+        for channel in range(3):
+            np.take(np.ascontiguousarray(table[:, channel]), image[..., channel], out=out[channel])
+        return out
+
 
 @dataclass(frozen=True)
 class ToTensor(Op):
@@ -279,8 +294,17 @@ class Preprocessor:
         h, w = rgb.shape[:2]
         geometry = Geometry((h, w), (0, 0, h, w))
         image = rgb
-        for op in self.ops:
-            image, geometry = op.apply(image, geometry)
+        index = 0
+        while index < len(self.ops):
+            op = self.ops[index]
+            fuse = (isinstance(op, Normalize) and index + 1 < len(self.ops) and isinstance(self.ops[index + 1], ToTensor)
+                    and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3)
+            if fuse:
+                image = op.chw_from_uint8(image)
+                index += 2
+            else:
+                image, geometry = op.apply(image, geometry)
+                index += 1
         return image, geometry
 
     def load(self, path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:

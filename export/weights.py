@@ -8,6 +8,7 @@ against every known architecture by key and shape.
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -60,9 +61,24 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], I
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load fails in many ways on a non-checkpoint (IndexError, too)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise IsnetError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
+        raise IsnetError(f"{path}: not a readable PyTorch checkpoint ({_load_failure(path, exc)})") from None
     return _unwrap(obj, path)
+
+
+def _load_failure(path: Path, exc: Exception) -> str:
+    """Why ``torch.load`` refused a file, in a few words (its own message is a paragraph of advice)."""
+    with path.open("rb") as stream:
+        head = stream.read(4)
+    # torch.save writes a zip archive; very old checkpoints are a bare pickle (protocol 2+: 0x80).
+    if head.startswith(b"PK") and not zipfile.is_zipfile(path):
+        return "a truncated or damaged zip archive"
+    if not head.startswith((b"PK", b"\x80")):
+        return "neither a zip archive nor a pickle"
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        reason = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0].strip()
+        return f"it holds objects that safe loading (weights_only) refuses: {reason}"
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 
 
 def read_checkpoint_arch(path: str | os.PathLike) -> IsnetArch:

@@ -154,7 +154,8 @@ def _fail(source: str, key: str, message: str) -> IsnetError:
 
 def _resolve(base: Path, value) -> Path:
     path = Path(os.path.expanduser(str(value)))
-    return path if path.is_absolute() else base / path
+    # normpath, not resolve(): shows `a/b` for `a/x/../b` but keeps symlinked folders as named.
+    return Path(os.path.normpath(path if path.is_absolute() else base / path))
 
 
 def _merge(base: dict, extra: Mapping) -> dict:

@@ -58,6 +58,9 @@ def test_onnx_graph_has_named_dynamic_io_and_no_side_heads(official_export):
     assert not any(f"side{i}" in n for n in names for i in range(2, 7))
     assert result.max_abs_diff["onnx"] <= TOL and result.onnx_simplified is True
     assert result.onnx_exporter == "torch.export (dynamo)"
+    # The requested default opset is what was written (the exporter's own is newer), without a note.
+    assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [17]
+    assert not any("opset" in note for note in result.notes)
     assert result.params_m == pytest.approx(44.05, abs=0.01)
 
 

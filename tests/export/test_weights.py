@@ -89,10 +89,27 @@ def test_missing_file_is_a_user_error(tmp_path):
         build_isnet(tmp_path / "nope.pth")
 
 
-def test_corrupt_file_names_the_file(tmp_path):
+def test_corrupt_file_names_the_file_and_says_why(tmp_path):
     path = tmp_path / "corrupt.pth"
     path.write_bytes(b"this is not a checkpoint" * 10)
-    with pytest.raises(IsnetError, match="corrupt.pth"):
+    with pytest.raises(IsnetError, match=r"corrupt.pth: .*neither a zip archive nor a pickle"):
+        build_isnet(path)
+    good = tmp_path / "good.pth"
+    torch.save(ISNet("isnet-lite").state_dict(), good)
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(good.read_bytes()[:4096])
+    with pytest.raises(IsnetError, match=r"truncated.pth: .*truncated or damaged zip archive"):
+        build_isnet(truncated)
+
+
+class _NotATensor:
+    pass
+
+
+def test_checkpoint_with_python_objects_is_refused_without_unsafe_loading(tmp_path):
+    path = tmp_path / "objects.pth"
+    torch.save({"model": _NotATensor()}, path)
+    with pytest.raises(IsnetError, match=r"objects.pth: .*safe loading \(weights_only\) refuses"):
         build_isnet(path)
 
 
