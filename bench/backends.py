@@ -24,6 +24,8 @@ sys.path[:] = [str(_BENCH.parent), *(p for p in sys.path if Path(p or ".").resol
 
 from _common import build_in_child, markdown, split_ecssd  # noqa: E402
 
+# The goal's accuracy bound for the int8 build (issue 8), judged on the demo checkpoint.
+MAX_DMAE = 0.002
 BUILDS = {
     "ort fp32": {"backend": {"type": "onnxruntime", "dtype": "fp32"}},
     "ort fp16": {"backend": {"type": "onnxruntime", "dtype": "fp16"}},
@@ -103,10 +105,18 @@ def main() -> int:
           f"{host['logical_cores']} threads; fp32 reference MAE {reference.metrics['mae']:.4f}, "
           f"Sm {reference.metrics['sm']:.4f}")
     print(markdown(header, rows))
-    int8 = [(r.throughput_ips, n) for n, r in zip(names, result.reports) if r.precision == "int8"]
+    int8 = [(r.throughput_ips, n, abs(r.metrics["mae"] - reference.metrics["mae"]))
+            for n, r in zip(names, result.reports) if r.precision == "int8"]
     if int8:
-        best, name = max(int8)
-        print(f"\nbest int8: {name}, {best / eager.throughput_ips:.2f}x PyTorch eager fp32 (goal >= 4.5x)")
+        best, name, _ = max(int8)
+        print(f"\nfastest int8: {name}, {best / eager.throughput_ips:.2f}x PyTorch eager fp32 (goal >= 4.5x)")
+        within = [item for item in int8 if item[2] <= MAX_DMAE]
+        if within:
+            best, name, delta = max(within)
+            print(f"fastest int8 with |dMAE| <= {MAX_DMAE}: {name}, {best / eager.throughput_ips:.2f}x "
+                  f"(|dMAE| {delta:.4f}; meaningful with trained weights only)")
+        else:
+            print(f"no int8 build within |dMAE| <= {MAX_DMAE}")
     return 0
 
 

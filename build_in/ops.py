@@ -160,8 +160,8 @@ class Normalize(Op):
 
         A uint8 channel has 256 levels, so each channel's result is a 256-entry table computed
         with exactly ``apply``'s float32 arithmetic; looking it up straight into the CHW tensor
-        takes a fifth of the time of the float passes and the transposing copy (1.2 -> 0.25 ms
-        at 320x320 here), time the stream runner's decode threads take from inference.
+        takes a quarter of the time of the float passes and the transposing copy (about 1.2 ->
+        0.3 ms at 320x320 here), time the stream runner's decode threads take from inference.
         """
         levels = np.arange(256, dtype=np.uint8)[:, None].repeat(3, axis=1)
         table, _ = self.apply(levels, None)  # 256 x 3: level -> value per channel

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tools.args import positive_int
+from tools.args import positive_float, positive_int
 
 
 class CompareCommand:
@@ -31,14 +31,14 @@ class CompareCommand:
         parser.add_argument("--max-delta", action="append", default=[], metavar="METRIC=TOL",
                             help="gate: fail when a build's metric moves more than TOL from the reference "
                                  "(repeatable, e.g. --max-delta mae=0.002)")
-        parser.add_argument("--profile-seconds", type=float, help="profiling time per build (default 3)")
+        parser.add_argument("--profile-seconds", type=positive_float, help="profiling time per build (default 3)")
         parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                             help="override an experiment key (repeatable)")
         parser.add_argument("--force", action="store_true", help="redo every stage, reusing nothing")
 
     def run(self, args: argparse.Namespace) -> int:
         from export.errors import IsnetError
-        from tools.compare import HEADERS, load_experiment, read_experiment, run_experiment, table_rows
+        from tools.compare import load_experiment, read_experiment, run_experiment, table_rows
         from tools.progress import StageBars
 
         overrides = list(args.overrides)
