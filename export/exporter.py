@@ -178,15 +178,26 @@ def _export_onnx(model: ISNet, example: torch.Tensor, path: Path, request: Expor
     return _max_diff(run_onnx(path), reference, "onnx")
 
 
-def _export_torchscript(model: ISNet, example: torch.Tensor, path: Path, reference: np.ndarray) -> float:
+def _export_torchscript(model: ISNet, example: torch.Tensor, path: Path, reference: np.ndarray,
+                        result: ExportResult) -> float:
     # TorchScript is deprecated upstream; users of the reference recipe still ask for it, so we
-    # keep it and let PyTorch's own deprecation warnings through.
-    with torch.no_grad():
-        traced = torch.jit.trace(model, example)
-    traced.save(str(path))
-    loaded = torch.jit.load(str(path))
-    with torch.no_grad():
-        out = loaded(example[:1]).numpy()
+    # keep it. Python hides DeprecationWarnings raised inside libraries, so PyTorch's own
+    # deprecation messages are passed on as notes instead; other warnings are shown as usual.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with torch.no_grad():
+            traced = torch.jit.trace(model, example)
+        traced.save(str(path))
+        loaded = torch.jit.load(str(path))
+        with torch.no_grad():
+            out = loaded(example[:1]).numpy()
+    for warning in caught:
+        if issubclass(warning.category, DeprecationWarning):
+            note = f"PyTorch: {str(warning.message).strip()}"
+            if note not in result.notes:
+                result.notes.append(note)
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
     return _max_diff(out, reference, "torchscript")
 
 
@@ -225,7 +236,7 @@ def export_model(request: ExportRequest) -> ExportResult:
             if fmt == "onnx":
                 diff = _export_onnx(model, example, tmp, request, reference, result)
             elif fmt == "torchscript":
-                diff = _export_torchscript(model, example, tmp, reference)
+                diff = _export_torchscript(model, example, tmp, reference, result)
             else:
                 diff = _export_program(model, example, tmp, request, reference, result)
             if diff > MAX_ABS_DIFF:

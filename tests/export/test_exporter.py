@@ -137,3 +137,22 @@ def test_verification_failure_writes_nothing(tmp_path, monkeypatch):
 def test_non_positive_size_is_refused(tmp_path, size):
     with pytest.raises(IsnetError, match="positive"):
         export_model(ExportRequest(weights="random", size=size, output_dir=tmp_path, name="x"))
+
+
+def test_torchscript_deprecations_are_passed_on_as_notes(tmp_path, monkeypatch):
+    # Python hides DeprecationWarnings raised in libraries; the exporter must not, whatever
+    # PyTorch version says what (this one deprecates torch.jit itself).
+    import warnings
+
+    real_trace = torch.jit.trace
+
+    def old_trace(*args, **kwargs):
+        warnings.warn("simulated: trace is deprecated", DeprecationWarning)
+        warnings.warn("simulated: trace is deprecated", DeprecationWarning)
+        return real_trace(*args, **kwargs)
+
+    monkeypatch.setattr(torch.jit, "trace", old_trace)
+    result = export_model(ExportRequest(weights="random", arch="isnet-lite", size=(40, 40), output_dir=tmp_path,
+                                        name="ts", formats=("torchscript",)))
+    assert result.notes.count("PyTorch: simulated: trace is deprecated") == 1
+    assert result.max_abs_diff["torchscript"] <= TOL
