@@ -297,9 +297,9 @@ class Preprocessor:
         index = 0
         while index < len(self.ops):
             op = self.ops[index]
-            fuse = (isinstance(op, Normalize) and index + 1 < len(self.ops) and isinstance(self.ops[index + 1], ToTensor)
-                    and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3)
-            if fuse:
+            following = self.ops[index + 1] if index + 1 < len(self.ops) else None
+            uint8_rgb = image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+            if isinstance(op, Normalize) and isinstance(following, ToTensor) and uint8_rgb:
                 image = op.chw_from_uint8(image)
                 index += 2
             else:

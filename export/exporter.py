@@ -64,8 +64,10 @@ class ExportResult:
     gmacs: float = 0.0
 
 
-# Loggers of the torch.export-based ONNX exporter that report its internal opset conversion.
-_EXPORTER_CHATTER = ("torch.onnx._internal.exporter._compat", "onnxscript.version_converter")
+# Loggers of the torch.export-based ONNX exporter that report its internals (op registration,
+# opset conversion).
+_EXPORTER_CHATTER = ("torch.onnx._internal.exporter._registration", "torch.onnx._internal.exporter._compat",
+                     "onnxscript.version_converter")
 
 
 @contextlib.contextmanager
@@ -128,13 +130,12 @@ def _export_onnx(model: ISNet, example: torch.Tensor, path: Path, request: Expor
         session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
         return session.run([OUTPUT_NAME], {INPUT_NAME: example[:1].numpy()})[0]
 
-    # torch.onnx logs one line per torchvision op it cannot register; ISNet uses none of them.
-    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     attempts = []
     try:
-        # The torch.export-based exporter prints its stages, warns that it converts from its own
-        # opset (18) to an older requested one, and leaks a torch-internal FutureWarning. None of
-        # it is actionable; the opset actually written is checked and reported below instead.
+        # The torch.export-based exporter prints its stages, logs the torchvision ops it cannot
+        # register (ISNet uses none), warns that it converts from its own opset (18) to an older
+        # requested one, and leaks a torch-internal FutureWarning. None of it is actionable; the
+        # opset actually written is checked and reported below instead.
         with contextlib.redirect_stdout(io.StringIO()), _quiet_loggers(*_EXPORTER_CHATTER), \
                 warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
