@@ -160,14 +160,16 @@ class Normalize(Op):
 
         A uint8 channel has 256 levels, so each channel's result is a 256-entry table computed
         with exactly ``apply``'s float32 arithmetic; looking it up straight into the CHW tensor
-        takes a quarter of the time of the float passes and the transposing copy (about 1.2 ->
-        0.3 ms at 320x320 here), time the stream runner's decode threads take from inference.
+        is faster than the float passes and the transposing copy (1.2 -> 0.7 ms per 320x320
+        ECSSD picture here), time the stream runner's decode threads take from inference.
         """
         levels = np.arange(256, dtype=np.uint8)[:, None].repeat(3, axis=1)
         table, _ = self.apply(levels, None)  # 256 x 3: level -> value per channel
         out = np.empty((3, *image.shape[:2]), dtype=np.float32)
         for channel in range(3):
-            np.take(np.ascontiguousarray(table[:, channel]), image[..., channel], out=out[channel])
+            # mode="clip" never changes a uint8 index (the table has 256 entries) but, unlike the
+            # default "raise", lets numpy write into `out` directly instead of through a buffer.
+            np.take(np.ascontiguousarray(table[:, channel]), image[..., channel], out=out[channel], mode="clip")
         return out
 
 
