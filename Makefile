@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.isnet-installed
 
-.PHONY: setup test demo clean
+.PHONY: setup test test-fast demo clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,13 +19,18 @@ $(STAMP): pyproject.toml | $(PY)
 
 setup: $(STAMP)
 
+# Everything, as CI runs it.
 test: $(STAMP)
 	$(PY) -m pytest
 
+# Everything but the tests marked slow (full-size models, the built wheel, long runs).
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
+
 # The main job on the embedded default: synthetic data, the shipped demo checkpoint, every build.
 demo: $(STAMP)
-	$(VENV)/bin/isnet synth --out demo-out/data/eval --count 40 --seed 2026
-	$(VENV)/bin/isnet synth --out demo-out/data/calib --count 32 --seed 7
+	$(VENV)/bin/isnet synth --output-dir demo-out/data/eval --count 40 --seed 2026
+	$(VENV)/bin/isnet synth --output-dir demo-out/data/calib --count 32 --seed 7
 	@# Exit code 1 is the drift gate flagging a build (printed above, and in the report): the demo
 	@# shows it rather than failing on it. Any other non-zero code is a real failure.
 	$(VENV)/bin/isnet compare tools/experiments/demo.yaml || { status=$$?; [ $$status -eq 1 ] || exit $$status; \

@@ -18,25 +18,24 @@ def split_ecssd(work: Path, calibration: int = 50) -> tuple[Path, Path]:
     Returns (calibration image folder, evaluation set in ECSSD layout). The two never overlap, so
     int8 scores are not flattered by their own calibration images.
     """
+    from isnet.eval import ecssd_pairs
+
     if not (ECSSD / "image").is_dir():
         raise SystemExit(f"ECSSD not found at {ECSSD}")
-    images = sorted((ECSSD / "image").glob("*.jpg"))
     calib, evaluation = work / "calib" / "image", work / "eval"
     for folder in (calib, evaluation / "image", evaluation / "mask"):
         folder.mkdir(parents=True, exist_ok=True)
-    for index, image in enumerate(images):
-        target = calib / image.name if index < calibration else evaluation / "image" / image.name
-        if not target.exists():
-            os.symlink(image, target)
-        if index >= calibration:
-            mask = evaluation / "mask" / f"{image.stem}.png"
-            if not mask.exists():
-                os.symlink(ECSSD / "mask" / f"{image.stem}.png", mask)
+    for index, (_, image, mask) in enumerate(ecssd_pairs(ECSSD)):
+        links = [(calib / image.name, image)] if index < calibration else [
+            (evaluation / "image" / image.name, image), (evaluation / "mask" / mask.name, mask)]
+        for link, target in links:
+            if not link.exists():
+                os.symlink(target, link)
     return calib, evaluation
 
 
 def _build_child(config: dict, base_dir: str, queue) -> None:
-    from build_in import build_artifact, validate_build_config
+    from isnet.build_in import build_artifact, validate_build_config
 
     started = time.perf_counter()
     result = build_artifact(validate_build_config(config, source="bench", base_dir=Path(base_dir)), force=True)

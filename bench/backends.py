@@ -17,12 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-# The project root first and this folder last: bench/eval.py and bench/runtime.py must not
-# shadow the packages of the same name, yet _common must stay importable.
-_BENCH = Path(__file__).resolve().parent
-sys.path[:] = [str(_BENCH.parent), *(p for p in sys.path if Path(p or ".").resolve() != _BENCH), str(_BENCH)]
-
-from _common import build_in_child, markdown, split_ecssd  # noqa: E402
+from _common import build_in_child, markdown, split_ecssd
 
 # The goal's accuracy bound for the int8 build (issue 8), judged on the demo checkpoint.
 MAX_DMAE = 0.002
@@ -50,11 +45,11 @@ def main() -> int:
 
     import torch
 
-    from export.exporter import ExportRequest, export_model
-    from export.model import ISNet
-    from export.weights import save_checkpoint
-    from runtime import host_info, profile_model
-    from tools.compare import load_experiment, run_experiment
+    from isnet.export.exporter import ExportRequest, export_model
+    from isnet.export.model import ISNet
+    from isnet.export.weights import save_checkpoint
+    from isnet.runtime import host_info, profile_model
+    from isnet.tools.compare import load_experiment, run_experiment
 
     work = args.work or Path(tempfile.mkdtemp(prefix="isnet-bench-backends-"))
     calib, evaluation = split_ecssd(work)
@@ -66,16 +61,13 @@ def main() -> int:
     if not source.is_file():
         export_model(ExportRequest(weights=str(weights), size=(320, 320), output_dir=source.parent, name="isnet",
                                    formats=("onnx",)))
-    ops = [{"type": "DecodeImage"}, {"type": "Resize", "size": [320, 320]},
-           {"type": "Normalize", "mean": [0.5, 0.5, 0.5], "std": [1.0, 1.0, 1.0]}, {"type": "ToTensor"}]
     names = [b.strip() for b in args.builds.split(",") if b.strip()]
     built = {}
     for name in names:
         print(f"building {name} ...", file=sys.stderr, flush=True)
         config = {"name": name.replace(" ", "_"), "frontend": {"checkpoint": str(source),
                                                                "shape": {"input": [1, 3, 320, 320]}},
-                  **BUILDS[name], "dataset": {"path": str(calib), "sampler": {"get_data_num": 50},
-                                              "process_ops": ops},
+                  **BUILDS[name], "dataset": {"path": str(calib), "sampler": {"get_data_num": 50}},
                   "workspace": {"path": str(work / "artifacts")}}
         built[name] = build_in_child(config, work)
 

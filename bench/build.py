@@ -22,12 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-# The project root first and this folder last: bench/eval.py and bench/runtime.py must not
-# shadow the packages of the same name, yet _common must stay importable.
-_BENCH = Path(__file__).resolve().parent
-sys.path[:] = [str(_BENCH.parent), *(p for p in sys.path if Path(p or ".").resolve() != _BENCH), str(_BENCH)]
-
-from _common import ECSSD as ECSSD_ROOT, build_in_child  # noqa: E402
+from _common import ECSSD as ECSSD_ROOT, build_in_child
 
 ECSSD = ECSSD_ROOT / "image"
 
@@ -39,13 +34,11 @@ def _stock(source_onnx: str, images: list[str], size: int, out_dir: str, queue) 
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
-    from build_in.builder import _prepare_fp32
-    from build_in.config import validate_build_config
-    from build_in.ops import DEFAULT_OPS, Preprocessor
+    from isnet.build_in.builder import _prepare_fp32
+    from isnet.build_in.config import validate_build_config
+    from isnet.build_in.ops import Preprocessor, default_process_ops
 
-    specs = [dict(op) for op in DEFAULT_OPS]
-    specs[1]["size"] = [size, size]
-    pre = Preprocessor.from_specs(specs)
+    pre = Preprocessor.from_specs(default_process_ops((size, size)))
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -91,9 +84,9 @@ def _stock_in_child(*args) -> dict:
 
 def _stock_fidelity(model: Path, fp32_model: Path, config: dict, work: Path) -> dict:
     """The stock model against the fp32 build on the held-out images `isnet build` checks."""
-    from build_in.backends.onnxruntime_runner import OnnxRuntimeRunner
-    from build_in.builder import _fidelity
-    from build_in.config import validate_build_config
+    from isnet.build_in.backends.onnxruntime_runner import OnnxRuntimeRunner
+    from isnet.build_in.builder import _fidelity
+    from isnet.build_in.config import validate_build_config
 
     checked = validate_build_config({**config, "name": "stock-check"}, source="bench", base_dir=work)
     held_out, disjoint = checked.held_out_images()
@@ -104,7 +97,7 @@ def _stock_fidelity(model: Path, fp32_model: Path, config: dict, work: Path) -> 
 def _latency_ms(model_file: Path, size: int, runs: int = 20) -> float:
     import numpy as np
 
-    from build_in.backends.onnxruntime_runner import OnnxRuntimeRunner
+    from isnet.build_in.backends.onnxruntime_runner import OnnxRuntimeRunner
 
     runner = OnnxRuntimeRunner(model_file)
     x = (np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32) - 0.5)
@@ -132,8 +125,8 @@ def main() -> int:
     if not ECSSD.is_dir():
         raise SystemExit(f"ECSSD images not found at {ECSSD}")
 
-    from build_in.imageio import list_images
-    from export.exporter import ExportRequest, export_model
+    from isnet.build_in.imageio import list_images
+    from isnet.export.exporter import ExportRequest, export_model
 
     work = Path(args.work or tempfile.mkdtemp(prefix="isnet-bench-build-"))
     exported = export_model(ExportRequest(weights=args.weights, arch=args.arch if args.weights == "random" else None,
@@ -144,10 +137,7 @@ def main() -> int:
         "name": "x",
         "frontend": {"type": "onnx", "checkpoint": str(source), "shape": {"input": [1, 3, args.size, args.size]}},
         "backend": {"type": "onnxruntime", "dtype": "fp32"},
-        "dataset": {"path": str(ECSSD), "sampler": {"suffix": "jpg", "get_data_num": args.images},
-                    "process_ops": [{"type": "DecodeImage"}, {"type": "Resize", "size": [args.size, args.size]},
-                                    {"type": "Normalize", "mean": [0.5, 0.5, 0.5], "std": [1.0, 1.0, 1.0]},
-                                    {"type": "ToTensor"}]},
+        "dataset": {"path": str(ECSSD), "sampler": {"suffix": "jpg", "get_data_num": args.images}},
         "workspace": {"path": str(work / "artifacts")},
     }
     runs = [("fp32", {"backend": {"dtype": "fp32"}}),

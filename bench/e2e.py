@@ -15,12 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-# The project root first and this folder last: bench/eval.py and bench/runtime.py must not
-# shadow the packages of the same name, yet _common must stay importable.
-_BENCH = Path(__file__).resolve().parent
-sys.path[:] = [str(_BENCH.parent), *(p for p in sys.path if Path(p or ".").resolve() != _BENCH), str(_BENCH)]
-
-from _common import ROOT, markdown, split_ecssd  # noqa: E402
+from _common import ROOT, markdown, split_ecssd
 
 TARGET = {"mae": 0.002, "sm": 0.003, "maxfmeasure": 0.005}
 
@@ -33,8 +28,8 @@ def main() -> int:
     parser.add_argument("--profile-seconds", type=float, default=5.0)
     args = parser.parse_args()
 
-    from runtime import host_info
-    from tools.compare import load_experiment, run_experiment, table_rows
+    from isnet.runtime import host_info
+    from isnet.tools.compare import load_experiment, run_experiment, table_rows
 
     work = args.work or Path(tempfile.mkdtemp(prefix="isnet-bench-e2e-"))
     calib, evaluation = split_ecssd(work)

@@ -25,13 +25,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-# The project root first and this folder last: bench/eval.py and bench/runtime.py must not
-# shadow the packages of the same name, yet _common must stay importable.
-_BENCH = Path(__file__).resolve().parent
-sys.path[:] = [str(_BENCH.parent), *(p for p in sys.path if Path(p or ".").resolve() != _BENCH), str(_BENCH)]
-
-from build_in.imageio import decode_mask, encode_png  # noqa: E402
-from eval import evaluate_folders  # noqa: E402
+from isnet.build_in.imageio import decode_mask, encode_png
+from isnet.eval import evaluate_folders
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ECSSD"
 

@@ -7,8 +7,8 @@ For each artifact (fp32 and int8, ONNX Runtime, ISNet at 320x320) it measures, o
 
 - ``sequential``: a plain loop, decode -> pre-process -> infer -> restore -> save PNG, one image
   at a time (what a user's first script does);
-- ``isnet run``: :func:`runtime.run_folder`, the pipeline behind the command (batch 1);
-- ``inference``: :func:`runtime.profile_model`'s pure inference throughput (batch 1).
+- ``isnet run``: :func:`isnet.runtime.run_folder`, the pipeline behind the command (batch 1);
+- ``inference``: :func:`isnet.runtime.profile_model`'s pure inference throughput (batch 1).
 
 The three take turns in rounds of ``--chunk`` images (the order rotating each round) and their
 images and seconds are summed over the rounds, so a burst of load from other jobs on the
@@ -32,15 +32,10 @@ import time
 from pathlib import Path
 
 
-# The project root first and this folder last: bench/eval.py and bench/runtime.py must not
-# shadow the packages of the same name, yet _common must stay importable.
-_BENCH = Path(__file__).resolve().parent
-sys.path[:] = [str(_BENCH.parent), *(p for p in sys.path if Path(p or ".").resolve() != _BENCH), str(_BENCH)]
-
-from build_in.imageio import encode_png, list_images  # noqa: E402
-from build_in.ops import DEFAULT_OPS, map_to_uint8  # noqa: E402
-from export.atomic import atomic_path  # noqa: E402
-from runtime import load_model, profile_model, run_folder  # noqa: E402
+from isnet.build_in.imageio import encode_png, list_images
+from isnet.build_in.ops import map_to_uint8
+from isnet.core import atomic_path
+from isnet.runtime import load_model, profile_model, run_folder
 
 ECSSD_IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ECSSD" / "image"
 SIZE = 320
@@ -49,8 +44,8 @@ CALIBRATION_IMAGES = 16
 
 def _artifacts(work: Path, weights: str, images_dir: Path, precisions: list[str]) -> dict[str, Path]:
     """fp32 / int8 (KL, 16 calibration images) ONNX Runtime artifacts made by ``isnet build``, reused if present."""
-    from build_in import build_artifact, validate_build_config
-    from export.exporter import ExportRequest, export_model
+    from isnet.build_in import build_artifact, validate_build_config
+    from isnet.export.exporter import ExportRequest, export_model
 
     source = work / "export" / "isnet.onnx"
     if not source.is_file():
@@ -63,9 +58,7 @@ def _artifacts(work: Path, weights: str, images_dir: Path, precisions: list[str]
             "name": f"isnet-{precision}",
             "frontend": {"checkpoint": str(source), "shape": {"input": [1, 3, SIZE, SIZE]}},
             "backend": {"dtype": precision},
-            "dataset": {"path": str(images_dir), "sampler": {"get_data_num": CALIBRATION_IMAGES},
-                        "process_ops": [{**op, "size": [SIZE, SIZE]} if op["type"] == "Resize" else op
-                                        for op in DEFAULT_OPS]},
+            "dataset": {"path": str(images_dir), "sampler": {"get_data_num": CALIBRATION_IMAGES}},
             "workspace": {"path": str(work)}}, source="bench/runtime.py", base_dir=work)
         if not (config.artifact_dir / "build.json").is_file():
             print(f"building {precision} ...", flush=True)
@@ -94,7 +87,7 @@ def _sequential(model, images: list[Path], save_dir: Path) -> tuple[int, float]:
 
 
 def _pipeline(model, image_dir: Path, save_dir: Path) -> tuple[int, float]:
-    """:func:`runtime.run_folder` (what ``isnet run`` calls) at batch 1; (images, seconds)."""
+    """:func:`isnet.runtime.run_folder` (what ``isnet run`` calls) at batch 1; (images, seconds)."""
     result = run_folder(model, image_dir, save_dir, batch=1)
     if result.failed:
         raise RuntimeError(f"{result.failed} images failed: {result.failures[:3]}")

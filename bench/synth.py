@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tools.synth import generate_dataset
+from isnet.tools.synth import generate_dataset
 
 
 def _folder_mb(folder: Path) -> float:

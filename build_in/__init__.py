@@ -4,16 +4,16 @@ Public surface: config loading (:func:`load_build_config`), :func:`build_artifac
 artifact (:func:`open_artifact`), the ops registry (:class:`Preprocessor`) and image decoding.
 """
 
-from build_in.artifact import Artifact, is_artifact, open_artifact, read_build_info, sha256_file
-from build_in.builder import BuildResult, build_artifact
-from build_in.config import (BackendType, BuildConfig, CalibrationMode, Precision, load_build_config,
-                             validate_build_config)
-from build_in.imageio import ImageDecodeError, decode_image, decode_mask, list_images
-from build_in.ops import DEFAULT_OPS, Geometry, Preprocessor, map_to_uint8
+from isnet.build_in.artifact import Artifact, is_artifact, open_artifact, read_build_info
+from isnet.build_in.builder import BuildResult, build_artifact
+from isnet.build_in.config import (BackendType, BuildConfig, CalibrationMode, Precision, load_build_config,
+                                   validate_build_config)
+from isnet.build_in.imageio import ImageDecodeError, decode_image, decode_mask, list_images
+from isnet.build_in.ops import DEFAULT_OPS, Geometry, Preprocessor, default_process_ops, map_to_uint8
 
 __all__ = [
     "Artifact", "BackendType", "BuildConfig", "BuildResult", "CalibrationMode", "DEFAULT_OPS", "Geometry",
     "ImageDecodeError", "Precision", "Preprocessor", "build_artifact", "decode_image", "decode_mask",
-    "is_artifact", "list_images", "load_build_config", "map_to_uint8", "open_artifact", "read_build_info",
-    "sha256_file", "validate_build_config",
+    "default_process_ops", "is_artifact", "list_images", "load_build_config", "map_to_uint8", "open_artifact",
+    "read_build_info", "validate_build_config",
 ]

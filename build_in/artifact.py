@@ -14,27 +14,17 @@ a runner needs (backend, model file, input shape, pre-processing) and how the bu
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from build_in.ops import Preprocessor
-from build_in.runner import Runner
-from export.errors import IsnetError
+from isnet.build_in.ops import Preprocessor
+from isnet.build_in.runner import Runner
+from isnet.core import IsnetError
 
 BUILD_JSON = "build.json"
 FORMAT_VERSION = 1
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def is_artifact(path: str | os.PathLike) -> bool:
@@ -75,7 +65,7 @@ class Artifact:
 
 def open_artifact(folder: str | os.PathLike, threads: int | None = None, **runner_options) -> Artifact:
     """Load an artifact folder with the backend named in its ``build.json``."""
-    from build_in.backends import get_backend
+    from isnet.build_in.backends import get_backend
 
     folder = Path(folder)
     info = read_build_info(folder)

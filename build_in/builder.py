@@ -21,13 +21,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from build_in.artifact import BUILD_JSON, FORMAT_VERSION, sha256_file
-from build_in.backends import get_backend
-from build_in.backends.onnxruntime_runner import OnnxRuntimeRunner
-from build_in.config import BuildConfig, FrontendType, Precision
-from build_in.ops import Preprocessor
-from export.atomic import atomic_dir
-from export.errors import IsnetError
+from isnet.build_in.artifact import BUILD_JSON, FORMAT_VERSION
+from isnet.build_in.backends import get_backend
+from isnet.build_in.backends.onnxruntime_runner import OnnxRuntimeRunner
+from isnet.build_in.config import BuildConfig, FrontendType, Precision
+from isnet.build_in.difference import DifferenceAccumulator
+from isnet.build_in.ops import Preprocessor
+from isnet.core import IsnetError, atomic_dir, sha256_file
 
 Progress = Callable[[str, int, int], None]
 
@@ -44,7 +44,7 @@ def _source_onnx(config: BuildConfig, work: Path) -> tuple[Path, str | None]:
     """The fp32 ONNX to compile, exporting a PyTorch checkpoint first; also the arch name if known."""
     if config.frontend.type is FrontendType.ONNX:
         return config.frontend.checkpoint, None
-    from export.exporter import ExportRequest, export_model
+    from isnet.export.exporter import ExportRequest, export_model
 
     result = export_model(ExportRequest(weights=str(config.frontend.checkpoint), size=tuple(config.input_shape[2:]),
                                         output_dir=work, name="exported", formats=("onnx",),
@@ -107,19 +107,15 @@ def _fidelity(reference: Path, artifact_runner, preprocessor: Preprocessor, imag
             rgb = cv2.resize(rgb, (size[1], size[0]), interpolation=cv2.INTER_CUBIC)
             inputs.append((f"synthetic-{i}", preprocessor.transform(rgb)[0]))
         source = "synthetic images (no dataset configured)"
-    sums, peak, count, nonfinite = 0.0, 0.0, 0, 0
+    difference = DifferenceAccumulator()
     for _, tensor in inputs:
         feed = tensor[None]
         expected = fp32.infer({fp32.input_name: feed})[fp32.output_name]
         got = artifact_runner.infer({artifact_runner.input_name: feed})[artifact_runner.output_name]
-        nonfinite += int(np.count_nonzero(~np.isfinite(got)))
-        diff = np.abs(got.astype(np.float64) - expected.astype(np.float64))
-        diff = diff[np.isfinite(diff)]
-        sums += float(diff.sum())
-        count += diff.size
-        peak = max(peak, float(diff.max(initial=0.0)))
+        difference.add(expected, got)
+    total = difference.total()
     return {"source": source, "images": [name for name, _ in inputs],
-            "mean_abs_diff": sums / max(count, 1), "max_abs_diff": peak, "nonfinite_values": nonfinite}
+            "mean_abs_diff": total.mean_abs, "max_abs_diff": total.max_abs, "nonfinite_values": total.nonfinite}
 
 
 def _versions(backend) -> dict:

@@ -12,17 +12,13 @@ import dataclasses
 import enum
 import json
 import os
-import types
-import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from build_in.imageio import list_images, parse_suffixes
-from build_in.ops import DEFAULT_OPS, Preprocessor
-from export.errors import IsnetError, did_you_mean
+from isnet.build_in.imageio import list_images, parse_suffixes
+from isnet.build_in.ops import Preprocessor, default_process_ops
+from isnet.core import IsnetError, apply_overrides, load_dataclass, read_yaml_mapping, to_plain
 
 
 class FrontendType(str, enum.Enum):
@@ -115,7 +111,7 @@ class DatasetConfig:
 
     path: Path
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
-    process_ops: tuple[Mapping, ...] = tuple(DEFAULT_OPS)
+    process_ops: tuple[Mapping, ...] | None = None  # None: the reference recipe's at frontend.shape's size
 
 
 @dataclass(frozen=True)
@@ -158,11 +154,9 @@ class BuildConfig:
 
     def preprocessor(self) -> Preprocessor:
         """The validated pre-processing (the dataset's ops, or the reference default at the input size)."""
-        if self.dataset is not None:
+        if self.dataset is not None and self.dataset.process_ops is not None:
             return Preprocessor.from_specs(list(self.dataset.process_ops), where="dataset.process_ops")
-        specs = [dict(op) for op in DEFAULT_OPS]
-        specs[1]["size"] = list(self.input_shape[2:])
-        return Preprocessor.from_specs(specs)
+        return Preprocessor.from_specs(default_process_ops(self.input_shape[2:]))
 
     def calibration_images(self) -> list[Path]:
         """The calibration images, in order (empty for non-int8 builds)."""
@@ -183,137 +177,11 @@ class BuildConfig:
 
     def to_dict(self) -> dict:
         """The resolved config as plain JSON-able data (stored in ``build.json``)."""
-        return _plain(self)
+        return to_plain(self)
 
 
 def _dataset_images(dataset: DatasetConfig) -> list[Path]:
     return list_images(dataset.path, dataset.sampler.suffix)
-
-
-def _plain(value):
-    if dataclasses.is_dataclass(value):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.name != "config_path"}
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-class _Loader:
-    """Turns nested dicts into the dataclasses above, with errors naming key path and file."""
-
-    def __init__(self, source: str, base_dir: Path, cwd_keys: frozenset[str] = frozenset()):
-        self.source = source
-        self.base_dir = base_dir
-        # Keys given with --set on the command line: their relative paths mean the current folder.
-        self.cwd_keys = cwd_keys
-
-    def fail(self, key: str, message: str) -> IsnetError:
-        return IsnetError(f"{self.source}: {key}: {message}")
-
-    def convert(self, value, annotation, key: str):
-        origin = typing.get_origin(annotation)
-        args = typing.get_args(annotation)
-        if origin in (typing.Union, types.UnionType):
-            if value is None and type(None) in args:
-                return None
-            inner = [a for a in args if a is not type(None)]
-            return self.convert(value, inner[0], key)
-        if dataclasses.is_dataclass(annotation):
-            return self.dataclass(annotation, value, key)
-        if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
-            choices = [m.value for m in annotation]
-            if value not in choices:
-                raise self.fail(key, f"'{value}' is not valid{did_you_mean(str(value), choices)}; "
-                                     f"choose from {', '.join(choices)}")
-            return annotation(value)
-        if annotation is Path:
-            if not isinstance(value, (str, os.PathLike)):
-                raise self.fail(key, f"expected a path, got {value!r}")
-            path = Path(os.path.expanduser(str(value)))
-            base = Path.cwd() if key in self.cwd_keys else self.base_dir
-            return Path(os.path.normpath(path if path.is_absolute() else base / path))
-        if annotation is bool:
-            if not isinstance(value, bool):
-                raise self.fail(key, f"expected true or false, got {value!r}")
-            return value
-        if annotation is int:
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise self.fail(key, f"expected an integer, got {value!r}")
-            return value
-        if annotation is float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise self.fail(key, f"expected a number, got {value!r}")
-            return float(value)
-        if annotation is str:
-            if not isinstance(value, str):
-                raise self.fail(key, f"expected a string, got {value!r}")
-            return value
-        if origin is tuple:
-            if isinstance(value, (str, int, float)) and args[0] is str:
-                value = [value]  # `suffix: jpg` means one suffix
-            if not isinstance(value, Sequence) or isinstance(value, str):
-                raise self.fail(key, f"expected a list, got {value!r}")
-            return tuple(self.convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
-        if origin in (Mapping, dict, typing.Mapping):
-            if not isinstance(value, Mapping) or not value:
-                raise self.fail(key, f"expected a mapping, got {value!r}")
-            return {str(k): self.convert(v, args[1], f"{key}.{k}") for k, v in value.items()}
-        if annotation is Mapping:
-            if not isinstance(value, Mapping):
-                raise self.fail(key, f"expected a mapping, got {value!r}")
-            return dict(value)
-        raise TypeError(f"unsupported annotation {annotation!r}")  # a bug in this module, not user input
-
-    def dataclass(self, cls, data, key: str):
-        if not isinstance(data, Mapping):
-            raise self.fail(key or "(top level)", f"expected a mapping, got {data!r}")
-        hints = typing.get_type_hints(cls)
-        fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "config_path"}
-        prefix = f"{key}." if key else ""
-        for name in data:
-            if name not in fields:
-                raise self.fail(f"{prefix}{name}", f"unknown key{did_you_mean(str(name), fields)}; "
-                                                   f"valid keys: {', '.join(fields)}")
-        values = {}
-        for name, f in fields.items():
-            if name in data:
-                values[name] = self.convert(data[name], hints[name], f"{prefix}{name}")
-            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise self.fail(f"{prefix}{name}", "required key is missing")
-        return cls(**values)
-
-
-def apply_overrides(data: dict, overrides: Sequence[str]) -> set[str]:
-    """Apply ``key.path=value`` overrides (values parsed as YAML) to a nested dict, in place.
-
-    Returns the overridden key paths.
-    """
-    keys_set = set()
-    for item in overrides:
-        if "=" not in item:
-            raise IsnetError(f"--set expects key.path=value, got '{item}'")
-        path, raw = item.split("=", 1)
-        keys = [k for k in path.strip().split(".") if k]
-        if not keys:
-            raise IsnetError(f"--set expects key.path=value, got '{item}'")
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            value = raw
-        node = data
-        for k in keys[:-1]:
-            if not isinstance(node.get(k), dict):
-                node[k] = {}
-            node = node[k]
-        node[keys[-1]] = value
-        keys_set.add(".".join(keys))
-    return keys_set
 
 
 def _inline_process_ops(data: dict, base_dir: Path, source: str) -> None:
@@ -333,17 +201,7 @@ def _inline_process_ops(data: dict, base_dir: Path, source: str) -> None:
 def load_build_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> BuildConfig:
     """Read, override and validate a build config; raise IsnetError naming the key on any problem."""
     path = Path(path)
-    if not path.is_file():
-        raise IsnetError(f"build config not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        first = str(exc).splitlines()[0]
-        raise IsnetError(f"{path}: not valid YAML ({first})") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise IsnetError(f"{path}: the top level must be a mapping of keys")
+    data = read_yaml_mapping(path, "build config")
     overridden = apply_overrides(data, overrides)
     return validate_build_config(data, source=str(path), base_dir=path.resolve().parent, config_path=path,
                                  cwd_keys=frozenset(overridden))
@@ -358,15 +216,16 @@ def validate_build_config(data: Mapping, source: str, base_dir: Path, config_pat
     """
     data = dict(data)
     _inline_process_ops(data, base_dir, source)
-    loader = _Loader(source, base_dir, cwd_keys)
-    config = loader.dataclass(BuildConfig, data, "")
+    config = load_dataclass(BuildConfig, data, source, base_dir, cwd_keys)
     config = dataclasses.replace(config, config_path=config_path)
-    _check_semantics(config, loader)
+    _check_semantics(config, source)
     return config
 
 
-def _check_semantics(config: BuildConfig, loader: _Loader) -> None:
-    fail = loader.fail
+def _check_semantics(config: BuildConfig, source: str) -> None:
+    def fail(key: str, message: str) -> IsnetError:
+        return IsnetError(f"{source}: {key}: {message}")
+
     if not config.name or "/" in config.name or config.name.startswith("."):
         raise fail("name", f"must be a plain folder name, got '{config.name}'")
     front = config.frontend
@@ -389,7 +248,7 @@ def _check_semantics(config: BuildConfig, loader: _Loader) -> None:
     try:
         preprocessor = config.preprocessor()
     except IsnetError as exc:
-        raise IsnetError(f"{loader.source}: {exc}") from None
+        raise IsnetError(f"{source}: {exc}") from None
     size = preprocessor.input_size
     if size is None:
         raise fail("dataset.process_ops", "needs a Resize to the model input size")

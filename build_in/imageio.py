@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from export.errors import IsnetError
+from isnet.core import IsnetError
 
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp")
 

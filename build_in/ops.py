@@ -16,13 +16,14 @@ import os
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import ClassVar
 
 import cv2
 import numpy as np
 
-from build_in.imageio import decode_image
-from export.errors import IsnetError, did_you_mean
+from isnet.build_in.imageio import decode_image
+from isnet.core import IsnetError, did_you_mean
 
 INTERPOLATIONS = {
     "nearest": cv2.INTER_NEAREST,
@@ -185,14 +186,23 @@ class ToTensor(Op):
 
 OPS: dict[str, type[Op]] = {cls.type: cls for cls in (DecodeImage, Resize, CvtColor, Normalize, ToTensor)}
 
-# The reference recipe's pre-processing at 320x320 (ISNET.md): RGB, bilinear resize,
-# mean 0.5, std 1.0.
-DEFAULT_OPS: list[dict] = [
-    {"type": "DecodeImage", "color": "RGB"},
-    {"type": "Resize", "size": [320, 320], "interpolation": "bilinear"},
-    {"type": "Normalize", "mean": [0.5, 0.5, 0.5], "std": [1.0, 1.0, 1.0]},
-    {"type": "ToTensor"},
-]
+def default_process_ops(size: Sequence[int] = (320, 320)) -> tuple[Mapping, ...]:
+    """The reference recipe's pre-processing at ``size`` (height, width), as an immutable op list.
+
+    RGB, bilinear resize, ``(x / 255 - 0.5) / 1.0`` (ISNET.md): what the official models were
+    trained with. Models without a ``build.json``, default build configs, training and the tests
+    all take it from here.
+    """
+    if len(size) != 2 or any(int(s) <= 0 for s in size):
+        raise IsnetError(f"the input size must be two positive integers (height width), got {list(size)}")
+    ops = ({"type": "DecodeImage", "color": "RGB"},
+           {"type": "Resize", "size": (int(size[0]), int(size[1])), "interpolation": "bilinear"},
+           {"type": "Normalize", "mean": (0.5, 0.5, 0.5), "std": (1.0, 1.0, 1.0)},
+           {"type": "ToTensor"})
+    return tuple(MappingProxyType(op) for op in ops)
+
+
+DEFAULT_OPS: tuple[Mapping, ...] = default_process_ops()
 
 
 def _check_type(value, annotation, where: str):

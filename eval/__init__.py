@@ -11,19 +11,22 @@ Entry points:
 - :func:`validation_scores` -- MAE and max F-measure of in-memory maps (training validation).
 - :func:`evaluate_json` / :func:`plan_from_json` + :func:`evaluate_tasks` -- PySODEvalToolkit's
   dataset and method JSON files (what ``isnet eval`` uses).
+- :func:`ecssd_folders` / :func:`ecssd_pairs` -- the one reading of a dataset in ECSSD layout
+  (``image/`` and ``mask/``, paired by file stem), or of a dataset JSON's image and mask folders.
 - :class:`SaliencyEvaluator` and the single metrics (:class:`MAE`, :class:`FMeasure`, ...), each
   with ``step(pred, gt)`` and ``results()``, for in-memory uint8 maps.
 """
 
-from eval._evaluator import METRIC_NAMES, RESULT_KEYS, EvalResult, SaliencyEvaluator, validation_scores
-from eval._inputs import EvalTask, plan_from_folders, plan_from_json
-from eval._metrics import MAE, EMeasure, FMeasure, SMeasure, WeightedFMeasure
-from eval._reports import format_table, plot_curves, save_curves, write_csv, write_json, write_txt
-from eval._runner import evaluate_folders, evaluate_json, evaluate_tasks
+from isnet.eval._evaluator import METRIC_NAMES, RESULT_KEYS, EvalResult, SaliencyEvaluator, validation_scores
+from isnet.eval._inputs import EvalTask, ecssd_folders, ecssd_pairs, plan_from_folders, plan_from_json
+from isnet.eval._metrics import MAE, EMeasure, FMeasure, SMeasure, WeightedFMeasure
+from isnet.eval._reports import format_table, plot_curves, save_curves, write_csv, write_json, write_txt
+from isnet.eval._runner import evaluate_folders, evaluate_json, evaluate_tasks
 
 __all__ = [
     "METRIC_NAMES", "RESULT_KEYS", "EvalResult", "EvalTask", "SaliencyEvaluator",
     "MAE", "FMeasure", "EMeasure", "SMeasure", "WeightedFMeasure",
-    "evaluate_folders", "evaluate_json", "evaluate_tasks", "plan_from_folders", "plan_from_json",
+    "ecssd_folders", "ecssd_pairs", "evaluate_folders", "evaluate_json", "evaluate_tasks", "plan_from_folders",
+    "plan_from_json",
     "validation_scores", "format_table", "plot_curves", "save_curves", "write_csv", "write_json", "write_txt",
 ]

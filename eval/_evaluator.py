@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from eval._metrics import MAE, EMeasure, FMeasure, SMeasure, WeightedFMeasure
-from eval._statistics import PairStatistics
-from export.errors import IsnetError, did_you_mean
+from isnet.eval._metrics import MAE, EMeasure, FMeasure, SMeasure, WeightedFMeasure
+from isnet.eval._statistics import PairStatistics
+from isnet.core import IsnetError, did_you_mean
 
 # The names PySODEvalToolkit's --metric-names accepts for these metrics, and the result keys each
 # one reports (also the console and record columns, in this order).
@@ -112,7 +112,7 @@ class SaliencyEvaluator:
 
 def _as_maps(arrays) -> list[np.ndarray]:
     """2-D uint8 maps from an array (H, W), (N, H, W) or (N, 1, H, W), or a list/tuple of those."""
-    from build_in.ops import map_to_uint8
+    from isnet.build_in.ops import map_to_uint8
 
     if isinstance(arrays, (list, tuple)):
         return [m for item in arrays for m in _as_maps(item)]
@@ -138,7 +138,7 @@ def validation_scores(preds, gts) -> dict[str, float]:
     ``preds`` and ``gts`` are arrays shaped (H, W), (N, H, W) or (N, 1, H, W), or sequences of such
     (e.g. one batch per element); pairs are matched by position and must have the same size. Float
     maps are probabilities in [0, 1] and are rounded to 8 bits as ``isnet run`` saves them
-    (``build_in.ops.map_to_uint8``), so the scores equal what ``isnet eval`` reports on the saved
+    (``isnet.build_in.ops.map_to_uint8``), so the scores equal what ``isnet eval`` reports on the saved
     masks; uint8 maps are used as they are; bool GTs mean 0/255. Only the histogram pieces are
     computed (no S-measure or weighted F-measure work), a fraction of a millisecond per image.
 

@@ -27,8 +27,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from build_in.imageio import IMAGE_SUFFIXES, decode_mask
-from export.errors import IsnetError, did_you_mean
+from isnet.build_in.imageio import IMAGE_SUFFIXES, decode_mask, list_images
+from isnet.core import IsnetError, did_you_mean
 
 _SOURCE_KEYS = ("path", "prefix", "suffix")
 _DATASET_KEYS = ("mask", "image")
@@ -156,6 +156,71 @@ def plan_from_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, *,
     return match_pairs(dataset, method, gts, MaskFolder(pred_dir), allow_missing)
 
 
+# -- ECSSD layout ----------------------------------------------------------------------------------
+
+def ecssd_folders(root: str | os.PathLike, what: str = "dataset", name: str | None = None) -> tuple[Path, Path]:
+    """The image and mask folders of a dataset: a folder in ECSSD layout (``image/``, ``mask/``), or
+    dataset ``name`` of a PySODEvalToolkit dataset JSON (``name`` may be omitted when it holds one).
+
+    IsnetError naming ``what`` when the folders are absent. Images and masks are paired by file
+    stem, so JSON prefixes are refused.
+    """
+    root = Path(root)
+    if root.is_file():
+        return _folders_from_json(root, name)
+    if name is not None:
+        raise IsnetError(f"{what}: a dataset name applies to a dataset JSON, not to the folder {root}")
+    if not root.is_dir():
+        raise IsnetError(f"{what} folder not found: {root}")
+    images, masks = root / "image", root / "mask"
+    if not images.is_dir() or not masks.is_dir():
+        raise IsnetError(f"{what} folder {root} needs image/ and mask/ sub-folders (ECSSD layout)")
+    return images, masks
+
+
+def ecssd_pairs(root: str | os.PathLike, what: str = "dataset") -> list[tuple[str, Path, Path]]:
+    """``(stem, image, mask)`` for every image of an ECSSD-layout folder, sorted by stem.
+
+    Every image needs a mask with the same stem (a PNG mask wins over another format), and stems
+    must be unique; either problem is an IsnetError.
+    """
+    image_dir, mask_dir = ecssd_folders(root, what)
+    images = list_images(image_dir, recursive=False)
+    masks: dict[str, Path] = {}
+    for path in list_images(mask_dir, recursive=False):
+        if path.stem not in masks or path.suffix.lower() == ".png":
+            masks[path.stem] = path
+    if not images:
+        raise IsnetError(f"no images in {image_dir}")
+    stems = [p.stem for p in images]
+    if len(set(stems)) != len(stems):
+        twice = sorted({s for s in stems if stems.count(s) > 1})
+        raise IsnetError(f"{image_dir}: several images share a file stem ({', '.join(twice[:3])}); "
+                         "masks are paired by stem, so stems must be unique")
+    unpaired = [p.name for p in images if p.stem not in masks]
+    if unpaired:
+        raise IsnetError(f"{len(unpaired)} of {len(images)} images in {image_dir} have no mask in {mask_dir} "
+                         f"(e.g. {unpaired[0]}); every image needs a mask with the same stem")
+    return [(p.stem, p, masks[p.stem]) for p in images]
+
+
+def _folders_from_json(path: Path, name: str | None) -> tuple[Path, Path]:
+    data = _load_json(path, "dataset JSON")
+    if name is None and len(data) == 1:
+        name = next(iter(data))
+    if name not in data:
+        raise IsnetError(f"{path}: choose one dataset of {', '.join(data)}"
+                         + (f"; '{name}' is not one{did_you_mean(name, data)}" if name else ""))
+    entry = data[name]
+    where = f"{path}: dataset '{name}'"
+    if not isinstance(entry, dict) or not all(k in entry for k in _DATASET_KEYS):
+        raise IsnetError(f"{where}: needs both 'image' and 'mask' entries ({{'path': ...}})")
+    image, mask = (_source(entry[k], f"{where} {k}", path.parent) for k in _DATASET_KEYS[::-1])
+    if image.prefix or mask.prefix:
+        raise IsnetError(f"{where}: images and masks are paired by file stem; prefixes are not supported here")
+    return image.path, mask.path
+
+
 # -- JSON ------------------------------------------------------------------------------------------
 
 def _load_json(path: Path, what: str) -> dict:
@@ -174,14 +239,17 @@ def _load_json(path: Path, what: str) -> dict:
     return data
 
 
+def _refuse_unknown_keys(entry: dict, valid: Sequence[str], where: str) -> None:
+    for key in entry:
+        if key not in valid:
+            raise IsnetError(f"{where}: unknown key '{key}'{did_you_mean(key, valid)}; valid keys: {', '.join(valid)}")
+
+
 def _source(entry, where: str, base: Path) -> MaskFolder:
     """A {path, prefix, suffix} entry as a MaskFolder, paths relative to ``base``."""
     if not isinstance(entry, dict):
         raise IsnetError(f"{where}: expected an object with 'path' and optional 'prefix', 'suffix'")
-    for key in entry:
-        if key not in _SOURCE_KEYS:
-            raise IsnetError(f"{where}: unknown key '{key}'{did_you_mean(key, _SOURCE_KEYS)}; "
-                             f"valid keys: {', '.join(_SOURCE_KEYS)}")
+    _refuse_unknown_keys(entry, _SOURCE_KEYS, where)
     if "path" not in entry:
         raise IsnetError(f"{where}: missing 'path'")
     for key in _SOURCE_KEYS:
@@ -200,10 +268,7 @@ def load_dataset_json(path: str | os.PathLike) -> dict[str, MaskFolder]:
         where = f"{path}: dataset '{name}'"
         if not isinstance(entry, dict):
             raise IsnetError(f"{where}: expected an object with a 'mask' entry")
-        for key in entry:
-            if key not in _DATASET_KEYS:
-                raise IsnetError(f"{where}: unknown key '{key}'{did_you_mean(key, _DATASET_KEYS)}; "
-                                 f"valid keys: {', '.join(_DATASET_KEYS)}")
+        _refuse_unknown_keys(entry, _DATASET_KEYS, where)
         if "mask" not in entry:
             raise IsnetError(f"{where}: missing 'mask' ({{'path': ..., 'suffix': ...}})")
         datasets[name] = _source(entry["mask"], f"{where} mask", path.parent)

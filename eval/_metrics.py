@@ -3,7 +3,7 @@
 Every metric follows the definitions of PySODMetrics 1.6.2 (the package behind PySODEvalToolkit,
 itself a port of the authors' MATLAB code) so scores match published tables: per-image values are
 averaged over the dataset, curves point-wise. The implementations are independent and work from
-the shared :class:`~eval._statistics.PairStatistics` of each image, so an evaluator running all of
+the shared :class:`~isnet.eval._statistics.PairStatistics` of each image, so an evaluator running all of
 them computes the normalised map, the histograms and the distance transform once.
 
 ``step`` takes the 8-bit prediction and GT (same shape). Internally each metric splits a step into
@@ -16,7 +16,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from eval._statistics import EPS, PairStatistics
+from isnet.eval._statistics import EPS, PairStatistics
 
 _THRESHOLDS = 256
 

@@ -1,6 +1,6 @@
 """Tables, record files and curve plots of evaluation results; every file is written atomically.
 
-Results are ``{dataset: {method: EvalResult}}`` as returned by :func:`eval.evaluate_tasks`.
+Results are ``{dataset: {method: EvalResult}}`` as returned by :func:`isnet.eval.evaluate_tasks`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from eval._evaluator import EvalResult
-from export.atomic import atomic_path, write_text_atomic
+from isnet.eval._evaluator import EvalResult
+from isnet.core import atomic_path, write_text_atomic
 
 Results = dict[str, dict[str, EvalResult]]
 

@@ -13,8 +13,8 @@ import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 
-from eval._evaluator import METRIC_NAMES, EvalResult, SaliencyEvaluator, check_metric_names
-from eval._inputs import EvalTask, plan_from_folders, plan_from_json, read_pair
+from isnet.eval._evaluator import METRIC_NAMES, EvalResult, SaliencyEvaluator, check_metric_names
+from isnet.eval._inputs import EvalTask, plan_from_folders, plan_from_json, read_pair
 
 Results = dict[str, dict[str, EvalResult]]
 

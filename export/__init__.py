@@ -8,21 +8,21 @@ from __future__ import annotations
 
 import importlib
 
-from export.errors import IsnetError, did_you_mean
+from isnet.core import IsnetError, did_you_mean
 
 _LAZY = {
-    "ISNet": "export.model",
-    "ISNetGTEncoder": "export.model",
-    "IsnetArch": "export.model",
-    "ARCHS": "export.model",
-    "count_macs": "export.model",
-    "build_isnet": "export.weights",
-    "load_isnet_weights": "export.weights",
-    "save_checkpoint": "export.weights",
-    "read_checkpoint_arch": "export.weights",
-    "ExportRequest": "export.exporter",
-    "ExportResult": "export.exporter",
-    "export_model": "export.exporter",
+    "ISNet": "isnet.export.model",
+    "ISNetGTEncoder": "isnet.export.model",
+    "IsnetArch": "isnet.export.model",
+    "ARCHS": "isnet.export.model",
+    "count_macs": "isnet.export.model",
+    "build_isnet": "isnet.export.weights",
+    "load_isnet_weights": "isnet.export.weights",
+    "save_checkpoint": "isnet.export.weights",
+    "read_checkpoint_arch": "isnet.export.weights",
+    "ExportRequest": "isnet.export.exporter",
+    "ExportResult": "isnet.export.exporter",
+    "export_model": "isnet.export.exporter",
 }
 
 __all__ = ["IsnetError", "did_you_mean", *_LAZY]

@@ -17,10 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export.atomic import atomic_path
-from export.errors import IsnetError
-from export.model import ISNet, count_macs
-from export.weights import build_isnet
+from isnet.core import IsnetError, atomic_path
+from isnet.export.model import ISNet, count_macs
+from isnet.export.weights import build_isnet
 
 FORMATS = ("onnx", "torchscript", "exported-program")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "exported-program": ".pt2"}

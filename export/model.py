@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from export.errors import IsnetError
+from isnet.core import IsnetError
 
 
 def upsample_like(src: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import torch
 
-from export.atomic import atomic_path
-from export.errors import IsnetError
-from export.model import ARCHS, ISNet, IsnetArch
+from isnet.core import IsnetError, atomic_path
+from isnet.export.model import ARCHS, ISNet, ISNetGTEncoder, IsnetArch
 
 RANDOM = "random"
 
@@ -53,16 +52,23 @@ def _mismatch(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Te
     return problems
 
 
+def load_checkpoint_file(path: str | os.PathLike, what: str = "weights file") -> object:
+    """``torch.load`` a checkpoint safely (``weights_only``); IsnetError saying why in a few words if it fails."""
+    path = Path(path)
+    if not path.is_file():
+        raise IsnetError(f"{what} not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load fails in many ways on a non-checkpoint (IndexError, too)
+        raise IsnetError(f"{path}: not a readable PyTorch checkpoint ({_load_failure(path, exc)})") from None
+
+
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], IsnetArch | None]:
     """Read a checkpoint file; return its state dict (keys normalised) and stored arch, if any."""
     path = Path(path)
     if not path.is_file():
         raise IsnetError(f"weights file not found: {path} (pass a .pth checkpoint or 'random')")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch.load fails in many ways on a non-checkpoint (IndexError, too)
-        raise IsnetError(f"{path}: not a readable PyTorch checkpoint ({_load_failure(path, exc)})") from None
-    return _unwrap(obj, path)
+    return _unwrap(load_checkpoint_file(path), path)
 
 
 def _load_failure(path: Path, exc: Exception) -> str:
@@ -129,6 +135,32 @@ def build_isnet(weights: str | os.PathLike, seed: int = 0, arch: str | None = No
         model = ISNet(chosen, deploy=deploy)
         load_isnet_weights(model, state, source=str(weights))
     return model.eval()
+
+
+def load_gt_encoder(path: str | os.PathLike, arch: str | None = None) -> ISNetGTEncoder:
+    """Load a GT encoder written by ``isnet train-gt-encoder`` (``gt-encoder.pth`` or its ``last.pth``).
+
+    ``arch``, when given, is the ISNet architecture it must match. Returns the encoder in eval mode.
+    """
+    path = Path(path)
+    state, stored = read_checkpoint(path)
+    if stored is None:
+        raise IsnetError(f"{path}: not a GT encoder checkpoint (no architecture recorded); "
+                         "train one with `isnet train-gt-encoder`")
+    if arch is not None and stored.name != arch:
+        raise IsnetError(f"{path}: GT encoder of '{stored.name}' cannot supervise ISNet '{arch}'; "
+                         f"train one with `isnet train-gt-encoder --arch {arch}`")
+    encoder = ISNetGTEncoder(stored)
+    expected = encoder.state_dict()
+    if set(state) - set(expected) or {k for k in expected if not k.endswith("num_batches_tracked")} - set(state):
+        raise IsnetError(f"{path}: not a GT encoder checkpoint (its keys are those of another network); "
+                         "train one with `isnet train-gt-encoder`")
+    try:
+        encoder.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()},
+                                strict=False)
+    except RuntimeError as exc:
+        raise IsnetError(f"{path}: GT encoder weights do not fit ({str(exc).splitlines()[0]})") from None
+    return encoder.eval()
 
 
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, half: bool = False, **extra) -> Path:

@@ -11,15 +11,15 @@
 torch is imported only when a ``.pt``/``.pth`` model is loaded.
 """
 
-from runtime.models import LoadedModel, ModelKind, load_model, model_kind
-from runtime.npz import NpzComparison, NpzDifference, compare_npz, npz_from_images, png_from_npz, run_npz
-from runtime.profiler import (LatencyStats, Measurement, ProfileRecord, format_table, host_info, profile_model,
-                              profile_models)
-from runtime.stream import FAILURES_FILE, StreamResult, run_folder
-from runtime.synthetic import synthetic_photo, write_synthetic_photos
+from isnet.runtime.models import LoadedModel, ModelKind, load_model, model_kind
+from isnet.runtime.npz import NpzComparison, compare_npz, npz_from_images, png_from_npz, run_npz
+from isnet.runtime.profiler import (LatencyStats, Measurement, ProfileRecord, format_table, host_info, profile_model,
+                                    profile_models)
+from isnet.runtime.stream import FAILURES_FILE, StreamResult, run_folder
+from isnet.runtime.synthetic import synthetic_photo, write_synthetic_photos
 
 __all__ = [
-    "FAILURES_FILE", "LatencyStats", "LoadedModel", "Measurement", "ModelKind", "NpzComparison", "NpzDifference",
+    "FAILURES_FILE", "LatencyStats", "LoadedModel", "Measurement", "ModelKind", "NpzComparison",
     "ProfileRecord", "StreamResult", "compare_npz", "format_table", "host_info", "load_model", "model_kind",
     "npz_from_images", "png_from_npz", "profile_model", "profile_models", "run_folder", "run_npz",
     "synthetic_photo", "write_synthetic_photos",

@@ -7,9 +7,9 @@ Accepted models:
 - a plain ``.onnx`` file, run with ONNX Runtime;
 - a TorchScript file (``.torchscript.pt``, or any ``.pt``/``.pth`` that is a TorchScript archive);
 - a ``.pth`` checkpoint (official, DataParallel or this project's own), built with
-  :func:`export.build_isnet` in deploy mode.
+  :func:`isnet.export.build_isnet` in deploy mode.
 
-Models without a ``build.json`` get the reference recipe (:data:`build_in.ops.DEFAULT_OPS`) with the
+Models without a ``build.json`` get the reference recipe (:func:`isnet.build_in.ops.default_process_ops`) with the
 Resize size taken from a static ONNX input shape, else from ``size``, else 320x320.
 """
 
@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from build_in.artifact import BUILD_JSON, is_artifact, open_artifact
-from build_in.ops import DEFAULT_OPS, Preprocessor
-from build_in.runner import Runner
-from export.errors import IsnetError
+from isnet.build_in.artifact import BUILD_JSON, is_artifact, open_artifact
+from isnet.build_in.ops import Preprocessor, default_process_ops
+from isnet.build_in.runner import Runner
+from isnet.core import IsnetError
 
 DEFAULT_SIZE = (320, 320)
 
@@ -96,8 +96,7 @@ def _artifact_fixed_batch(info: dict, runner: Runner) -> int | None:
 
 
 def _default_preprocessor(size: tuple[int, int]) -> Preprocessor:
-    specs = [{**op, "size": [int(size[0]), int(size[1])]} if op["type"] == "Resize" else op for op in DEFAULT_OPS]
-    return Preprocessor.from_specs(specs, where="default pre-processing")
+    return Preprocessor.from_specs(default_process_ops(size), where="default pre-processing")
 
 
 def _check_size(size) -> tuple[int, int] | None:
@@ -158,7 +157,7 @@ def load_model(path: str | os.PathLike, threads: int | None = None,
                            str(artifact.info["precision"]), artifact.runner, artifact.preprocessor,
                            fixed_batch=_artifact_fixed_batch(artifact.info, artifact.runner), info=artifact.info)
     if kind is ModelKind.ONNX:
-        from build_in.backends.onnxruntime_runner import OnnxRuntimeRunner
+        from isnet.build_in.backends.onnxruntime_runner import OnnxRuntimeRunner
 
         runner = OnnxRuntimeRunner(path, threads=threads)
         shape = runner.input_shape
@@ -172,7 +171,7 @@ def load_model(path: str | os.PathLike, threads: int | None = None,
             size = static_hw
         return LoadedModel(path, path.name, kind, "onnxruntime", "fp32", runner,
                            _default_preprocessor(size or DEFAULT_SIZE), fixed_batch=_static_dim(shape[0]))
-    from runtime.torch_runners import CheckpointRunner, TorchScriptRunner
+    from isnet.runtime.torch_runners import CheckpointRunner, TorchScriptRunner
 
     if kind is ModelKind.TORCHSCRIPT:
         runner = TorchScriptRunner(path, threads=threads)

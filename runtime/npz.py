@@ -10,7 +10,8 @@ File layout, as the reference device's tools use it:
 
 Files are matched **by name**: each datalist entry is named by its path relative to the common
 folder of all entries (``sub/0001``), and every later file reuses that name
-(``<output-dir>/sub/0001.npz``, ``<draw-dir>/sub/0001.png``, ``<src-dir>/sub/0001.<ext>``).
+(npz-run's ``<output-dir>/sub/0001.npz``, npz2png's ``<output-dir>/sub/0001.png`` and its source
+``<image-dir>/sub/0001.<ext>``).
 """
 
 from __future__ import annotations
@@ -23,13 +24,12 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from build_in.imageio import IMAGE_SUFFIXES, decode_image, encode_png, list_images
-from build_in.ops import Geometry, Preprocessor, Resize, map_to_uint8
-from export.atomic import atomic_path, write_text_atomic
-from export.errors import IsnetError
-from runtime.models import LoadedModel
-from runtime.pipeline import OrderedSink, batches, ordered_map
-from runtime.stream import default_workers
+from isnet.build_in.difference import DifferenceAccumulator, OutputDifference
+from isnet.build_in.imageio import IMAGE_SUFFIXES, decode_image, encode_png, list_images
+from isnet.build_in.ops import Geometry, Preprocessor, Resize, map_to_uint8
+from isnet.core import IsnetError, atomic_path, write_text_atomic
+from isnet.runtime.models import LoadedModel
+from isnet.runtime.pipeline import OrderedSink, default_io_threads, ordered_map, predict_batches
 
 INPUT_KEY = "input_0"
 OUTPUT_KEY = "output_0"
@@ -112,8 +112,8 @@ def npz_from_images(dataset_path: str | os.PathLike, target_path: str | os.PathL
         target = (target_path / image.relative_to(dataset_path)).with_suffix(".npz")
         return write_npz(target, **{INPUT_KEY: np.ascontiguousarray(rgb.transpose(2, 0, 1))})
 
-    workers = default_workers()
-    with contextlib.closing(ordered_map(convert, images, workers, 2 * workers)) as written:
+    threads = default_io_threads()
+    with contextlib.closing(ordered_map(convert, images, threads, 2 * threads)) as written:
         paths = [path.resolve() for path in written]
     write_text_atomic(text_path, "".join(f"{path}\n" for path in paths))
     return paths
@@ -127,7 +127,7 @@ def _read_input(path: Path) -> np.ndarray:
 
 
 def run_npz(model: LoadedModel, datalist: str | os.PathLike, output_dir: str | os.PathLike,
-            batch: int = 1, workers: int | None = None) -> list[Path]:
+            batch: int = 1, io_threads: int | None = None) -> list[Path]:
     """Run every input npz of ``datalist`` through ``model`` and write ``<output-dir>/<name>.npz``.
 
     The npz image goes through the model's own pre-processing (as a decoded file would), so the
@@ -139,7 +139,7 @@ def run_npz(model: LoadedModel, datalist: str | os.PathLike, output_dir: str | o
     entries = read_datalist(datalist)
     names = datalist_names(entries)
     output_dir = Path(output_dir)
-    workers = workers or default_workers()
+    io_threads = io_threads or default_io_threads()
     preprocessor = model.preprocessor
     written: list[Path] = []
 
@@ -152,31 +152,24 @@ def run_npz(model: LoadedModel, datalist: str | os.PathLike, output_dir: str | o
             OUTPUT_KEY: np.ascontiguousarray(output[None], dtype=np.float32),
             BOX_KEY: np.asarray(geometry.content_box, dtype=np.int64)})
 
-    def infer(items: list[tuple[int, np.ndarray, Geometry]], sink: OrderedSink) -> None:
-        groups = [items] if len({t.shape for _, t, _ in items}) == 1 else [[item] for item in items]
-        for group in groups:
-            outputs = model.predict(np.stack([tensor for _, tensor, _ in group]))
-            for (index, _, geometry), output in zip(group, outputs):
-                sink.submit(save, index, output, geometry)
-
-    depth = 2 * batch + workers
-    with OrderedSink(workers, depth, on_done=written.append) as sink, \
-            contextlib.closing(ordered_map(load, range(len(entries)), workers, depth)) as loaded:
-        for items in batches(loaded, batch):
-            infer(items, sink)
+    depth = 2 * batch + io_threads
+    with OrderedSink(io_threads, depth, on_done=written.append) as sink, \
+            contextlib.closing(ordered_map(load, range(len(entries)), io_threads, depth)) as loaded:
+        for (index, _, geometry), output in predict_batches(model, loaded, batch, lambda item: item[1]):
+            sink.submit(save, index, output, geometry)
     return written
 
 
-def _source_image(src_dir: Path, name: str) -> Path:
+def _source_image(image_dir: Path, name: str) -> Path:
     relative = PurePosixPath(name)
-    folder = src_dir / relative.parent
+    folder = image_dir / relative.parent
     matches = []
     if folder.is_dir():
         matches = [entry for entry in sorted(folder.iterdir())
                    if entry.is_file() and entry.stem == relative.name
                    and entry.suffix.lower().lstrip(".") in IMAGE_SUFFIXES]
     if not matches:
-        raise IsnetError(f"no source image named '{relative.name}.*' in {folder} (for --src-dir)")
+        raise IsnetError(f"no source image named '{relative.name}.*' in {folder} (for --image-dir)")
     if len(matches) > 1:
         raise IsnetError(f"several source images named '{relative.name}' in {folder}: "
                          f"{', '.join(m.name for m in matches)}")
@@ -199,53 +192,42 @@ def read_output_map(path: str | os.PathLike) -> tuple[np.ndarray, tuple[int, int
     return output[0, 0], box
 
 
-def png_from_npz(datalist: str | os.PathLike, out_npz_dir: str | os.PathLike, draw_dir: str | os.PathLike,
-                 src_dir: str | os.PathLike | None = None, min_max: bool = False) -> list[Path]:
-    """Write ``<draw-dir>/<name>.png`` (8-bit) for every datalist entry from ``<out-npz-dir>/<name>.npz``.
+def png_from_npz(datalist: str | os.PathLike, npz_dir: str | os.PathLike, output_dir: str | os.PathLike,
+                 image_dir: str | os.PathLike | None = None, min_max: bool = False) -> list[Path]:
+    """Write ``<output-dir>/<name>.png`` (8-bit) for every datalist entry from ``<npz-dir>/<name>.npz``.
 
-    With ``src_dir`` each mask is resized (bilinear, after cropping any padding) to the size of
-    ``<src-dir>/<name>.<image suffix>``, exactly as ``isnet run`` restores its masks; without it,
+    With ``image_dir`` each mask is resized (bilinear, after cropping any padding) to the size of
+    ``<image-dir>/<name>.<image suffix>``, exactly as ``isnet run`` restores its masks; without it,
     masks stay at the model's resolution. Returns the PNG paths in datalist order.
     """
     names = datalist_names(read_datalist(datalist))
-    out_npz_dir, draw_dir = Path(out_npz_dir), Path(draw_dir)
-    src = Path(src_dir) if src_dir is not None else None
+    npz_dir, output_dir = Path(npz_dir), Path(output_dir)
+    src = Path(image_dir) if image_dir is not None else None
 
     def draw(name: str) -> Path:
-        saliency, box = read_output_map(out_npz_dir / f"{name}.npz")
+        saliency, box = read_output_map(npz_dir / f"{name}.npz")
         box = box or (0, 0, *saliency.shape)
         if src is not None:
             original_hw = decode_image(_source_image(src, name)).shape[:2]
         else:
             original_hw = (box[2], box[3])
         mask = map_to_uint8(Preprocessor.restore(saliency, Geometry(original_hw, box)), min_max=min_max)
-        target = draw_dir / f"{name}.png"
+        target = output_dir / f"{name}.png"
         with atomic_path(target) as tmp:
             encode_png(tmp, mask)
         return target
 
-    workers = default_workers()
-    with contextlib.closing(ordered_map(draw, names, workers, 2 * workers)) as drawn:
+    threads = default_io_threads()
+    with contextlib.closing(ordered_map(draw, names, threads, 2 * threads)) as drawn:
         return list(drawn)
-
-
-@dataclass(frozen=True)
-class NpzDifference:
-    """How far two arrays are apart: max and mean absolute difference and cosine similarity."""
-
-    name: str
-    max_abs: float
-    mean_abs: float
-    cosine: float
-    count: int
 
 
 @dataclass(frozen=True)
 class NpzComparison:
     """Per-file differences (by name), the overall figures and names found on one side only."""
 
-    files: tuple[NpzDifference, ...]
-    overall: NpzDifference
+    files: tuple[OutputDifference, ...]
+    overall: OutputDifference
     only_a: tuple[str, ...]
     only_b: tuple[str, ...]
 
@@ -255,12 +237,6 @@ def _npz_names(folder: Path) -> dict[str, Path]:
         raise IsnetError(f"npz folder not found: {folder}")
     return {path.relative_to(folder).with_suffix("").as_posix(): path
             for path in sorted(folder.rglob("*.npz")) if not path.name.startswith(".")}
-
-
-def _cosine(dot: float, norm_a: float, norm_b: float) -> float:
-    if norm_a == 0.0 or norm_b == 0.0:
-        return 1.0 if norm_a == norm_b else 0.0
-    return dot / (np.sqrt(norm_a) * np.sqrt(norm_b))
 
 
 def compare_npz(dir_a: str | os.PathLike, dir_b: str | os.PathLike, key: str = OUTPUT_KEY) -> NpzComparison:
@@ -273,25 +249,14 @@ def compare_npz(dir_a: str | os.PathLike, dir_b: str | os.PathLike, key: str = O
     common = sorted(set(files_a) & set(files_b))
     if not common:
         raise IsnetError(f"{dir_a} and {dir_b} share no .npz file names ({len(files_a)} and {len(files_b)} files)")
+    difference = DifferenceAccumulator()
     results = []
-    total_max = total_abs = total_dot = total_aa = total_bb = 0.0
-    total_count = 0
     for name in common:
-        a = read_npz_array(files_a[name], key).astype(np.float64)
-        b = read_npz_array(files_b[name], key).astype(np.float64)
+        a = read_npz_array(files_a[name], key)
+        b = read_npz_array(files_b[name], key)
         if a.shape != b.shape:
             raise IsnetError(f"'{key}' shapes differ: {files_a[name]} {list(a.shape)} vs "
                              f"{files_b[name]} {list(b.shape)}")
-        diff = np.abs(a - b)
-        dot, aa, bb = float(np.dot(a.ravel(), b.ravel())), float(np.dot(a.ravel(), a.ravel())), float(np.dot(b.ravel(), b.ravel()))
-        max_abs = float(diff.max()) if diff.size else 0.0
-        results.append(NpzDifference(name, max_abs, float(diff.mean()) if diff.size else 0.0,
-                                     _cosine(dot, aa, bb), int(diff.size)))
-        total_max = max(total_max, max_abs)
-        total_abs += float(diff.sum())
-        total_dot, total_aa, total_bb = total_dot + dot, total_aa + aa, total_bb + bb
-        total_count += int(diff.size)
-    overall = NpzDifference("overall", total_max, total_abs / total_count if total_count else 0.0,
-                            _cosine(total_dot, total_aa, total_bb), total_count)
-    return NpzComparison(tuple(results), overall,
+        results.append(difference.add(a, b, name))
+    return NpzComparison(tuple(results), difference.total(),
                          tuple(sorted(set(files_a) - set(files_b))), tuple(sorted(set(files_b) - set(files_a))))

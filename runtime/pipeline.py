@@ -1,7 +1,8 @@
 """Bounded, ordered worker stages around an inference loop running in the caller's thread.
 
 :func:`ordered_map` runs a loading function on worker threads ahead of the consumer and yields
-results in input order; :class:`OrderedSink` runs a saving function on worker threads behind it.
+results in input order; :func:`predict_batches` groups the loaded items into batches for the
+model; :class:`OrderedSink` runs a saving function on worker threads behind it.
 Both keep at most ``depth`` items in flight, so memory stays flat whatever the folder size, and
 both re-raise a worker's exception in the caller's thread at the next step, after cancelling
 pending work: an error never stays in a worker.
@@ -9,24 +10,32 @@ pending work: an error never stays in a worker.
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
+from typing import Protocol, TypeVar
+
+import numpy as np
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 
-def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, depth: int) -> Iterator[R]:
-    """Yield ``fn(item)`` for every item, in order, computed by ``workers`` threads up to ``depth`` ahead.
+def default_io_threads() -> int:
+    """Decode/pre-process and post-process/save threads: one per core, at most 4 (inference takes its own)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], threads: int, depth: int) -> Iterator[R]:
+    """Yield ``fn(item)`` for every item, in order, computed by ``threads`` threads up to ``depth`` ahead.
 
     An exception raised by ``fn`` is re-raised here when its result is due; pending work is
     cancelled when the consumer stops early or fails.
     """
-    if workers < 1 or depth < 1:
-        raise ValueError("workers and depth must be >= 1")
-    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="isnet-load")
+    if threads < 1 or depth < 1:
+        raise ValueError("threads and depth must be >= 1")
+    executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="isnet-load")
     pending: deque[Future] = deque()
     try:
         for item in items:
@@ -53,6 +62,30 @@ def batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
         yield chunk
 
 
+class Predictor(Protocol):
+    """What :func:`predict_batches` runs: ``predict(N x 3 x H x W) -> N x 1 x H x W`` (a LoadedModel)."""
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        ...
+
+
+def predict_batches(model: Predictor, items: Iterable[T], batch: int,
+                    tensor: Callable[[T], np.ndarray]) -> Iterator[tuple[T, np.ndarray]]:
+    """Yield ``(item, output map)`` for every item, in order, running ``batch`` items per model call.
+
+    ``tensor(item)`` is the item's CHW input. Items whose inputs differ in shape (a pre-processing
+    without a fixed Resize keeps each image's size) cannot share a call; such a batch runs one
+    item at a time.
+    """
+    for chunk in batches(items, batch):
+        inputs = [tensor(item) for item in chunk]
+        if len({array.shape for array in inputs}) == 1:
+            yield from zip(chunk, model.predict(np.stack(inputs)))
+            continue
+        for item, array in zip(chunk, inputs):
+            yield item, model.predict(array[None])[0]
+
+
 class OrderedSink:
     """Run ``fn(*args)`` on worker threads, at most ``depth`` in flight, completing in submission order.
 
@@ -61,10 +94,10 @@ class OrderedSink:
     leaving it on an exception cancels what has not started.
     """
 
-    def __init__(self, workers: int, depth: int, on_done: Callable[[object], None] | None = None):
-        if workers < 1 or depth < 1:
-            raise ValueError("workers and depth must be >= 1")
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="isnet-save")
+    def __init__(self, threads: int, depth: int, on_done: Callable[[object], None] | None = None):
+        if threads < 1 or depth < 1:
+            raise ValueError("threads and depth must be >= 1")
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="isnet-save")
         self._pending: deque[Future] = deque()
         self._depth = depth
         self._on_done = on_done or (lambda result: None)

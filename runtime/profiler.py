@@ -30,12 +30,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from build_in.artifact import is_artifact, read_build_info
-from build_in.imageio import list_images
-from build_in.ops import map_to_uint8
-from export.errors import IsnetError
-from runtime.models import LoadedModel, ModelKind, load_model, model_kind
-from runtime.synthetic import write_synthetic_photos
+from isnet.build_in.artifact import is_artifact, read_build_info
+from isnet.build_in.imageio import list_images
+from isnet.build_in.ops import map_to_uint8
+from isnet.core import IsnetError
+from isnet.runtime.models import LoadedModel, ModelKind, load_model, model_kind
+from isnet.runtime.synthetic import write_synthetic_photos
 
 SYNTHETIC_IMAGES = 8
 MAX_IMAGES = 32

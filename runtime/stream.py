@@ -1,7 +1,7 @@
 """The stream runner behind ``isnet run``: an image folder in, one 8-bit PNG mask per image out.
 
 Decoding and pre-processing run on worker threads ahead of inference, restoring and saving on
-worker threads behind it (:mod:`runtime.pipeline`), so the model is rarely idle. Queues are
+worker threads behind it (:mod:`isnet.runtime.pipeline`), so the model is rarely idle. Queues are
 bounded, so memory does not grow with the folder. Images are processed in sorted relative-path
 order and every mask's name follows from its image's, so the outputs do not depend on timing.
 
@@ -20,12 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from build_in.imageio import ImageDecodeError, encode_png, list_images, parse_suffixes
-from build_in.ops import Geometry, map_to_uint8
-from export.atomic import atomic_path, write_text_atomic
-from export.errors import IsnetError
-from runtime.models import LoadedModel
-from runtime.pipeline import OrderedSink, batches, ordered_map
+from isnet.build_in.imageio import ImageDecodeError, encode_png, list_images, parse_suffixes
+from isnet.build_in.ops import Geometry, map_to_uint8
+from isnet.core import IsnetError, atomic_path, write_text_atomic
+from isnet.runtime.models import LoadedModel
+from isnet.runtime.pipeline import OrderedSink, default_io_threads, ordered_map, predict_batches
 
 FAILURES_FILE = "failures.txt"
 MASK_SUFFIX = ".png"
@@ -35,7 +34,7 @@ MASK_SUFFIX = ".png"
 class StreamResult:
     """What a run did: counts, the images that failed (relative path, reason) and the wall time."""
 
-    save_dir: Path
+    output_dir: Path
     total: int
     done: int
     skipped: int
@@ -71,11 +70,6 @@ class _Plan:
     failures: list[tuple[str, str]] = field(default_factory=list)
 
 
-def default_workers() -> int:
-    """Pre/post-processing threads: one per core, at most 4 (inference takes the cores it needs)."""
-    return max(1, min(4, os.cpu_count() or 1))
-
-
 def mask_is_complete(path: Path) -> bool:
     """True when ``path`` is a PNG that ends with its IEND chunk (what ``--resume`` trusts)."""
     try:
@@ -91,11 +85,11 @@ def mask_is_complete(path: Path) -> bool:
     return head == b"\x89PNG\r\n\x1a\n" and tail[4:8] == b"IEND"
 
 
-def _plan(image_dir: Path, save_dir: Path, suffixes, resume: bool) -> tuple[int, _Plan]:
+def _plan(image_dir: Path, output_dir: Path, suffixes, resume: bool) -> tuple[int, _Plan]:
     images = list_images(image_dir, suffixes)
-    if save_dir.resolve().is_relative_to(image_dir.resolve()):
+    if output_dir.resolve().is_relative_to(image_dir.resolve()):
         # Masks saved inside the image folder must not become inputs of the next (resumed) run.
-        inside = save_dir.resolve()
+        inside = output_dir.resolve()
         images = [image for image in images if not image.resolve().is_relative_to(inside)]
     if not images:
         raise IsnetError(f"no images with suffix {', '.join(suffixes)} under {image_dir}")
@@ -110,18 +104,18 @@ def _plan(image_dir: Path, save_dir: Path, suffixes, resume: bool) -> tuple[int,
                                             "rename one of them"))
             continue
         owners[mask] = relative
-        if resume and mask_is_complete(save_dir / mask):
+        if resume and mask_is_complete(output_dir / mask):
             plan.skipped += 1
             continue
         plan.todo.append(_Item(relative, mask))
     return len(images), plan
 
 
-def run_folder(model: LoadedModel, image_dir: str | os.PathLike, save_dir: str | os.PathLike,
+def run_folder(model: LoadedModel, image_dir: str | os.PathLike, output_dir: str | os.PathLike,
                batch: int = 1, resume: bool = False, suffixes: str | None = None, min_max: bool = False,
-               workers: int | None = None,
+               io_threads: int | None = None,
                progress: Callable[[int, int], None] | None = None) -> StreamResult:
-    """Write a mask for every image under ``image_dir`` (sub-folders mirrored) into ``save_dir``.
+    """Write a mask for every image under ``image_dir`` (sub-folders mirrored) into ``output_dir``.
 
     Masks are 8-bit PNGs at the original image size (the model output upsampled bilinearly),
     written atomically. ``resume`` skips images whose mask is already complete. ``min_max``
@@ -132,13 +126,13 @@ def run_folder(model: LoadedModel, image_dir: str | os.PathLike, save_dir: str |
     """
     if batch < 1:
         raise IsnetError(f"--batch must be at least 1, got {batch}")
-    image_dir, save_dir = Path(image_dir), Path(save_dir)
+    image_dir, output_dir = Path(image_dir), Path(output_dir)
     suffix_list = parse_suffixes(suffixes)
-    if save_dir.resolve() == image_dir.resolve():
-        raise IsnetError(f"--save-dir must differ from --image-dir ({image_dir}); masks would mix with images")
-    total, plan = _plan(image_dir, save_dir, suffix_list, resume)
-    save_dir.mkdir(parents=True, exist_ok=True)
-    workers = workers or default_workers()
+    if output_dir.resolve() == image_dir.resolve():
+        raise IsnetError(f"--output-dir must differ from --image-dir ({image_dir}); masks would mix with images")
+    total, plan = _plan(image_dir, output_dir, suffix_list, resume)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    io_threads = io_threads or default_io_threads()
     to_process = len(plan.todo) + len(plan.failures)
 
     def report(count: int) -> None:
@@ -160,7 +154,7 @@ def run_folder(model: LoadedModel, image_dir: str | os.PathLike, save_dir: str |
 
     def save(item: _Item, output_map: np.ndarray) -> _Item:
         mask = map_to_uint8(preprocessor.restore(output_map, item.geometry), min_max=min_max)
-        with atomic_path(save_dir / item.mask) as tmp:
+        with atomic_path(output_dir / item.mask) as tmp:
             encode_png(tmp, mask)
         return item
 
@@ -169,20 +163,10 @@ def run_folder(model: LoadedModel, image_dir: str | os.PathLike, save_dir: str |
         done += 1
         report(1)
 
-    def infer(items: list[_Item], sink: OrderedSink) -> None:
-        shapes = {item.tensor.shape for item in items}
-        # Without a fixed Resize each image keeps its own size; such images run one at a time.
-        groups = [items] if len(shapes) == 1 else [[item] for item in items]
-        for group in groups:
-            outputs = model.predict(np.stack([item.tensor for item in group]))
-            for item, output in zip(group, outputs):
-                item.tensor = None  # free the input while the mask waits to be saved
-                sink.submit(save, item, output[0])
-
-    depth = 2 * batch + workers
+    depth = 2 * batch + io_threads
     start = time.perf_counter()
-    with OrderedSink(workers, depth, on_done=saved) as sink, \
-            contextlib.closing(ordered_map(load, plan.todo, workers, depth)) as loaded:
+    with OrderedSink(io_threads, depth, on_done=saved) as sink, \
+            contextlib.closing(ordered_map(load, plan.todo, io_threads, depth)) as loaded:
         def decoded() -> Iterator[_Item]:
             for item in loaded:
                 if item.error is None:
@@ -191,16 +175,17 @@ def run_folder(model: LoadedModel, image_dir: str | os.PathLike, save_dir: str |
                     failures.append((item.relative, item.error))
                     report(1)
 
-        for items in batches(decoded(), batch):
-            infer(items, sink)
+        for item, output in predict_batches(model, decoded(), batch, lambda item: item.tensor):
+            item.tensor = None  # free the input while the mask waits to be saved
+            sink.submit(save, item, output[0])
     seconds = time.perf_counter() - start
 
-    failures_path = save_dir / FAILURES_FILE
+    failures_path = output_dir / FAILURES_FILE
     if failures:
         failures.sort()
         write_text_atomic(failures_path, "".join(f"{relative}\t{reason}\n" for relative, reason in failures))
     else:
         # A failures.txt from an earlier run would describe images that now have masks.
         failures_path.unlink(missing_ok=True)
-    return StreamResult(save_dir, total, done, plan.skipped, tuple(failures), seconds,
+    return StreamResult(output_dir, total, done, plan.skipped, tuple(failures), seconds,
                         failures_path if failures else None)

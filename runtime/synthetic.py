@@ -13,8 +13,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from build_in.imageio import encode_png
-from export.atomic import atomic_path
+from isnet.build_in.imageio import encode_png
+from isnet.core import atomic_path
 
 DEFAULT_PHOTO_HW = (300, 400)
 

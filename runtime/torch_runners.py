@@ -1,4 +1,4 @@
-"""PyTorch runners behind the :class:`~build_in.runner.Runner` contract: TorchScript files and ``.pth``
+"""PyTorch runners behind the :class:`~isnet.build_in.runner.Runner` contract: TorchScript files and ``.pth``
 checkpoints, for reference runs next to compiled artifacts.
 
 torch is imported when a runner is created, never at module import. ``threads`` calls
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.errors import IsnetError
+from isnet.core import IsnetError
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
@@ -63,7 +63,7 @@ class CheckpointRunner(_TorchModuleRunner):
     """An ISNet checkpoint (``.pth``) built in deploy mode; the architecture is read from the file."""
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
-        from export import build_isnet
+        from isnet.export import build_isnet
 
         self.path = Path(path)
         model = build_isnet(self.path, deploy=True)

@@ -44,7 +44,7 @@ def ecssd() -> Path:
 @pytest.fixture(scope="session")
 def lite_onnx(tmp_path_factory) -> Path:
     """A randomly initialised ``isnet-lite`` exported once per session to a dynamic-shape ONNX."""
-    from export.exporter import ExportRequest, export_model
+    from isnet.export.exporter import ExportRequest, export_model
 
     out = tmp_path_factory.mktemp("lite_onnx")
     result = export_model(ExportRequest(weights="random", arch="isnet-lite", size=(64, 64), output_dir=out,
@@ -55,7 +55,7 @@ def lite_onnx(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def calib_images(tmp_path_factory) -> Path:
     """Eight synthetic photos (ECSSD layout); the image folder is returned."""
-    from tools.synth import generate_dataset
+    from isnet.tools.synth import generate_dataset
 
     root = tmp_path_factory.mktemp("calib")
     generate_dataset(root, 8, seed=11)
@@ -94,3 +94,37 @@ def _merge(base: dict, extra: dict) -> None:
             _merge(base[key], value)
         else:
             base[key] = value
+
+
+# -- the one import package ----------------------------------------------------------------------
+
+# The stages install as isnet.<stage>. From the repository root a bare `import export` would still
+# find the folder and load a second copy of the module (whose IsnetError the CLI would not catch).
+BARE_STAGE_NAMES = frozenset({"export", "build_in", "runtime", "eval", "tools", "core"})
+
+
+class _RefuseBareStageImports:
+    """A meta-path finder that turns any bare import of a stage name into an ImportError naming the fix."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname.split(".")[0] in BARE_STAGE_NAMES:
+            raise ImportError(f"bare import of '{fullname}': the stages are subpackages of isnet; "
+                              f"import isnet.{fullname}")
+        return None
+
+
+sys.meta_path.insert(0, _RefuseBareStageImports())
+
+
+@pytest.fixture(scope="session")
+def bare_stage_names() -> frozenset[str]:
+    """The stage names that must only be imported as isnet.<stage>."""
+    return BARE_STAGE_NAMES
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run if a bare stage module got into sys.modules by any route."""
+    bare = sorted(name for name in sys.modules if name.split(".")[0] in BARE_STAGE_NAMES)
+    if bare:
+        print(f"\nbare stage modules were imported: {', '.join(bare)} (import isnet.<stage> instead)")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -11,8 +11,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from export.errors import IsnetError
-from tools.commands import COMMANDS
+from isnet.core import IsnetError
+from isnet.tools.args import RENAMED_NOTES, missing_required
+from isnet.tools.commands import COMMANDS
 
 
 def _summary(command) -> str:
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     description=(command.__doc__ or "").strip(),
                                     formatter_class=argparse.RawDescriptionHelpFormatter)
         command.add_args(sub)
-        sub.set_defaults(_command=command)
+        sub.set_defaults(_command=command, _parser=sub)
     return parser
 
 
@@ -40,6 +41,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``isnet`` console script; returns the process exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    missing = missing_required(args)
+    if missing:
+        args._parser.error(f"the following arguments are required: {', '.join(missing)}")
+    for note in getattr(args, RENAMED_NOTES, None) or ():
+        print(f"isnet {args.command}: note: {note}", file=sys.stderr)
     try:
         return int(args._command.run(args) or 0)
     except IsnetError as exc:

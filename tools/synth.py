@@ -70,9 +70,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from build_in.imageio import encode_png
-from export.atomic import atomic_path, write_bytes_atomic, write_text_atomic
-from export.errors import IsnetError
+from isnet.build_in.imageio import encode_png
+from isnet.core import IsnetError, atomic_path, write_bytes_atomic, write_text_atomic
 
 __all__ = ["BACKGROUND_MAX_CHROMA", "SALIENT_MIN_CHROMA", "SHAPE_FAMILIES", "SYNTH_VERSION", "SynthSample",
            "SynthSummary", "generate_dataset", "render_sample", "sample_stem"]

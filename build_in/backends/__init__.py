@@ -9,11 +9,11 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from export.errors import IsnetError, did_you_mean
+from isnet.core import IsnetError, did_you_mean
 
 BACKENDS = {
-    "onnxruntime": "build_in.backends.onnxruntime",
-    "openvino": "build_in.backends.openvino",
+    "onnxruntime": "isnet.build_in.backends.onnxruntime",
+    "openvino": "isnet.build_in.backends.openvino",
 }
 # The package each backend needs, and the extra that installs it.
 _REQUIRES = {"onnxruntime": ("onnxruntime", None), "openvino": ("openvino", "openvino")}

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import onnx
 
-from build_in.backends.onnxruntime_runner import OnnxRuntimeRunner
-from build_in.calibration import CalibrationSource, compute_tensor_ranges
-from build_in.config import BuildConfig, Precision, QuantType
-from export.errors import IsnetError
+from isnet.build_in.backends.onnxruntime_runner import OnnxRuntimeRunner
+from isnet.build_in.calibration import CalibrationSource, compute_tensor_ranges
+from isnet.build_in.config import BuildConfig, Precision, QuantType
+from isnet.core import IsnetError
 
 MODEL_FILE = "model.onnx"
 PRECISIONS = (Precision.FP32, Precision.FP16, Precision.INT8)

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from export.errors import IsnetError
+from isnet.core import IsnetError
 
 
 class OnnxRuntimeRunner:
-    """An ONNX Runtime CPU session behind the :class:`~build_in.runner.Runner` contract.
+    """An ONNX Runtime CPU session behind the :class:`~isnet.build_in.runner.Runner` contract.
 
     ``threads`` sets intra-op threads (None: ONNX Runtime's default, one per core).
     """

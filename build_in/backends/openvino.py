@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from build_in.calibration import CalibrationSource
-from build_in.config import BuildConfig, CalibrationMode, Precision, QuantType
-from export.errors import IsnetError
+from isnet.build_in.calibration import CalibrationSource
+from isnet.build_in.config import BuildConfig, CalibrationMode, Precision, QuantType
+from isnet.core import IsnetError
 
 MODEL_FILE = "model.xml"
 PRECISIONS = (Precision.FP32, Precision.FP16, Precision.BF16, Precision.INT8)
@@ -39,7 +39,7 @@ def versions() -> dict[str, str]:
 
 
 class OpenVinoRunner:
-    """A compiled OpenVINO model on the CPU behind the :class:`~build_in.runner.Runner` contract.
+    """A compiled OpenVINO model on the CPU behind the :class:`~isnet.build_in.runner.Runner` contract.
 
     The IR has a dynamic batch; the runner reshapes it to each batch size it sees (compiled once
     per size and kept), which is what the CPU plugin runs fastest. ``streams`` > 1 with the

@@ -7,11 +7,10 @@ import onnx
 import pytest
 import torch
 
-from build_in import build_artifact, load_build_config, open_artifact
-from build_in.artifact import sha256_file
-from export.errors import IsnetError
-from export.model import ISNet
-from export.weights import save_checkpoint
+from isnet.build_in import build_artifact, load_build_config, open_artifact
+from isnet.core import IsnetError, sha256_file
+from isnet.export.model import ISNet
+from isnet.export.weights import save_checkpoint
 
 # Tolerances of artifact vs fp32 output maps (sigmoid values in [0, 1]) on real-looking images:
 # fp16 weights round to ~3 significant digits, so maps move by < 1e-2; int8 QDQ of a random
@@ -91,7 +90,7 @@ def test_existing_artifact_needs_force_and_failed_rebuild_keeps_it(write_config,
     with pytest.raises(IsnetError, match="--force"):
         build_artifact(config)
 
-    import build_in.backends.onnxruntime as backend
+    import isnet.build_in.backends.onnxruntime as backend
 
     def interrupted(source, config, out, work, progress=None):
         (out / "model.onnx").write_bytes(b"half written")
@@ -105,7 +104,7 @@ def test_existing_artifact_needs_force_and_failed_rebuild_keeps_it(write_config,
 
 
 def test_interrupted_first_build_leaves_no_artifact(write_config, monkeypatch, tmp_path):
-    import build_in.backends.onnxruntime as backend
+    import isnet.build_in.backends.onnxruntime as backend
 
     def crash(source, config, out, work, progress=None):
         (out / "model.onnx").write_bytes(b"half written")

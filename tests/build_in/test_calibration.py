@@ -9,9 +9,9 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod
 from onnxruntime.quantization.calibrate import HistogramCollector, create_calibrator
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from build_in.calibration import CalibrationSource, compute_tensor_ranges, kl_threshold
-from build_in.config import CalibrationMode
-from build_in.ops import DEFAULT_OPS, Preprocessor
+from isnet.build_in.calibration import CalibrationSource, compute_tensor_ranges, kl_threshold
+from isnet.build_in.config import CalibrationMode
+from isnet.build_in.ops import Preprocessor, default_process_ops
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +27,7 @@ def prepared(lite_onnx, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def source(calib_images):
-    specs = [dict(op) for op in DEFAULT_OPS]
-    specs[1]["size"] = [64, 64]
-    return CalibrationSource(sorted(calib_images.iterdir())[:4], Preprocessor.from_specs(specs))
+    return CalibrationSource(sorted(calib_images.iterdir())[:4], Preprocessor.from_specs(default_process_ops((64, 64))))
 
 
 class _Reader(CalibrationDataReader):

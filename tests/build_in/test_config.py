@@ -2,8 +2,8 @@
 
 import pytest
 
-from build_in.config import CalibrationMode, Precision, load_build_config
-from export.errors import IsnetError
+from isnet.build_in.config import CalibrationMode, Precision, load_build_config
+from isnet.core import IsnetError
 
 
 def test_valid_config_loads_typed_and_resolves_relative_paths(tmp_path, write_config, calib_images):

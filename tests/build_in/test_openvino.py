@@ -5,8 +5,8 @@ import sys
 import numpy as np
 import pytest
 
-from build_in import build_artifact, load_build_config, open_artifact
-from export.errors import IsnetError
+from isnet.build_in import build_artifact, load_build_config, open_artifact
+from isnet.core import IsnetError
 
 pytest.importorskip("openvino", reason="the openvino extra is not installed")
 
@@ -21,12 +21,10 @@ TOLERANCE = {"fp32": 1e-5, "fp16": 1e-2, "bf16": 3e-2, "int8": 0.1}
 @pytest.fixture(scope="module")
 def ort_reference(lite_onnx, calib_images):
     """The fp32 ONNX Runtime output of the tiny model on three held-out images."""
-    from build_in.backends.onnxruntime_runner import OnnxRuntimeRunner
-    from build_in.ops import DEFAULT_OPS, Preprocessor
+    from isnet.build_in.backends.onnxruntime_runner import OnnxRuntimeRunner
+    from isnet.build_in.ops import Preprocessor, default_process_ops
 
-    specs = [dict(op) for op in DEFAULT_OPS]
-    specs[1]["size"] = [64, 64]
-    pre = Preprocessor.from_specs(specs)
+    pre = Preprocessor.from_specs(default_process_ops((64, 64)))
     batch = np.stack([pre.load(p)[0] for p in sorted(calib_images.iterdir())[5:8]])
     return batch, OnnxRuntimeRunner(lite_onnx).infer({"input": batch})["output"]
 

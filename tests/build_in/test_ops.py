@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from build_in.ops import Geometry, Preprocessor
+from isnet.build_in.ops import Geometry, Preprocessor
 
 
 def _one_by_one(preprocessor: Preprocessor, rgb: np.ndarray) -> np.ndarray:

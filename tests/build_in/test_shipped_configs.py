@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from build_in.config import Precision, load_build_config
-from build_in.ops import DEFAULT_OPS, Preprocessor
-from export.model import ISNet
-from export.weights import save_checkpoint
+from isnet.build_in.config import Precision, load_build_config
+from isnet.build_in.ops import DEFAULT_OPS, Preprocessor
+from isnet.export.model import ISNet
+from isnet.export.weights import save_checkpoint
 
 BUILD_IN = Path(__file__).resolve().parents[2] / "build_in"
 CONFIGS = sorted((BUILD_IN / "configs").glob("*.yaml"))

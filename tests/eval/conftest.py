@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from build_in.imageio import decode_mask, encode_png
+from isnet.build_in.imageio import decode_mask, encode_png
 
 # Every metric must match the reference within this per dataset (the contract); in
 # practice the two agree to ~1e-15, the differences being float summation order.

@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 import pytest
 
-from build_in.imageio import decode_mask
-from eval import RESULT_KEYS, evaluate_folders, evaluate_json
+from isnet.build_in.imageio import decode_mask
+from isnet.eval import RESULT_KEYS, evaluate_folders, evaluate_json
 
 ALL_KEYS = [key for keys in RESULT_KEYS.values() for key in keys]
 
@@ -116,7 +116,7 @@ def test_json_files_are_read_like_pysodevaltoolkit(run_isnet, tmp_path, masks_fo
     common = ["eval", "--dataset-json", dataset_json, "--method-json", root / "methods.json",
               root / "more_methods.json"]
     _ok(run_isnet(*common, "--record-json", tmp_path / "one.json"))
-    _ok(run_isnet(*common, "--num-workers", "2", "--record-json", tmp_path / "two.json"))
+    _ok(run_isnet(*common, "--workers", "2", "--record-json", tmp_path / "two.json"))
     one = json.loads((tmp_path / "one.json").read_text())
     assert list(one) == ["DS1", "DS2"] and list(one["DS1"]) == ["A", "B"]
     assert one == json.loads((tmp_path / "two.json").read_text())  # identical with 2 workers
@@ -161,7 +161,7 @@ def test_corrupt_files_are_named(run_isnet, folders, damage):
     data = victim.read_bytes()
     victim.write_bytes({"garbage": b"not an image at all" * 10, "truncated": data[: len(data) // 2],
                         "empty": b""}[damage])
-    _fails(run_isnet("eval", "--pred-dir", pred_dir, "--gt-dir", gt_dir, "--num-workers", "2"), str(victim))
+    _fails(run_isnet("eval", "--pred-dir", pred_dir, "--gt-dir", gt_dir, "--workers", "2"), str(victim))
 
 
 def test_colour_masks_are_refused_but_grey_rgb_is_read(run_isnet, folders):
@@ -273,7 +273,7 @@ def test_flag_combinations(run_isnet, folders, tmp_path):
 
 
 def test_command_metric_choices_are_the_library_names(run_isnet):
-    from tools.commands.eval import _METRIC_NAMES
+    from isnet.tools.commands.eval import _METRIC_NAMES
 
     assert _METRIC_NAMES == tuple(RESULT_KEYS)  # duplicated so that `isnet --help` need not import OpenCV
     listed = _ok(run_isnet("--help"))

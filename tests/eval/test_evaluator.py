@@ -6,11 +6,11 @@ import cv2
 import numpy as np
 import pytest
 
-import eval as evaluation
-from build_in.ops import map_to_uint8
-from eval import (MAE, METRIC_NAMES, RESULT_KEYS, EMeasure, FMeasure, SaliencyEvaluator, SMeasure,
-                  WeightedFMeasure, evaluate_folders, validation_scores)
-from export.errors import IsnetError
+from isnet import eval as evaluation
+from isnet.build_in.ops import map_to_uint8
+from isnet.eval import (MAE, METRIC_NAMES, RESULT_KEYS, EMeasure, FMeasure, SaliencyEvaluator, SMeasure,
+                        WeightedFMeasure, evaluate_folders, validation_scores)
+from isnet.core import IsnetError
 
 
 def _pairs(n: int = 4, seed: int = 0):

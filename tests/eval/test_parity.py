@@ -13,9 +13,9 @@ import cv2
 import numpy as np
 import pytest
 
-from eval import SaliencyEvaluator, SMeasure, evaluate_folders
-from eval._metrics import _nearest_foreground
-from eval._statistics import PairStatistics
+from isnet.eval import SaliencyEvaluator, SMeasure, evaluate_folders
+from isnet.eval._metrics import _nearest_foreground
+from isnet.eval._statistics import PairStatistics
 
 
 def _ours(preds, gts):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-import eval._statistics as statistics
-from eval import WeightedFMeasure
-from eval._statistics import PairStatistics
+import isnet.eval._statistics as statistics
+from isnet.eval import WeightedFMeasure
+from isnet.eval._statistics import PairStatistics
 
 
 def _pair(seed: int = 0):

@@ -6,9 +6,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from export.errors import IsnetError
-from export.exporter import MAX_ABS_DIFF, ExportRequest, export_model
-from export.weights import build_isnet
+from isnet.core import IsnetError
+from isnet.export.exporter import MAX_ABS_DIFF, ExportRequest, export_model
+from isnet.export.weights import build_isnet
 
 # fp32 graphs of the same network: only kernel order differs, so 1e-4 (the exporter's own gate)
 # is the bar; it is 40x below one 8-bit grey level.
@@ -124,7 +124,7 @@ def test_simplifier_failure_keeps_unsimplified_model(tmp_path, monkeypatch):
 
 
 def test_verification_failure_writes_nothing(tmp_path, monkeypatch):
-    import export.exporter as exporter
+    import isnet.export.exporter as exporter
 
     monkeypatch.setattr(exporter, "_max_diff", lambda a, b, fmt: 0.5)
     with pytest.raises(IsnetError, match="differs from PyTorch"):

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from export.model import ARCHS, RSU, ISNet, ISNetGTEncoder, count_macs
+from isnet.export.model import ARCHS, RSU, ISNet, ISNetGTEncoder, count_macs
 
 MANIFEST = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "isnet_state_dict.json"
 

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from export.errors import IsnetError
-from export.model import ISNet
-from export.weights import build_isnet, read_checkpoint_arch, save_checkpoint
+from isnet.core import IsnetError
+from isnet.export.model import ISNet
+from isnet.export.weights import build_isnet, read_checkpoint_arch, save_checkpoint
 
 MANIFEST = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "isnet_state_dict.json"
 

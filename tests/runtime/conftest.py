@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from build_in.ops import DEFAULT_OPS
-from runtime.synthetic import synthetic_photo
+from isnet.build_in.ops import Preprocessor, default_process_ops
+from isnet.runtime.synthetic import synthetic_photo
 
 SIZE = 64
 EXIF_ORIENTATION = 0x0112
@@ -25,7 +25,7 @@ def artifact_folder(folder: Path, onnx: Path, size: int = SIZE, batch="N") -> Pa
     """A build artifact by hand (model.onnx + build.json), as `isnet build` will write one."""
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(onnx, folder / "model.onnx")
-    ops = [{**op, "size": [size, size]} if op["type"] == "Resize" else op for op in DEFAULT_OPS]
+    ops = Preprocessor.from_specs(default_process_ops((size, size))).to_specs()
     info = {"format": 1, "name": "lite-test", "backend": "onnxruntime", "precision": "fp32",
             "model_file": "model.onnx", "input": {"name": "input", "shape": [batch, 3, size, size]},
             "output": {"name": "output"}, "preprocess": ops}

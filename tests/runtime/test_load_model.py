@@ -7,9 +7,9 @@ import onnx
 import pytest
 import torch
 
-from export import build_isnet, save_checkpoint
-from export.errors import IsnetError
-from runtime import ModelKind, load_model, synthetic_photo
+from isnet.export import build_isnet, save_checkpoint
+from isnet.core import IsnetError
+from isnet.runtime import ModelKind, load_model, synthetic_photo
 
 # The ONNX, TorchScript and eager graphs of one fp32 network differ only by kernel order; 1e-4
 # on a [0, 1] map is far below one grey level (3.9e-3) yet catches a wrong op or pre-processing.

@@ -8,20 +8,20 @@ import shutil
 import numpy as np
 import pytest
 
-from build_in.imageio import decode_image, decode_mask
-from export.errors import IsnetError
-from runtime import compare_npz, load_model, npz_from_images, png_from_npz, run_folder, run_npz
-from runtime.npz import read_npz_array
+from isnet.build_in.imageio import decode_image, decode_mask
+from isnet.core import IsnetError
+from isnet.runtime import compare_npz, load_model, npz_from_images, png_from_npz, run_folder, run_npz
+from isnet.runtime.npz import read_npz_array
 
 
 def test_round_trip_equals_the_direct_run_bit_for_bit(run_isnet, lite_artifact, photo_folder, tmp_path):
     datalist = tmp_path / "datalist.txt"
     steps = [
-        ("image2npz", "--dataset-path", photo_folder, "--target-path", tmp_path / "in", "--text-path", datalist),
+        ("image2npz", "--image-dir", photo_folder, "--output-dir", tmp_path / "in", "--datalist", datalist),
         ("npz-run", "--model", lite_artifact, "--datalist", datalist, "--output-dir", tmp_path / "out"),
-        ("npz2png", "--datalist", datalist, "--out-npz-dir", tmp_path / "out", "--draw-dir", tmp_path / "draw",
-         "--src-dir", photo_folder),
-        ("run", "--model", lite_artifact, "--image-dir", photo_folder, "--save-dir", tmp_path / "direct"),
+        ("npz2png", "--datalist", datalist, "--npz-dir", tmp_path / "out", "--output-dir", tmp_path / "draw",
+         "--image-dir", photo_folder),
+        ("run", "--model", lite_artifact, "--image-dir", photo_folder, "--output-dir", tmp_path / "direct"),
     ]
     for step in steps:
         result = run_isnet(*step)
@@ -62,7 +62,7 @@ def test_outputs_are_matched_by_name_not_position(lite_artifact, photo_folder, t
 
     drawn = png_from_npz(shuffled, tmp_path / "out", tmp_path / "draw")
     assert drawn[0] == tmp_path / "draw" / "sub" / "q5.png"
-    assert decode_mask(drawn[0]).shape == (64, 64)  # no --src-dir: the model's resolution
+    assert decode_mask(drawn[0]).shape == (64, 64)  # no --image-dir: the model's resolution
 
 
 def test_image2npz_resizes_only_on_request(photo_folder, tmp_path):
@@ -156,7 +156,7 @@ def test_npz_run_matches_run_folder_with_keep_ratio_padding(lite_onnx, make_arti
     model = load_model(folder)
     npz_from_images(photo_folder, tmp_path / "in", tmp_path / "list.txt")
     run_npz(model, tmp_path / "list.txt", tmp_path / "out")
-    png_from_npz(tmp_path / "list.txt", tmp_path / "out", tmp_path / "draw", src_dir=photo_folder)
+    png_from_npz(tmp_path / "list.txt", tmp_path / "out", tmp_path / "draw", image_dir=photo_folder)
     run_folder(model, photo_folder, tmp_path / "direct")
     for mask in sorted((tmp_path / "direct").rglob("*.png")):
         relative = mask.relative_to(tmp_path / "direct")

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from export.errors import IsnetError
-from runtime import load_model, profile_model, synthetic_photo
-from runtime.profiler import LatencyStats, _measure
+from isnet.core import IsnetError
+from isnet.runtime import load_model, profile_model, synthetic_photo
+from isnet.runtime.profiler import LatencyStats, _measure
 
 
 def test_profile_command_writes_a_record_per_model_and_batch(run_isnet, lite_artifact, lite_onnx, tmp_path):

@@ -2,9 +2,9 @@
 
 import pytest
 
-from build_in import build_artifact, load_build_config
-from export.errors import IsnetError
-from runtime import profile_model, profile_models
+from isnet.build_in import build_artifact, load_build_config
+from isnet.core import IsnetError
+from isnet.runtime import profile_model, profile_models
 
 pytest.importorskip("openvino", reason="the openvino extra is not installed")
 
@@ -21,7 +21,7 @@ def ov_artifact(tmp_path_factory, lite_onnx, calib_images):
 
 
 def test_instances_map_to_streams_and_requests(ov_artifact, monkeypatch):
-    from build_in.backends import openvino as backend
+    from isnet.build_in.backends import openvino as backend
 
     opened = []
     real_init = backend.OpenVinoRunner.__init__

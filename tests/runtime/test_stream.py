@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from build_in.imageio import decode_image, decode_mask
-from export.errors import IsnetError
-from runtime import FAILURES_FILE, load_model, run_folder
+from isnet.build_in.imageio import decode_image, decode_mask
+from isnet.core import IsnetError
+from isnet.runtime import FAILURES_FILE, load_model, run_folder, write_synthetic_photos
 
 
 def _masks(folder) -> dict[str, np.ndarray]:
@@ -26,7 +26,7 @@ def _expected_mask(relative: str) -> str:
 def test_run_command_on_a_messy_folder(run_isnet, lite_artifact, messy_folder, tmp_path):
     root, expected, broken = messy_folder
     save = tmp_path / "masks"
-    result = run_isnet("run", "--model", lite_artifact, "--image-dir", root, "--save-dir", save, "--batch", "3")
+    result = run_isnet("run", "--model", lite_artifact, "--image-dir", root, "--output-dir", save, "--batch", "3")
     assert result.returncode == 1, result.stderr
     assert f"done {len(expected)}, skipped 0, failed {len(broken)}" in result.stdout
     assert "images/s" in result.stdout and "img/s" in result.stderr  # summary and progress bar
@@ -51,7 +51,7 @@ def test_run_command_on_a_messy_folder(run_isnet, lite_artifact, messy_folder, t
 
 def test_resume_skips_complete_masks_and_redoes_missing_or_torn_ones(run_isnet, lite_artifact, photo_folder, tmp_path):
     save = tmp_path / "masks"
-    first = run_isnet("run", "--model", lite_artifact, "--image-dir", photo_folder, "--save-dir", save)
+    first = run_isnet("run", "--model", lite_artifact, "--image-dir", photo_folder, "--output-dir", save)
     assert first.returncode == 0, first.stderr
     assert not (save / FAILURES_FILE).exists()
     before = _masks(save)
@@ -62,7 +62,7 @@ def test_resume_skips_complete_masks_and_redoes_missing_or_torn_ones(run_isnet, 
     kept = save / "p1.png"
     stamp = kept.stat().st_mtime_ns
 
-    second = run_isnet("run", "--model", lite_artifact, "--image-dir", photo_folder, "--save-dir", save, "--resume")
+    second = run_isnet("run", "--model", lite_artifact, "--image-dir", photo_folder, "--output-dir", save, "--resume")
     assert second.returncode == 0, second.stderr
     assert "done 2, skipped 4, failed 0 of 6" in second.stdout
     assert kept.stat().st_mtime_ns == stamp
@@ -72,11 +72,11 @@ def test_resume_skips_complete_masks_and_redoes_missing_or_torn_ones(run_isnet, 
         np.testing.assert_array_equal(after[name], before[name])
 
 
-def test_output_does_not_depend_on_workers_and_batch(lite_artifact, photo_folder, tmp_path):
+def test_output_does_not_depend_on_threads_and_batch(lite_artifact, photo_folder, tmp_path):
     model = load_model(lite_artifact)
-    one = run_folder(model, photo_folder, tmp_path / "one", batch=1, workers=1)
-    many = run_folder(model, photo_folder, tmp_path / "many", batch=1, workers=4)
-    batched = run_folder(model, photo_folder, tmp_path / "batched", batch=4, workers=3)
+    one = run_folder(model, photo_folder, tmp_path / "one", batch=1, io_threads=1)
+    many = run_folder(model, photo_folder, tmp_path / "many", batch=1, io_threads=4)
+    batched = run_folder(model, photo_folder, tmp_path / "batched", batch=4, io_threads=3)
     assert one.done == many.done == batched.done == 6
     reference, parallel, in_batches = _masks(tmp_path / "one"), _masks(tmp_path / "many"), _masks(tmp_path / "batched")
     assert set(reference) == set(parallel) == set(in_batches)
@@ -128,7 +128,7 @@ def test_an_inference_error_stops_the_run_and_reaches_the_caller(lite_artifact, 
     model = load_model(lite_artifact)
     model.runner = _FailingRunner(model.runner, fail_on=2)
     with pytest.raises(RuntimeError, match="backend crashed"):
-        run_folder(model, photo_folder, tmp_path / "masks", workers=2)
+        run_folder(model, photo_folder, tmp_path / "masks", io_threads=2)
     assert model.runner.calls == 2
     assert not _live_threads()
 
@@ -137,7 +137,7 @@ def test_a_save_worker_error_reaches_the_caller(lite_artifact, photo_folder, tmp
     save = tmp_path / "masks"
     (save / "p2.png").mkdir(parents=True)  # a folder where the mask should go: os.replace fails
     with pytest.raises(OSError):
-        run_folder(load_model(lite_artifact), photo_folder, save, workers=2)
+        run_folder(load_model(lite_artifact), photo_folder, save, io_threads=2)
     assert not _live_threads()
     assert not [p for p in save.iterdir() if p.name.startswith(".")], "temporary files left behind"
 
@@ -153,7 +153,7 @@ def test_a_load_worker_bug_is_not_mistaken_for_a_corrupt_image(lite_artifact, ph
 
     monkeypatch.setattr(model.preprocessor, "load", load)
     with pytest.raises(ValueError, match="bug in a pre-processing op"):
-        run_folder(model, photo_folder, tmp_path / "masks", workers=3)
+        run_folder(model, photo_folder, tmp_path / "masks", io_threads=3)
     assert not (tmp_path / "masks" / FAILURES_FILE).exists()
 
 
@@ -171,3 +171,16 @@ def test_an_empty_folder_is_a_user_error(lite_artifact, tmp_path):
     (tmp_path / "empty" / "notes.txt").write_text("no images here")
     with pytest.raises(IsnetError, match="no images with suffix jpg"):
         run_folder(load_model(lite_artifact), tmp_path / "empty", tmp_path / "masks")
+
+
+def test_old_flag_spellings_work_for_a_release_with_a_note(run_isnet, lite_artifact, tmp_path):
+    images = tmp_path / "images"
+    write_synthetic_photos(images, 2)
+    proc = run_isnet("run", "--model", lite_artifact, "--image-dir", images, "--save-dir", tmp_path / "masks",
+                     "--workers", 2)
+    assert proc.returncode == 0, proc.stderr
+    assert len(list((tmp_path / "masks").glob("*.png"))) == 2
+    assert "note: --save-dir is now --output-dir" in proc.stderr
+    assert "note: --workers is now --io-threads" in proc.stderr
+    missing = run_isnet("run", "--model", lite_artifact, "--image-dir", images)
+    assert missing.returncode == 2 and "the following arguments are required: --output-dir" in missing.stderr

@@ -2,8 +2,6 @@
 
 import json
 
-import yaml
-
 
 def test_build_command_writes_artifact_and_reports(run_isnet, write_config, tmp_path):
     config = write_config({"backend": {"dtype": "fp16"}})

@@ -6,9 +6,9 @@ import pytest
 import torch
 import yaml
 
-from export.model import ISNet
-from export.weights import save_checkpoint
-from tools.synth import generate_dataset
+from isnet.export.model import ISNet
+from isnet.export.weights import save_checkpoint
+from isnet.tools.synth import generate_dataset
 
 COLUMNS = ["build", "backend", "precision", "calibration", "size MB", "MAE", "maxF", "avgF", "adpF", "maxE",
            "avgE", "adpE", "Sm", "wFm", "drift vs fp32", "images/s", "p50 ms"]
@@ -81,3 +81,43 @@ def test_bad_experiment_is_one_line_exit_2(run_isnet, experiment):
     proc = run_isnet("compare", experiment, "--set", "builds=[fp32, int9]", cwd=experiment.parent)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "unknown preset 'int9'" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("override, message", [
+    ("run.batchh=1", "run.batchh: unknown key (did you mean 'batch'?)"),
+    ("run.batch=two", "run.batch: expected an integer, got 'two'"),
+    ("run.batch=0", "run.batch: must be at least 1, got 0"),
+    ("profile.seconds=-1", "profile.seconds: must be greater than 0"),
+    ("reprt.path=x", "reprt: unknown key (did you mean 'report'?)"),
+    ("max_delta.maee=0.1", "max_delta.maee: unknown metric (did you mean 'mae'?)"),
+    ("max_delta.mae=lots", "max_delta.mae: expected a number, got 'lots'"),
+    ("input_size=[64]", "input_size: expected a list of 2 values"),
+    ("builds.fp32.backend.dtyp=fp16", "builds.fp32: backend.dtyp: unknown key (did you mean 'dtype'?)"),
+    ("builds.old={artifact: nowhere, config: x}", "builds.old: {artifact: PATH} takes one path and no other keys"),
+    ("reference=int9", "reference: 'int9' is not a build (did you mean 'int8'?)"),
+    ("dataset.path=missing", "dataset.path folder not found"),
+])
+def test_experiment_mistakes_name_the_key_and_the_file(experiment, override, message):
+    from isnet.core import IsnetError
+    from isnet.tools.compare import read_experiment
+
+    with pytest.raises(IsnetError) as info:
+        read_experiment(experiment, [override])
+    text = str(info.value)
+    assert text.startswith(str(experiment)) and message in text and "\n" not in text
+
+
+def test_experiment_mistake_on_the_command_line_is_one_line_exit_2(run_isnet, experiment):
+    proc = run_isnet("compare", experiment, "--set", "run.batchh=1", cwd=experiment.parent)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == (f"isnet compare: error: {experiment}: run.batchh: unknown key (did you mean "
+                                   "'batch'?); valid keys: batch, io_threads, threads, drift_images")
+
+
+def test_flags_resolve_against_the_current_folder(experiment, tmp_path, monkeypatch):
+    from isnet.tools.compare import read_experiment
+
+    monkeypatch.chdir(experiment.parent / "eval")
+    loaded = read_experiment(experiment, [("dataset", {"path": "."}), "report.path=out"])
+    assert loaded.images == experiment.parent / "eval" / "image"
+    assert loaded.output == experiment.parent / "eval" / "out"

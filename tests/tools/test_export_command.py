@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from export.model import ISNet
+from isnet.export.model import ISNet
 
 
 def test_export_writes_files_and_reports(run_isnet, tmp_path):

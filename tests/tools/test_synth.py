@@ -4,10 +4,10 @@ import cv2
 import numpy as np
 import pytest
 
-from build_in.imageio import decode_image, decode_mask
-from export.errors import IsnetError
-from tools.synth import (BACKGROUND_MAX_CHROMA, SALIENT_MIN_CHROMA, SHAPE_FAMILIES, generate_dataset,
-                         render_sample, sample_stem)
+from isnet.build_in.imageio import decode_image, decode_mask
+from isnet.core import IsnetError
+from isnet.tools.synth import (BACKGROUND_MAX_CHROMA, SALIENT_MIN_CHROMA, SHAPE_FAMILIES, generate_dataset,
+                               render_sample, sample_stem)
 
 SEED = 11
 COUNT = 6
@@ -170,18 +170,18 @@ def test_unwritable_or_foreign_folders_raise(tmp_path):
 
 
 def test_command_writes_the_set_and_reports_bad_input(run_isnet, tmp_path):
-    done = run_isnet("synth", "--out", "set", "--count", 3, "--seed", 4, "--workers", 1)
+    done = run_isnet("synth", "--output-dir", "set", "--count", 3, "--seed", 4, "--workers", 1)
     assert done.returncode == 0, done.stderr
     assert "wrote 3 image/mask pairs" in done.stdout
     for i in range(3):
         assert np.array_equal(decode_mask(tmp_path / "set" / "mask" / f"{sample_stem(i)}.png"),
                               render_sample(4, i).mask)
-    rerun = run_isnet("synth", "--out", "set", "--count", 3, "--seed", 4)
+    rerun = run_isnet("synth", "--output-dir", "set", "--count", 3, "--seed", 4)
     assert rerun.returncode == 0 and "wrote 0 image/mask pairs" in rerun.stdout and "3 already complete" in rerun.stdout
 
     (tmp_path / "file").write_text("x")
-    for args in (["--out", "bad", "--count", 0], ["--out", tmp_path / "file" / "x", "--count", 2],
-                 ["--out", "set", "--count", 3, "--seed", 5]):
+    for args in (["--output-dir", "bad", "--count", 0], ["--output-dir", tmp_path / "file" / "x", "--count", 2],
+                 ["--output-dir", "set", "--count", 3, "--seed", 5]):
         bad = run_isnet("synth", *args)
         assert bad.returncode == 2, bad.stderr
         assert "Traceback" not in bad.stderr

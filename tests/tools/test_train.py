@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from build_in.ops import DEFAULT_OPS, Preprocessor
-from eval import validation_scores
-from export.errors import IsnetError
-from export.model import ISNet
-from export.weights import build_isnet, read_checkpoint, save_checkpoint
-from tools.synth import generate_dataset
-from tools.train import (TrainConfig, deep_supervision_loss, isnet_loss, load_gt_encoder, train_gt_encoder,
-                         train_isnet)
+from isnet.build_in.ops import DEFAULT_OPS, Preprocessor
+from isnet.eval import validation_scores
+from isnet.core import IsnetError
+from isnet.export.model import ISNet
+from isnet.export.weights import build_isnet, read_checkpoint, save_checkpoint
+from isnet.tools.synth import generate_dataset
+from isnet.tools.train import (TrainConfig, deep_supervision_loss, isnet_loss, load_gt_encoder, train_gt_encoder,
+                               train_isnet)
 
 SHIPPED = Path(__file__).resolve().parents[2] / "export" / "weights" / "isnet-demo.pth"
 TINY = dict(arch="isnet-lite", train_size=(64, 64), val_size=(64, 64), batch_size=4, warmup_steps=0,
@@ -162,7 +162,7 @@ def test_gt_encoder_of_another_architecture_or_network_is_refused(gt_encoder, tm
 
 
 def _masks(root: Path):
-    from build_in.imageio import decode_mask
+    from isnet.build_in.imageio import decode_mask
 
     return [decode_mask(p) for p in sorted((root / "mask").iterdir())]
 
@@ -201,12 +201,12 @@ def _assert_one_line_error(proc, *fragments):
 
 
 def test_commands_train_gt_encoder_then_isnet(run_isnet, tiny_set, tmp_path):
-    common = ["--data", tiny_set, "--arch", "isnet-lite", "--train-size", 64, 64, "--epochs", 1, "--batch-size", 4,
+    common = ["--dataset", tiny_set, "--arch", "isnet-lite", "--train-size", 64, 64, "--epochs", 1, "--batch-size", 4,
               "--threads", 1]
     gt = run_isnet("train-gt-encoder", *common, "--output-dir", "gt")
     assert gt.returncode == 0, gt.stderr
     assert "wrote gt/gt-encoder.pth" in gt.stdout
-    run = run_isnet("train", *common, "--val-data", tiny_set, "--val-size", 64, 64, "--gt-encoder",
+    run = run_isnet("train", *common, "--val-dataset", tiny_set, "--val-size", 64, 64, "--gt-encoder",
                     "gt/gt-encoder.pth", "--fp16-weights", "--output-dir", "run")
     assert run.returncode == 0, run.stderr
     assert "wrote run/model.pth" in run.stdout and "validation mae" in run.stdout
@@ -221,9 +221,9 @@ def test_command_errors_are_one_line(run_isnet, tiny_set, tmp_path):
     (tmp_path / "nomask" / "image" / "a.jpg").write_bytes((tiny_set / "image" / "0000.jpg").read_bytes())
     save_checkpoint(tmp_path / "isnet.pth", ISNet("isnet-lite"))
     base = ["--arch", "isnet-lite", "--output-dir", "out"]
-    _assert_one_line_error(run_isnet("train", "--data", tmp_path / "missing", *base), "training folder not found")
-    _assert_one_line_error(run_isnet("train", "--data", tmp_path / "nomask", *base), "have no mask", "a.jpg")
-    _assert_one_line_error(run_isnet("train", "--data", tiny_set, "--gt-encoder", tmp_path / "isnet.pth", *base),
+    _assert_one_line_error(run_isnet("train", "--dataset", tmp_path / "missing", *base), "training folder not found")
+    _assert_one_line_error(run_isnet("train", "--dataset", tmp_path / "nomask", *base), "have no mask", "a.jpg")
+    _assert_one_line_error(run_isnet("train", "--dataset", tiny_set, "--gt-encoder", tmp_path / "isnet.pth", *base),
                            "not a GT encoder checkpoint")
-    _assert_one_line_error(run_isnet("train", "--data", tiny_set, "--resume", tmp_path / "isnet.pth", *base),
+    _assert_one_line_error(run_isnet("train", "--dataset", tiny_set, "--resume", tmp_path / "isnet.pth", *base),
                            "not a resumable training checkpoint")

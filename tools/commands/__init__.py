@@ -1,14 +1,14 @@
 """Registry of ``isnet`` subcommands, in the order ``isnet --help`` lists them."""
 
-from tools.commands.build import BuildCommand
-from tools.commands.compare import CompareCommand
-from tools.commands.eval import EvalCommand
-from tools.commands.export import ExportCommand
-from tools.commands.npz import Image2NpzCommand, Npz2PngCommand, NpzCompareCommand, NpzRunCommand
-from tools.commands.profile import ProfileCommand
-from tools.commands.run import RunCommand
-from tools.commands.synth import SynthCommand
-from tools.commands.train import TrainCommand, TrainGtEncoderCommand
+from isnet.tools.commands.build import BuildCommand
+from isnet.tools.commands.compare import CompareCommand
+from isnet.tools.commands.eval import EvalCommand
+from isnet.tools.commands.export import ExportCommand
+from isnet.tools.commands.npz import Image2NpzCommand, Npz2PngCommand, NpzCompareCommand, NpzRunCommand
+from isnet.tools.commands.profile import ProfileCommand
+from isnet.tools.commands.run import RunCommand
+from isnet.tools.commands.synth import SynthCommand
+from isnet.tools.commands.train import TrainCommand, TrainGtEncoderCommand
 
 COMMANDS = [ExportCommand, BuildCommand, RunCommand, Image2NpzCommand, NpzRunCommand, Npz2PngCommand,
             NpzCompareCommand, ProfileCommand, EvalCommand, CompareCommand, SynthCommand, TrainGtEncoderCommand,

@@ -22,8 +22,8 @@ class BuildCommand:
         parser.add_argument("--force", action="store_true", help="replace an existing artifact of the same name")
 
     def run(self, args: argparse.Namespace) -> int:
-        from build_in import build_artifact, load_build_config
-        from tools.progress import StageBars
+        from isnet.build_in import build_artifact, load_build_config
+        from isnet.tools.progress import StageBars
 
         config = load_build_config(args.config, args.overrides)
         with StageBars(prefix=f"{config.name}: ") as bars:

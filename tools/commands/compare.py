@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tools.args import positive_float, positive_int
+from isnet.tools.args import add_output_dir_arg, add_renamed, add_size_arg, positive_float, positive_int
 
 
 class CompareCommand:
     """Build every precision of a model, run, evaluate and profile each: one accuracy/speed report.
 
-    Give an experiment file (YAML/JSON, see tools/compare.py), or flags (--model, --dataset,
+    Give an experiment file (YAML/JSON, see tools/compare/experiment.py), or flags (--model, --dataset,
     --builds ...), or both (flags win). The report folder gets report.md, report.json, PR and
     F-measure curves and a strip of masks per build. Reruns reuse every stage whose inputs did
     not change. With max_delta tolerances, the exit code is 1 when a build drifts past them.
@@ -23,11 +23,14 @@ class CompareCommand:
         parser.add_argument("experiment", nargs="?", help="experiment file (YAML or JSON)")
         parser.add_argument("--model", help="source model: .pth checkpoint or .onnx")
         parser.add_argument("--dataset", help="evaluation set in ECSSD layout (image/, mask/)")
-        parser.add_argument("--calibration", help="calibration image folder (default: the evaluation images)")
+        calibration = parser.add_argument("--calibration-dir", metavar="DIR",
+                                          help="calibration image folder (default: the evaluation images)")
+        add_renamed(parser, "--calibration", calibration)
         parser.add_argument("--calibration-count", type=positive_int, help="calibration images (default 50)")
         parser.add_argument("--builds", help="comma-separated presets, e.g. fp32,fp16,int8_kl,int8_max,ov_int8_max")
-        parser.add_argument("--size", nargs=2, type=positive_int, metavar=("H", "W"), help="model input size")
-        parser.add_argument("--output", help="report folder")
+        add_size_arg(parser)
+        add_output_dir_arg(parser, "report folder (default: the experiment's report.path)", required=False,
+                           old=("--output",))
         parser.add_argument("--max-delta", action="append", default=[], metavar="METRIC=TOL",
                             help="gate: fail when a build's metric moves more than TOL from the reference "
                                  "(repeatable, e.g. --max-delta mae=0.002)")
@@ -37,20 +40,16 @@ class CompareCommand:
         parser.add_argument("--force", action="store_true", help="redo every stage, reusing nothing")
 
     def run(self, args: argparse.Namespace) -> int:
-        from export.errors import IsnetError
-        from tools.compare import load_experiment, read_experiment, run_experiment, table_rows
-        from tools.progress import StageBars
+        from isnet.core import IsnetError
+        from isnet.tools.compare import load_experiment, read_experiment, run_experiment, table_rows
+        from isnet.tools.progress import StageBars
 
-        overrides = list(args.overrides)
-        flag_values = {"model": args.model, "builds": args.builds, "report.path": args.output,
-                       "calibration.path": args.calibration, "calibration.count": args.calibration_count,
-                       "profile.seconds": args.profile_seconds,
-                       "input_size": list(args.size) if args.size else None}
-        for key, value in flag_values.items():
-            if value is not None:
-                overrides.append(f"{key}={value if not isinstance(value, str) else value}")
-        if args.dataset:
-            overrides.append(f"dataset={{path: '{Path(args.dataset).resolve()}'}}")
+        overrides: list = list(args.overrides)
+        flag_values = {"model": args.model, "builds": args.builds, "report.path": args.output_dir,
+                       "calibration.path": args.calibration_dir, "calibration.count": args.calibration_count,
+                       "profile.seconds": args.profile_seconds, "input_size": args.size,
+                       "dataset": {"path": args.dataset} if args.dataset else None}
+        overrides += [(key, value) for key, value in flag_values.items() if value is not None]
         for item in args.max_delta:
             if "=" not in item:
                 raise IsnetError(f"--max-delta expects METRIC=TOL, got '{item}'")
@@ -62,7 +61,7 @@ class CompareCommand:
             if not args.model or not args.dataset:
                 raise IsnetError("give an experiment file, or at least --model and --dataset")
             if not args.builds:
-                overrides.append("builds=fp32,fp16,int8_kl,int8_max")
+                overrides.append(("builds", "fp32,fp16,int8_kl,int8_max"))
             experiment = load_experiment({}, "command line", Path.cwd(), overrides)
 
         with StageBars() as bars:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from export.errors import IsnetError
-from tools.args import non_negative_int, positive_int
+from isnet.core import IsnetError
+from isnet.tools.args import add_workers_arg, non_negative_int
 
 # Kept here (not imported from eval) so that `isnet --help` does not import OpenCV.
 _METRIC_NAMES = ("mae", "fmeasure", "precision", "recall", "em", "sm", "wfm")
@@ -41,8 +41,8 @@ class EvalCommand:
         scoring = parser.add_argument_group("scoring")
         scoring.add_argument("--metric-names", nargs="+", choices=_METRIC_NAMES, default=list(_METRIC_NAMES),
                              metavar="NAME", help=f"metrics to compute: {' '.join(_METRIC_NAMES)} (default: all)")
-        scoring.add_argument("--num-workers", type=positive_int, default=1, metavar="N",
-                             help="processes scoring images (default 1; results are identical for any number)")
+        add_workers_arg(scoring, "processes scoring images (default 1; results are identical for any number)",
+                        default=1, old=("--num-workers",))
         scoring.add_argument("--num-bits", type=non_negative_int, default=3, metavar="N",
                              help="decimals shown in the console table and --record-txt (default 3)")
         output = parser.add_argument_group("output")
@@ -79,7 +79,7 @@ class EvalCommand:
 
     def run(self, args: argparse.Namespace) -> int:
         self._check(args)
-        import eval as evaluation
+        from isnet import eval as evaluation
 
         if args.dataset_json is not None:
             tasks = evaluation.plan_from_json(args.dataset_json, args.method_json,
@@ -90,7 +90,7 @@ class EvalCommand:
             tasks = [evaluation.plan_from_folders(args.pred_dir, args.gt_dir, method=args.name,
                                                   allow_missing=args.allow_missing)]
         results = evaluation.evaluate_tasks(tasks, metric_names=args.metric_names,
-                                            num_workers=args.num_workers, progress=True)
+                                            num_workers=args.workers, progress=True)
         for dataset, methods in results.items():
             for method, result in methods.items():
                 if result.missing:

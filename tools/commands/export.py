@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tools.args import add_output_dir_arg, add_size_args, add_weights_args
+from isnet.tools.args import add_output_dir_arg, add_size_arg, add_weights_args
 
 
 class ExportCommand:
@@ -20,18 +20,18 @@ class ExportCommand:
 
     def add_args(self, parser: argparse.ArgumentParser) -> None:
         add_weights_args(parser)
-        add_size_args(parser)
+        add_size_arg(parser, required=True, help_text="model input height and width to export (and verify) at")
         parser.add_argument("--formats", nargs="+", default=["onnx", "torchscript"],
                             choices=["onnx", "torchscript", "exported-program"],
                             help="files to write (default: onnx torchscript)")
         parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
         parser.add_argument("--static", action="store_true", help="fix batch 1 and the export size in the graph")
         parser.add_argument("--no-simplify", action="store_true", help="skip onnxsim")
-        add_output_dir_arg(parser, ".", "where to write the files")
+        add_output_dir_arg(parser, "where to write the files", required=False, default=".")
         parser.add_argument("--name", default=None, help="file stem (default isnet-<arch>_<H>x<W>)")
 
     def run(self, args: argparse.Namespace) -> int:
-        from export.exporter import ExportRequest, export_model
+        from isnet.export.exporter import ExportRequest, export_model
 
         h, w = args.size
         name = args.name or f"{Path(str(args.weights)).stem if args.weights != 'random' else 'isnet-random'}_{h}x{w}"

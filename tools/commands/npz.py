@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from tools.args import add_batch_arg, add_min_max_arg, add_model_args, add_suffix_arg, add_workers_arg, positive_int
+from isnet.tools.args import (add_batch_arg, add_image_dir_arg, add_io_threads_arg, add_min_max_arg, add_model_args,
+                              add_output_dir_arg, add_renamed, add_required, add_suffix_arg, positive_int)
 
 
 class Image2NpzCommand:
@@ -17,19 +18,21 @@ class Image2NpzCommand:
     name = "image2npz"
 
     def add_args(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--dataset-path", required=True, help="folder of images (searched recursively)")
-        parser.add_argument("--target-path", required=True, help="folder for the .npz files")
-        parser.add_argument("--text-path", required=True, help="datalist file to write")
-        parser.add_argument("--size", nargs=2, type=positive_int, metavar=("H", "W"), default=None,
-                            help="resize to H x W (default: keep each image's size)")
+        add_image_dir_arg(parser, "folder of images (searched recursively)", old=("--dataset-path",))
+        add_output_dir_arg(parser, "folder for the .npz files", old=("--target-path",))
+        add_required(parser, "--datalist", old=("--text-path",), metavar="FILE", help="datalist file to write")
+        resize = parser.add_argument("--resize", nargs=2, type=positive_int, metavar=("H", "W"), default=None,
+                                     help="resize to H x W (default: keep each image's size)")
+        # Renamed: in every other command --size is the model's input size.
+        add_renamed(parser, "--size", resize)
         add_suffix_arg(parser)
 
     def run(self, args: argparse.Namespace) -> int:
-        from runtime import npz_from_images
+        from isnet.runtime import npz_from_images
 
-        paths = npz_from_images(args.dataset_path, args.target_path, args.text_path, size=args.size,
+        paths = npz_from_images(args.image_dir, args.output_dir, args.datalist, size=args.resize,
                                 suffixes=args.suffix)
-        print(f"wrote {len(paths)} npz files to {args.target_path}; datalist {args.text_path}")
+        print(f"wrote {len(paths)} npz files to {args.output_dir}; datalist {args.datalist}")
         return 0
 
 
@@ -46,39 +49,39 @@ class NpzRunCommand:
     def add_args(self, parser: argparse.ArgumentParser) -> None:
         add_model_args(parser)
         parser.add_argument("--datalist", required=True, help="datalist from image2npz")
-        parser.add_argument("--output-dir", required=True, help="folder for the output .npz files")
+        add_output_dir_arg(parser, "folder for the output .npz files")
         add_batch_arg(parser)
-        add_workers_arg(parser)
+        add_io_threads_arg(parser)
 
     def run(self, args: argparse.Namespace) -> int:
-        from runtime import load_model, run_npz
+        from isnet.runtime import load_model, run_npz
 
         model = load_model(args.model, threads=args.threads, size=args.size)
-        written = run_npz(model, args.datalist, args.output_dir, batch=args.batch, workers=args.workers)
+        written = run_npz(model, args.datalist, args.output_dir, batch=args.batch, io_threads=args.io_threads)
         print(f"wrote {len(written)} output npz files to {args.output_dir} ({model.name})")
         return 0
 
 
 class Npz2PngCommand:
-    """Draw output npz files as 8-bit PNG masks, at the source image size when --src-dir is given."""
+    """Draw output npz files as 8-bit PNG masks, at the source image size when --image-dir is given."""
 
     name = "npz2png"
 
     def add_args(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--datalist", required=True, help="datalist from image2npz (names the outputs)")
-        parser.add_argument("--out-npz-dir", required=True, help="folder of output npz files from npz-run")
-        parser.add_argument("--draw-dir", required=True, help="folder for the PNG masks")
-        parser.add_argument("--src-dir", default=None,
-                            help="folder of the source images: masks are resized to their sizes "
-                                 "(default: the model's resolution)")
+        add_required(parser, "--npz-dir", old=("--out-npz-dir",), metavar="DIR",
+                     help="folder of output npz files from npz-run")
+        add_output_dir_arg(parser, "folder for the PNG masks", old=("--draw-dir",))
+        add_image_dir_arg(parser, "folder of the source images: masks are resized to their sizes "
+                                  "(default: the model's resolution)", required=False, old=("--src-dir",))
         add_min_max_arg(parser)
 
     def run(self, args: argparse.Namespace) -> int:
-        from runtime import png_from_npz
+        from isnet.runtime import png_from_npz
 
-        drawn = png_from_npz(args.datalist, args.out_npz_dir, args.draw_dir, src_dir=args.src_dir,
+        drawn = png_from_npz(args.datalist, args.npz_dir, args.output_dir, image_dir=args.image_dir,
                              min_max=args.min_max_normalize)
-        print(f"wrote {len(drawn)} masks to {args.draw_dir}")
+        print(f"wrote {len(drawn)} masks to {args.output_dir}")
         return 0
 
 
@@ -96,13 +99,15 @@ class NpzCompareCommand:
         parser.add_argument("--key", default="output_0", help="array to compare (default output_0)")
 
     def run(self, args: argparse.Namespace) -> int:
-        from runtime import compare_npz
+        from isnet.runtime import compare_npz
 
         report = compare_npz(args.dir_a, args.dir_b, key=args.key)
         width = max(len("file"), *(len(d.name) for d in (*report.files, report.overall)))
         print(f"{'file'.ljust(width)}  {'max |diff|':>12}  {'mean |diff|':>12}  {'cosine':>10}")
         for diff in (*report.files, report.overall):
             print(f"{diff.name.ljust(width)}  {diff.max_abs:12.4e}  {diff.mean_abs:12.4e}  {diff.cosine:10.6f}")
+        if report.overall.nonfinite:
+            print(f"non-finite values (NaN/inf, left out of the figures above): {report.overall.nonfinite}")
         for side, names in (("DIR_A", report.only_a), ("DIR_B", report.only_b)):
             if names:
                 shown = ", ".join(names[:5]) + (f", ... ({len(names)} in all)" if len(names) > 5 else "")

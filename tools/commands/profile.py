@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from tools.args import add_model_args, positive_float, positive_int, positive_int_list
+from isnet.tools.args import add_image_dir_arg, add_model_args, positive_float, positive_int, positive_int_list
 
 DEFAULT_ITERATIONS = 20
 
@@ -16,7 +16,7 @@ class ProfileCommand:
     One table, models side by side per batch size, headed by the host, CPU and library versions.
     'infer' is the runner call alone; with --with-preprocess 'e2e' adds decoding, pre-processing,
     restoring and PNG encoding. --instances runs N sessions concurrently on the same cores.
-    Images: the first 32 of --images, or deterministic synthetic photos.
+    Images: the first 32 of --image-dir, or deterministic synthetic photos.
     """
 
     name = "profile"
@@ -36,21 +36,21 @@ class ProfileCommand:
                             help="measure for S seconds instead of a number of calls")
         parser.add_argument("--with-preprocess", action="store_true",
                             help="also measure end to end: decode + pre-process + infer + restore + encode")
-        parser.add_argument("--images", default=None,
-                            help="folder of images to measure on (default: synthetic photos)")
+        add_image_dir_arg(parser, "folder of images to measure on (default: synthetic photos)", required=False,
+                          old=("--images",))
         parser.add_argument("--hint", choices=["latency", "throughput"], default=None,
                             help="OpenVINO performance hint (default: the artifact's, THROUGHPUT with "
                                  "--instances > 1, which become OpenVINO streams with one infer request each)")
         parser.add_argument("--json", default=None, metavar="FILE", help="also write the records as JSON")
 
     def run(self, args: argparse.Namespace) -> int:
-        from export.atomic import write_text_atomic
-        from runtime import format_table, host_info, profile_models
+        from isnet.core import write_text_atomic
+        from isnet.runtime import format_table, host_info, profile_models
 
         iterations = None if args.duration is not None else (args.iterations or DEFAULT_ITERATIONS)
         records = profile_models(args.model, batches=args.batch, instances=args.instances, threads=args.threads,
                                  warmup=args.warmup, iterations=iterations, duration=args.duration,
-                                 with_preprocess=args.with_preprocess, image_dir=args.images, size=args.size,
+                                 with_preprocess=args.with_preprocess, image_dir=args.image_dir, size=args.size,
                                  hint=args.hint)
         host = host_info()
         print(format_table(records, host))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from tools.args import add_batch_arg, add_min_max_arg, add_model_args, add_suffix_arg, add_workers_arg
+from isnet.tools.args import (add_batch_arg, add_image_dir_arg, add_io_threads_arg, add_min_max_arg, add_model_args,
+                              add_output_dir_arg, add_suffix_arg)
 
 
 class RunCommand:
@@ -12,25 +13,25 @@ class RunCommand:
 
     Decoding and saving run on worker threads beside inference with bounded queues; masks keep
     each image's relative path and stem (sub-folders mirrored) and are written atomically.
-    Corrupt images are listed in <save-dir>/failures.txt and skipped; the exit code is then 1.
+    Corrupt images are listed in <output-dir>/failures.txt and skipped; the exit code is then 1.
     """
 
     name = "run"
 
     def add_args(self, parser: argparse.ArgumentParser) -> None:
         add_model_args(parser)
-        parser.add_argument("--image-dir", required=True, help="folder of images (searched recursively)")
-        parser.add_argument("--save-dir", required=True, help="folder for the masks")
+        add_image_dir_arg(parser, "folder of images (searched recursively)")
+        add_output_dir_arg(parser, "folder for the masks", old=("--save-dir",))
         add_batch_arg(parser)
         parser.add_argument("--resume", action="store_true", help="skip images whose mask is already complete")
         add_suffix_arg(parser)
         add_min_max_arg(parser)
-        add_workers_arg(parser)
+        add_io_threads_arg(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         from tqdm import tqdm
 
-        from runtime import load_model, run_folder
+        from isnet.runtime import load_model, run_folder
 
         model = load_model(args.model, threads=args.threads, size=args.size)
         bars = []
@@ -41,14 +42,14 @@ class RunCommand:
             bars[0].update(count)
 
         try:
-            result = run_folder(model, args.image_dir, args.save_dir, batch=args.batch, resume=args.resume,
-                                suffixes=args.suffix, min_max=args.min_max_normalize, workers=args.workers,
+            result = run_folder(model, args.image_dir, args.output_dir, batch=args.batch, resume=args.resume,
+                                suffixes=args.suffix, min_max=args.min_max_normalize, io_threads=args.io_threads,
                                 progress=progress)
         finally:
             for bar in bars:
                 bar.close()
         print(f"done {result.done}, skipped {result.skipped}, failed {result.failed} of {result.total} images "
-              f"in {result.seconds:.1f} s ({result.images_per_second:.2f} images/s); masks in {result.save_dir}")
+              f"in {result.seconds:.1f} s ({result.images_per_second:.2f} images/s); masks in {result.output_dir}")
         if result.failures_path is not None:
             print(f"failures listed in {result.failures_path}")
             return 1

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import os
 
+from isnet.tools.args import add_output_dir_arg, add_workers_arg
+
 
 class SynthCommand:
     """Generate a synthetic saliency dataset: procedural images with exact masks, ECSSD layout.
 
-    Writes OUT/image/NNNN.jpg and OUT/mask/NNNN.png (0/255). Salient objects are the only
+    Writes DIR/image/NNNN.jpg and DIR/mask/NNNN.png (0/255). Salient objects are the only
     strongly coloured things in a picture (chroma >= 0.40; background, distractors, occluders
     and shadows <= 0.12); see tools/synth.py for the design. Picture i depends only on
     (seed, i): a rerun skips complete pairs and a larger --count extends the set.
@@ -18,17 +20,17 @@ class SynthCommand:
     name = "synth"
 
     def add_args(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--out", required=True, metavar="DIR", help="dataset folder to write (created if needed)")
+        add_output_dir_arg(parser, "dataset folder to write (created if needed)", old=("--out",))
         parser.add_argument("--count", type=int, required=True, metavar="N", help="number of image/mask pairs")
         parser.add_argument("--seed", type=int, default=0, metavar="S", help="dataset seed (default 0)")
         default_workers = os.cpu_count() or 1
-        parser.add_argument("--workers", type=int, default=default_workers, metavar="N",
-                            help=f"processes rendering in parallel (default: the CPU count, {default_workers})")
+        add_workers_arg(parser, f"processes rendering in parallel (default: the CPU count, {default_workers})",
+                        default=default_workers)
 
     def run(self, args: argparse.Namespace) -> int:
         from tqdm import tqdm
 
-        from tools.synth import generate_dataset
+        from isnet.tools.synth import generate_dataset
 
         bar = None
 
@@ -41,7 +43,7 @@ class SynthCommand:
             bar.update(done - bar.n)
 
         try:
-            summary = generate_dataset(args.out, args.count, seed=args.seed, workers=args.workers, progress=progress)
+            summary = generate_dataset(args.output_dir, args.count, seed=args.seed, workers=args.workers, progress=progress)
         finally:
             if bar is not None:
                 bar.close()

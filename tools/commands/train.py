@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from tools.args import non_negative_int, positive_float, positive_int
+from isnet.tools.args import (add_output_dir_arg, add_renamed, add_required, add_workers_arg, non_negative_int,
+                              positive_float, positive_int)
 
 # Kept here (not imported from tools.train) so that `isnet --help` does not import torch.
 _ARCHS = ("isnet", "isnet-lite")
@@ -14,9 +15,10 @@ _PRECISIONS = ("fp32", "bf16")
 def _add_training_args(parser: argparse.ArgumentParser, arch_help: str) -> None:
     """Flags shared by both training commands: data, schedule, augmentation, speed, output."""
     data = parser.add_argument_group("data (ECSSD layout: DIR/image and DIR/mask, paired by file stem)")
-    data.add_argument("--data", required=True, metavar="DIR", help="training folder")
-    data.add_argument("--val-data", metavar="DIR",
-                      help="validation folder, scored (MAE, max F-measure) after every epoch")
+    add_required(data, "--dataset", old=("--data",), metavar="DIR", help="training folder")
+    validation = data.add_argument("--val-dataset", metavar="DIR",
+                                   help="validation folder, scored (MAE, max F-measure) after every epoch")
+    add_renamed(data, "--val-data", validation)
     data.add_argument("--train-size", nargs=2, type=positive_int, default=[224, 224], metavar=("H", "W"),
                       help="training input size (default 224 224)")
     data.add_argument("--val-size", nargs=2, type=positive_int, default=[320, 320], metavar=("H", "W"),
@@ -42,15 +44,14 @@ def _add_training_args(parser: argparse.ArgumentParser, arch_help: str) -> None:
     speed.add_argument("--precision", choices=_PRECISIONS, default=None,
                        help="arithmetic of the training passes (default: bf16 where the CPU has native "
                             "bf16, else fp32); validation and saved weights are always fp32")
-    speed.add_argument("--workers", type=non_negative_int, default=0,
-                       help="data-loading processes (default 0: load in the training process)")
+    add_workers_arg(speed, "data-loading processes (default 0: load in the training process)", default=0,
+                    minimum=0)
     speed.add_argument("--threads", type=positive_int, default=None,
                        help="intra-op threads (default: one per core); on a busy machine 1 can be "
                             "several times faster than 2. Results are reproducible per thread count")
 
     output = parser.add_argument_group("output")
-    output.add_argument("--output-dir", required=True, metavar="DIR",
-                        help="where last.pth (resumable), history.json and the final model go")
+    add_output_dir_arg(output, "where last.pth (resumable), history.json and the final model go")
     output.add_argument("--checkpoint-every", type=non_negative_int, default=0, metavar="STEPS",
                         help="also write last.pth every STEPS steps (default 0: after each epoch only)")
     output.add_argument("--resume", metavar="CKPT",
@@ -58,7 +59,7 @@ def _add_training_args(parser: argparse.ArgumentParser, arch_help: str) -> None:
 
 
 def _config_kwargs(args: argparse.Namespace) -> dict:
-    kwargs = dict(data_dir=args.data, output_dir=args.output_dir, val_dir=args.val_data, arch=args.arch,
+    kwargs = dict(data_dir=args.dataset, output_dir=args.output_dir, val_dir=args.val_dataset, arch=args.arch,
                   epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                   warmup_steps=args.warmup_steps, train_size=tuple(args.train_size),
                   val_size=tuple(args.val_size), scale_min=args.scale_min, flip=not args.no_flip,
@@ -114,7 +115,7 @@ class TrainCommand:
     encoder's features for the same mask (ISNet's intermediate supervision). Pictures are
     flipped and randomly cropped, then pre-processed exactly as at deployment (RGB, bilinear
     resize, (x/255 - 0.5) / 1.0) at --train-size. AdamW with warm-up and cosine decay; MAE and
-    max F-measure on --val-data at the deploy size after every epoch. Writes OUT/last.pth after
+    max F-measure on --val-dataset at the deploy size after every epoch. Writes OUT/last.pth after
     each epoch (resume with --resume), OUT/history.json and finally OUT/model.pth, which every
     isnet command loads (export, run, build configs). Deterministic for a --seed and thread count.
     """
@@ -135,7 +136,7 @@ class TrainCommand:
                            help="store model.pth's weights as fp16 (half the size; loaded as fp32)")
 
     def run(self, args: argparse.Namespace) -> int:
-        from tools.train import TrainConfig, train_isnet
+        from isnet.tools.train import TrainConfig, train_isnet
 
         config = TrainConfig(**_config_kwargs(args), init_weights=args.init_weights, gt_encoder=args.gt_encoder,
                              feature_weight=args.feature_weight, fp16_weights=args.fp16_weights)
@@ -153,7 +154,7 @@ class TrainGtEncoderCommand:
 
     Self-supervised: only DIR/mask is read. Its six stage features match ISNet's decoder
     features in shape, so --arch must be the architecture of the ISNet it will supervise.
-    Validation reports how well it reproduces the --val-data masks. Writes OUT/last.pth,
+    Validation reports how well it reproduces the --val-dataset masks. Writes OUT/last.pth,
     OUT/history.json and OUT/gt-encoder.pth.
     """
 
@@ -163,7 +164,7 @@ class TrainGtEncoderCommand:
         _add_training_args(parser, "architecture of the ISNet to supervise (default isnet)")
 
     def run(self, args: argparse.Namespace) -> int:
-        from tools.train import TrainConfig, train_gt_encoder
+        from isnet.tools.train import TrainConfig, train_gt_encoder
 
         reporter = _Reporter("isnet train-gt-encoder")
         try:

@@ -1,13 +1,15 @@
-"""Atomic file and folder writes: nothing half-written is ever left under the final name.
+"""Files every stage writes and identifies: atomic writes and content hashes.
 
-Every stage writes through these helpers (checkpoints, ONNX files, masks, npz, reports), so a
-crash or Ctrl-C leaves either the old file or the new one, never a torn one. They live in the
-first stage so every later stage can use them.
+Every stage writes through the atomic helpers (checkpoints, ONNX files, masks, npz, reports), so
+a crash or Ctrl-C leaves either the old file or the new one, never a torn one. Artifacts record
+the sha256 of their sources and files, and stage caches are keyed by digests of their inputs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -70,3 +72,17 @@ def atomic_dir(path: str | os.PathLike, replace: bool = False) -> Iterator[Path]
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def digest_of(value) -> str:
+    """Hex sha256 of a JSON-able value (keys sorted, other objects by ``str``): a cache key."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()

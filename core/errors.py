@@ -2,8 +2,7 @@
 
 Every stage raises :class:`IsnetError` for problems the user can fix (a missing file, a bad
 config key, a wrong npz shape). The ``isnet`` command prints its message on one line and exits
-with code 2; any other exception is a bug and keeps its traceback. It lives in the first stage
-of the pipeline so that every later stage can import it.
+with code 2; any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations

@@ -1,0 +1,265 @@
+"""The experiment of ``isnet compare``: a typed, validated config, like a build config.
+
+An experiment (YAML or JSON; every key can also come from flags or ``--set``)::
+
+    name: demo
+    model: isnet.pth                  # .pth (exported first) or .onnx
+    input_size: [320, 320]
+    dataset: {path: ECSSD}            # ECSSD layout (image/, mask/), or {json: datasets.json, name: ECSSD}
+    calibration: {path: calib/image, count: 50}
+    builds:                           # build-config overrides, a config file, or an existing artifact
+      fp32: {backend: {dtype: fp32}}
+      int8_kl: {backend: {dtype: int8, quantize: {calibrate_mode: kl_divergence}}}
+      mine: {config: my_build.yaml}
+      old: {artifact: deploy_weights/old}
+    reference: fp32                   # drift and gating are measured against this build
+    run: {batch: 1, io_threads: null, threads: null, drift_images: 100}
+    profile: {seconds: 3, batch: 1}
+    max_delta: {mae: 0.002, sm: 0.003, maxfmeasure: 0.005}
+    report: {path: report, strip_images: 4}
+
+``builds`` may also be a list (or comma-separated string) of preset names (:data:`PRESETS`).
+Unknown keys anywhere are refused with the key, the file and a did-you-mean; wrong value types
+are one-line errors. Relative paths resolve against the experiment file's folder, paths given
+with ``--set`` against the current folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from isnet.build_in import read_build_info
+from isnet.build_in.config import BuildConfig, load_build_config, validate_build_config
+from isnet.core import (IsnetError, apply_overrides, bounded, did_you_mean, load_dataclass, read_yaml_mapping,
+                        resolve_path)
+from isnet.eval import ecssd_folders
+
+# Metrics shown per build in the report, and those a gate may bound.
+METRIC_COLUMNS = ("mae", "maxfmeasure", "avgfmeasure", "adpfmeasure", "maxem", "avgem", "adpem", "sm", "wfm")
+GATE_METRICS = METRIC_COLUMNS + ("maxprecision", "avgprecision", "maxrecall", "avgrecall", "drift")
+# Named builds usable in an experiment's `builds` list or with --builds.
+PRESETS: dict[str, dict] = {
+    "fp32": {"backend": {"dtype": "fp32"}},
+    "fp16": {"backend": {"dtype": "fp16"}},
+    "int8_kl": {"backend": {"dtype": "int8", "quantize": {"calibrate_mode": "kl_divergence"}}},
+    "int8_max": {"backend": {"dtype": "int8", "quantize": {"calibrate_mode": "max"}}},
+    "int8_percentile": {"backend": {"dtype": "int8", "quantize": {"calibrate_mode": "percentile"}}},
+    "ov_fp32": {"backend": {"type": "openvino", "dtype": "fp32"}},
+    "ov_fp16": {"backend": {"type": "openvino", "dtype": "fp16"}},
+    "ov_bf16": {"backend": {"type": "openvino", "dtype": "bf16"}},
+    "ov_int8_max": {"backend": {"type": "openvino", "dtype": "int8", "quantize": {"calibrate_mode": "max"}}},
+    "ov_int8_percentile": {"backend": {"type": "openvino", "dtype": "int8",
+                                       "quantize": {"calibrate_mode": "percentile"}}},
+}
+
+
+@dataclass(frozen=True)
+class DatasetSection:
+    """The evaluation set: a folder in ECSSD layout, or one dataset of a PySODEvalToolkit JSON."""
+
+    path: Path | None = None
+    json: Path | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class CalibrationSection:
+    """Calibration images for int8 builds (default: the evaluation images, with a warning)."""
+
+    path: Path | None = None
+    count: int = bounded(50, minimum=1)
+
+
+@dataclass(frozen=True)
+class RunSection:
+    """How every build runs over the evaluation set."""
+
+    batch: int = bounded(1, minimum=1)
+    io_threads: int | None = bounded(None, minimum=1)
+    threads: int | None = bounded(None, minimum=1)
+    drift_images: int = bounded(100, minimum=1)
+
+
+@dataclass(frozen=True)
+class ProfileSection:
+    """Speed measurement per build (inference only)."""
+
+    seconds: float = bounded(3.0, above=0)
+    batch: int = bounded(1, minimum=1)
+
+
+@dataclass(frozen=True)
+class ReportSection:
+    """Where the report goes (default ``<name>-report`` beside the experiment) and its mask strip."""
+
+    path: Path | None = None
+    strip_images: int = bounded(4, minimum=0)
+
+
+@dataclass(frozen=True)
+class ExperimentFile:
+    """The experiment as written, validated key by key."""
+
+    model: Path
+    dataset: DatasetSection
+    builds: Mapping[str, Mapping]
+    name: str = "experiment"
+    input_size: tuple[int, int] = (320, 320)
+    calibration: CalibrationSection = field(default_factory=CalibrationSection)
+    reference: str | None = None
+    run: RunSection = field(default_factory=RunSection)
+    profile: ProfileSection = field(default_factory=ProfileSection)
+    max_delta: Mapping[str, float] = field(default_factory=dict)
+    report: ReportSection = field(default_factory=ReportSection)
+
+
+@dataclass(frozen=True)
+class BuildEntry:
+    """One build of the experiment: a resolved build config, or an existing artifact folder."""
+
+    name: str
+    config: BuildConfig | None = None
+    artifact: Path | None = None
+
+    @property
+    def artifact_dir(self) -> Path:
+        return self.artifact if self.artifact is not None else self.config.artifact_dir
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A validated experiment with its folders and builds resolved."""
+
+    name: str
+    model: Path
+    input_size: tuple[int, int]
+    images: Path
+    masks: Path
+    builds: tuple[BuildEntry, ...]
+    reference: str
+    output: Path
+    run: RunSection = field(default_factory=RunSection)
+    profile: ProfileSection = field(default_factory=ProfileSection)
+    max_delta: Mapping[str, float] = field(default_factory=dict)
+    strip_images: int = 4
+
+
+def _merge(base: dict, extra: Mapping) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _builds_mapping(value, source: str) -> dict:
+    """``builds`` as a mapping of build names to specs: preset names (a list or ``a,b``) expanded."""
+    if isinstance(value, str):
+        value = [b.strip() for b in value.split(",") if b.strip()]
+    if isinstance(value, list):
+        for preset in value:
+            if not isinstance(preset, str) or preset not in PRESETS:
+                raise IsnetError(f"{source}: builds: unknown preset '{preset}'{did_you_mean(str(preset), PRESETS)}; "
+                                 f"presets: {', '.join(PRESETS)}")
+        value = {preset: PRESETS[preset] for preset in value}
+    if not isinstance(value, Mapping) or not value:
+        raise IsnetError(f"{source}: builds: expected preset names or a mapping of build names to settings, "
+                         f"got {value!r}")
+    return {str(name): ({} if spec is None else spec) for name, spec in value.items()}
+
+
+def _evaluation_folders(dataset: DatasetSection, source: str) -> tuple[Path, Path]:
+    if (dataset.path is None) == (dataset.json is None):
+        raise IsnetError(f"{source}: dataset: give path (a folder in ECSSD layout) or json (a PySODEvalToolkit "
+                         "dataset JSON, with name), not both")
+    if dataset.path is not None:
+        if dataset.name is not None:
+            raise IsnetError(f"{source}: dataset.name: names a dataset of dataset.json; remove it with dataset.path")
+        try:
+            return ecssd_folders(dataset.path, "dataset.path")
+        except IsnetError as exc:
+            raise IsnetError(f"{source}: {exc}") from None
+    if not dataset.json.is_file():
+        raise IsnetError(f"{source}: dataset.json: file not found: {dataset.json}")
+    try:
+        return ecssd_folders(dataset.json, "dataset.json", name=dataset.name)
+    except IsnetError as exc:
+        raise IsnetError(f"{source}: dataset.json: {exc}") from None
+
+
+def _build_entry(name: str, spec, base_config: dict, source: str, base: Path) -> BuildEntry:
+    key = f"builds.{name}"
+    if not isinstance(spec, Mapping):
+        raise IsnetError(f"{source}: {key}: expected build-config overrides, {{config: FILE}} or {{artifact: DIR}}, "
+                         f"got {spec!r}")
+    for special in ("artifact", "config"):
+        if special in spec:
+            if len(spec) != 1 or not isinstance(spec[special], str):
+                raise IsnetError(f"{source}: {key}: {{{special}: PATH}} takes one path and no other keys")
+            path = resolve_path(spec[special], base)
+            if special == "artifact":
+                read_build_info(path)  # refuses a folder without build.json
+                return BuildEntry(name, artifact=path)
+            return BuildEntry(name, config=load_build_config(path))
+    merged = _merge(base_config, spec)
+    merged["name"] = name
+    return BuildEntry(name, config=validate_build_config(merged, source=f"{source}: {key}", base_dir=base))
+
+
+def load_experiment(data: Mapping, source: str, base: Path, overrides: Sequence[str] = ()) -> Experiment:
+    """Validate an experiment dict (see the module docstring); paths resolve against ``base``.
+
+    ``overrides`` are ``key.path=value`` strings (``--set``); their paths resolve against the
+    current folder.
+    """
+    data = copy.deepcopy(dict(data))
+    overridden = apply_overrides(data, overrides)
+    if "builds" in data:
+        data["builds"] = _builds_mapping(data["builds"], source)
+    spec = load_dataclass(ExperimentFile, data, source, base, frozenset(overridden))
+    if any(s <= 0 for s in spec.input_size):
+        raise IsnetError(f"{source}: input_size: expected [height, width] of positive integers, "
+                         f"got {list(spec.input_size)}")
+    if not spec.model.is_file():
+        raise IsnetError(f"{source}: model: file not found: {spec.model}")
+    for metric in spec.max_delta:
+        if metric not in GATE_METRICS:
+            raise IsnetError(f"{source}: max_delta.{metric}: unknown metric{did_you_mean(metric, GATE_METRICS)}; "
+                             f"choose from {', '.join(GATE_METRICS)}")
+        if spec.max_delta[metric] < 0:
+            raise IsnetError(f"{source}: max_delta.{metric}: expected a non-negative number, "
+                             f"got {spec.max_delta[metric]}")
+    images, masks = _evaluation_folders(spec.dataset, source)
+    output = spec.report.path or resolve_path(f"{spec.name}-report", base)
+    calibration_dir = spec.calibration.path or images
+
+    base_config = {
+        "frontend": {"type": "onnx" if spec.model.suffix.lower() == ".onnx" else "pytorch",
+                     "checkpoint": str(spec.model), "shape": {"input": [1, 3, *spec.input_size]}},
+        "backend": {"type": "onnxruntime"},
+        "dataset": {"path": str(calibration_dir), "sampler": {"get_data_num": spec.calibration.count}},
+        "workspace": {"path": str(output / "artifacts")},
+    }
+    builds = tuple(_build_entry(name, build, base_config, source, base) for name, build in spec.builds.items())
+    names = [b.name for b in builds]
+    reference = spec.reference or next((b.name for b in builds if b.config is not None
+                                        and b.config.backend.dtype.value == "fp32"), names[0])
+    if reference not in names:
+        raise IsnetError(f"{source}: reference: '{reference}' is not a build{did_you_mean(reference, names)}; "
+                         f"builds: {', '.join(names)}")
+    return Experiment(name=spec.name, model=spec.model, input_size=spec.input_size, images=images, masks=masks,
+                      builds=builds, reference=reference, output=output, run=spec.run, profile=spec.profile,
+                      max_delta=dict(spec.max_delta), strip_images=spec.report.strip_images)
+
+
+def read_experiment(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Experiment:
+    """Read an experiment file (YAML or JSON) and validate it."""
+    path = Path(path)
+    data = read_yaml_mapping(path, "experiment file")
+    return load_experiment(data, str(path), path.resolve().parent, overrides)

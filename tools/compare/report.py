@@ -1,0 +1,162 @@
+"""The report of ``isnet compare``: the table, the gate, report.md / report.json, curves and the mask strip."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from isnet.build_in import decode_image, decode_mask
+from isnet.core import atomic_path, write_text_atomic
+from isnet.tools.compare.cache import jsonable
+from isnet.tools.compare.experiment import METRIC_COLUMNS, Experiment
+
+HEADERS = {"mae": "MAE", "maxfmeasure": "maxF", "avgfmeasure": "avgF", "adpfmeasure": "adpF", "maxem": "maxE",
+           "avgem": "avgE", "adpem": "adpE", "sm": "Sm", "wfm": "wFm"}
+
+
+@dataclass
+class BuildReport:
+    """Everything measured for one build."""
+
+    name: str
+    artifact: Path
+    info: dict
+    metrics: dict[str, float]
+    curves: dict[str, np.ndarray]
+    drift_mean_abs: float | None
+    throughput_ips: float
+    latency_p50_ms: float
+    size_mb: float
+    reused: list[str] = field(default_factory=list)
+    calibration_overlap: int = 0
+
+    @property
+    def precision(self) -> str:
+        return str(self.info.get("precision", "?"))
+
+    @property
+    def backend(self) -> str:
+        return str(self.info.get("backend", "?"))
+
+    @property
+    def calibration_mode(self) -> str:
+        calibration = self.info.get("calibration")
+        return calibration["mode"] if calibration else "-"
+
+
+def gate(reports: list[BuildReport], reference: str, max_delta: Mapping[str, float]) -> list[str]:
+    """Each build whose metric moved from the reference by more than its tolerance, as a sentence."""
+    ref = next(r for r in reports if r.name == reference)
+    violations = []
+    for report in reports:
+        if report.name == reference:
+            continue
+        for metric, tolerance in max_delta.items():
+            if metric == "drift":
+                delta = report.drift_mean_abs
+                if delta is not None and delta > tolerance:
+                    violations.append(f"{report.name}: mean |diff| vs {reference} {delta:.4f} > {tolerance}")
+                continue
+            delta = report.metrics[metric] - ref.metrics[metric]
+            if abs(delta) > tolerance:
+                violations.append(f"{report.name}: {metric} {report.metrics[metric]:.4f} vs {reference} "
+                                  f"{ref.metrics[metric]:.4f} (delta {delta:+.4f}, allowed {tolerance})")
+    return violations
+
+
+def table_rows(reports: list[BuildReport], reference: str) -> tuple[list[str], list[list[str]]]:
+    """The report table: header and rows of formatted cells."""
+    header = ["build", "backend", "precision", "calibration", "size MB", *[HEADERS[m] for m in METRIC_COLUMNS],
+              f"drift vs {reference}", "images/s", "p50 ms"]
+    rows = []
+    for r in reports:
+        rows.append([r.name, r.backend, r.precision, r.calibration_mode, f"{r.size_mb:.1f}",
+                     *[f"{r.metrics[m]:.4f}" for m in METRIC_COLUMNS],
+                     "-" if r.drift_mean_abs is None else f"{r.drift_mean_abs:.2e}",
+                     f"{r.throughput_ips:.1f}", f"{r.latency_p50_ms:.1f}"])
+    return header, rows
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A GitHub-flavoured Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_report(experiment: Experiment, reports: list[BuildReport], notes: list[str], violations: list[str],
+                 mask_dirs: dict[str, Path], images: list[Path]) -> dict[str, Path]:
+    """Write report.md, report.json, the curve plots and the mask strip; return their paths."""
+    from isnet.eval import EvalResult, plot_curves
+
+    out = experiment.output
+    header, rows = table_rows(reports, experiment.reference)
+    results = {experiment.name: {r.name: EvalResult(metrics=r.metrics, curves=r.curves, num_images=len(images))
+                                 for r in reports}}
+    plots = plot_curves(out, results)
+    count = min(experiment.strip_images, len(images))
+    picks = [images[round(i * (len(images) - 1) / max(count - 1, 1))] for i in range(count)] if count else []
+    strip = strip_image(out / "strip.png", picks, experiment.masks, [r.name for r in reports], mask_dirs) if picks else None
+
+    md = [f"# {experiment.name}: accuracy and speed per build", "",
+          f"{len(images)} images from `{experiment.images}`, ground truth `{experiment.masks}`. "
+          f"Drift is the mean absolute difference of the raw output maps from build `{experiment.reference}` on "
+          f"{min(experiment.run.drift_images, len(images))} images; speed is inference only, batch "
+          f"{experiment.profile.batch}, {experiment.profile.seconds:g} s per build.", "",
+          markdown_table(header, rows), ""]
+    if plots:
+        md += ["## Curves", ""] + [f"![PR and F-measure curves]({p.name})" for p in plots] + [""]
+    if strip:
+        md += ["## Masks side by side", "", f"![masks per build]({strip.name})", ""]
+    if experiment.max_delta:
+        md += ["## Gate", "", "Allowed drift from the reference: "
+               + ", ".join(f"{k} {v}" for k, v in experiment.max_delta.items()), ""]
+        md += [f"- FAIL {v}" for v in violations] or ["- all builds within tolerance"]
+        md.append("")
+    if notes:
+        md += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    report_md = write_text_atomic(out / "report.md", "\n".join(md))
+    payload = {
+        "name": experiment.name, "images": str(experiment.images), "masks": str(experiment.masks),
+        "reference": experiment.reference, "max_delta": dict(experiment.max_delta), "violations": violations,
+        "notes": notes,
+        "builds": [{"name": r.name, "artifact": str(r.artifact), "backend": r.backend, "precision": r.precision,
+                    "calibration": r.calibration_mode, "size_mb": r.size_mb, "metrics": r.metrics,
+                    "drift_mean_abs": r.drift_mean_abs, "throughput_ips": r.throughput_ips,
+                    "latency_p50_ms": r.latency_p50_ms, "reused": r.reused,
+                    "calibration_overlap": r.calibration_overlap} for r in reports],
+    }
+    report_json = write_text_atomic(out / "report.json", json.dumps(payload, indent=2, default=jsonable) + "\n")
+    files = {"report.md": report_md, "report.json": report_json}
+    files.update({p.name: p for p in plots})
+    if strip:
+        files[strip.name] = strip
+    return files
+
+
+def strip_image(path: Path, images: list[Path], masks_dir: Path, builds: list[str], mask_dirs: dict[str, Path]) -> Path:
+    """A grid: one row per image (photo, GT, each build's mask), columns labelled."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    columns = ["image", "ground truth", *builds]
+    figure = Figure(figsize=(2.2 * len(columns), 2.2 * len(images) + 0.4), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(len(images), len(columns), squeeze=False)
+    for row, image in enumerate(images):
+        panels = [decode_image(image), decode_mask(masks_dir / f"{image.stem}.png")]
+        panels += [decode_mask(mask_dirs[b] / f"{image.stem}.png") for b in builds]
+        for col, panel in enumerate(panels):
+            ax = axes[row][col]
+            ax.imshow(panel, cmap=None if panel.ndim == 3 else "gray", vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(columns[col], fontsize=10)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=80)
+    return path

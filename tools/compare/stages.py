@@ -1,0 +1,195 @@
+"""The stages of ``isnet compare``: export once, build, run, evaluate, profile, drift, each cached.
+
+Every stage records the digest of its inputs (:mod:`isnet.tools.compare.cache`); a rerun reuses
+what did not change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from isnet.build_in import build_artifact, list_images, read_build_info
+from isnet.build_in.config import FrontendType
+from isnet.build_in.difference import DifferenceAccumulator
+from isnet.core import IsnetError, digest_of, sha256_file
+from isnet.tools.compare.cache import StageCache, artifact_key, image_list_key
+from isnet.tools.compare.experiment import BuildEntry, Experiment
+from isnet.tools.compare.report import BuildReport, gate, write_report
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class CompareResult:
+    """The report folder, the per-build figures and the gate's verdict."""
+
+    output: Path
+    reports: list[BuildReport]
+    reference: str
+    violations: list[str]
+    warnings: list[str]
+    files: dict[str, Path]
+
+
+def _build_stage(entry: BuildEntry, force: bool, progress: Progress | None) -> tuple[dict, bool]:
+    """Build (or reuse) one artifact; return its build.json and whether it was reused."""
+    if entry.config is None:
+        return read_build_info(entry.artifact), True
+    target = entry.config.artifact_dir
+    if target.is_dir() and not force:
+        try:
+            info = read_build_info(target)
+        except IsnetError:
+            info = None
+        if (info and info.get("config") == entry.config.to_dict()
+                and info.get("source", {}).get("sha256") == sha256_file(entry.config.frontend.checkpoint)):
+            return info, True
+    result = build_artifact(entry.config, force=True,
+                            progress=(lambda stage, n, total: progress(f"{entry.name} {stage}", n, total))
+                            if progress else None)
+    return result.info, False
+
+
+def _export_once(experiment: Experiment, cache: StageCache, force: bool) -> tuple[BuildEntry, ...]:
+    """Export a ``.pth`` source to ONNX once, and point every build made from it at that file."""
+    from isnet.export.exporter import ExportRequest, export_model
+
+    from_model = [e for e in experiment.builds if e.config is not None
+                  and e.config.frontend.type is FrontendType.PYTORCH and e.config.frontend.checkpoint == experiment.model]
+    if not from_model:
+        return experiment.builds
+    target = experiment.output / "source" / f"{experiment.model.stem}.onnx"
+    inputs = digest_of({"model": sha256_file(experiment.model), "size": experiment.input_size})
+    if force or cache.get("export", "source", inputs) is None or not target.is_file():
+        export_model(ExportRequest(weights=str(experiment.model), size=experiment.input_size, output_dir=target.parent,
+                                   name=target.stem, formats=("onnx",)))
+        cache.put("export", "source", inputs, {"onnx": str(target)})
+    builds = []
+    for entry in experiment.builds:
+        if entry in from_model:
+            frontend = dataclasses.replace(entry.config.frontend, type=FrontendType.ONNX, checkpoint=target)
+            entry = dataclasses.replace(entry, config=dataclasses.replace(entry.config, frontend=frontend))
+        builds.append(entry)
+    return tuple(builds)
+
+
+def _drift(reference, model, images: list[Path], batch: int) -> float:
+    """Mean |difference| of the raw float output maps (model resolution) against the reference."""
+    from isnet.runtime.pipeline import predict_batches
+
+    difference = DifferenceAccumulator()
+    expected = predict_batches(reference, ((p, reference.preprocessor.load(p)[0]) for p in images), batch,
+                               lambda item: item[1])
+    got = predict_batches(model, ((p, model.preprocessor.load(p)[0]) for p in images), batch, lambda item: item[1])
+    for (_, want), (_, have) in zip(expected, got):
+        difference.add(want, have)
+    return difference.total().mean_abs
+
+
+def run_experiment(experiment: Experiment, force: bool = False, progress: Progress | None = None) -> CompareResult:
+    """Build, run, evaluate and profile every build; write the report; check the gate."""
+    from isnet.eval import evaluate_folders
+    from isnet.runtime import load_model, profile_model, run_folder
+
+    out = experiment.output
+    out.mkdir(parents=True, exist_ok=True)
+    cache = StageCache(out)
+    images = list_images(experiment.images)
+    if not images:
+        raise IsnetError(f"no images in {experiment.images}")
+    image_hashes = {sha256_file(p): p for p in images}
+    image_key = image_list_key(images)
+    mask_key = image_list_key(list_images(experiment.masks))
+    run, profile = experiment.run, experiment.profile
+    notes: list[str] = []
+    reports: list[BuildReport] = []
+    mask_dirs: dict[str, Path] = {}
+
+    experiment = dataclasses.replace(experiment, builds=_export_once(experiment, cache, force))
+    infos = {entry.name: _build_stage(entry, force, progress) for entry in experiment.builds}
+
+    for entry in experiment.builds:
+        info, built_reused = infos[entry.name]
+        artifact = entry.artifact_dir
+        reused = ["build"] if built_reused else []
+        key = artifact_key(info)
+
+        calibration = info.get("calibration") or {}
+        overlap = sum(1 for item in calibration.get("images", []) if item["sha256"] in image_hashes)
+        if overlap:
+            notes.append(f"{entry.name}: {overlap} of the {len(images)} evaluation images were also calibration "
+                         "images; its scores are optimistic")
+
+        masks = out / "masks" / entry.name
+        mask_dirs[entry.name] = masks
+        run_inputs = digest_of({"artifact": key, "images": image_key, "batch": run.batch})
+        if not force and cache.get("run", entry.name, run_inputs) is not None and masks.is_dir():
+            reused.append("masks")
+        else:
+            model = load_model(artifact, threads=run.threads)
+            step = (lambda n, total, name=entry.name: progress(f"{name} run", n, total)) if progress else None
+            result = run_folder(model, experiment.images, masks, batch=run.batch, io_threads=run.io_threads,
+                                progress=step)
+            if result.failed:
+                raise IsnetError(f"{entry.name}: {result.failed} images failed; see {result.failures_path}")
+            cache.put("run", entry.name, run_inputs, {"done": result.done, "seconds": result.seconds})
+
+        eval_inputs = digest_of({"run": run_inputs, "masks": mask_key})
+        scored = None if force else cache.get("eval", entry.name, eval_inputs)
+        if scored is None:
+            result = evaluate_folders(masks, experiment.masks)
+            scored = {"metrics": result.metrics, "curves": {k: v.tolist() for k, v in result.curves.items()}}
+            cache.put("eval", entry.name, eval_inputs, scored)
+        else:
+            reused.append("scores")
+
+        profile_inputs = digest_of({"artifact": key, "seconds": profile.seconds, "batch": profile.batch,
+                                    "threads": run.threads})
+        profiled = None if force else cache.get("profile", entry.name, profile_inputs)
+        if profiled is None:
+            record = profile_model(artifact, batches=(profile.batch,), threads=run.threads,
+                                   duration=profile.seconds, iterations=None, image_dir=experiment.images)[0]
+            profiled = {"throughput_ips": record.throughput_ips, "p50_ms": record.latency_ms.p50}
+            cache.put("profile", entry.name, profile_inputs, profiled)
+        else:
+            reused.append("profile")
+
+        files = [artifact / name for name in info.get("artifact_sha256", {})]
+        reports.append(BuildReport(
+            name=entry.name, artifact=artifact, info=info, metrics=scored["metrics"],
+            curves={k: np.asarray(v) for k, v in scored["curves"].items()}, drift_mean_abs=None,
+            throughput_ips=profiled["throughput_ips"], latency_p50_ms=profiled["p50_ms"],
+            size_mb=sum(f.stat().st_size for f in files if f.is_file()) / 1e6, reused=reused,
+            calibration_overlap=overlap))
+
+    # Drift of raw output maps against the reference build, on the first `drift_images` images.
+    by_name = {r.name: r for r in reports}
+    reference = by_name[experiment.reference]
+    drift_images = images[: run.drift_images]
+    reference_model = None
+    for report in reports:
+        if report.name == experiment.reference:
+            report.drift_mean_abs = 0.0
+            continue
+        drift_inputs = digest_of({"ref": artifact_key(reference.info), "build": artifact_key(report.info),
+                                  "images": image_list_key(drift_images)})
+        cached = None if force else cache.get("drift", report.name, drift_inputs)
+        if cached is None:
+            reference_model = reference_model or load_model(reference.artifact, threads=run.threads)
+            model = load_model(report.artifact, threads=run.threads)
+            if reference_model.input_size != model.input_size:
+                notes.append(f"{report.name}: input size differs from {experiment.reference}; no drift figure")
+                cached = {"mean_abs": None}
+            else:
+                cached = {"mean_abs": _drift(reference_model, model, drift_images, run.batch)}
+            cache.put("drift", report.name, drift_inputs, cached)
+        report.drift_mean_abs = cached["mean_abs"]
+
+    violations = gate(reports, experiment.reference, experiment.max_delta)
+    files = write_report(experiment, reports, notes, violations, mask_dirs, images)
+    return CompareResult(out, reports, experiment.reference, violations, notes, files)
