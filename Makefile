@@ -5,8 +5,10 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.isnet-installed
+# rembg's pretrained U^2-Netp, for the tests and benchmarks (bench/pretrained.py; git-ignored).
+PRETRAINED := .cache/pretrained/u2netp.onnx
 
-.PHONY: setup test test-fast demo clean
+.PHONY: setup pretrained test test-fast demo clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,12 +21,17 @@ $(STAMP): pyproject.toml | $(PY)
 
 setup: $(STAMP)
 
+$(PRETRAINED): bench/pretrained.py | $(STAMP)
+	$(PY) bench/pretrained.py
+
+pretrained: $(PRETRAINED)
+
 # Everything, as CI runs it.
-test: $(STAMP)
+test: $(STAMP) $(PRETRAINED)
 	$(PY) -m pytest
 
 # Everything but the tests marked slow (full-size models, the built wheel, long runs).
-test-fast: $(STAMP)
+test-fast: $(STAMP) $(PRETRAINED)
 	$(PY) -m pytest -m "not slow"
 
 # The main job on the embedded default: synthetic data, the shipped demo checkpoint, every build.
@@ -37,4 +44,4 @@ demo: $(STAMP)
 	  echo "demo: finished; the gate above flags builds that drift past the experiment's max_delta"; }
 
 clean:
-	rm -rf $(VENV) demo-out
+	rm -rf $(VENV) demo-out .cache

@@ -19,20 +19,14 @@ from pathlib import Path
 
 from _common import build_in_child, markdown, split_ecssd
 
+from isnet.tools.compare import PRESETS
+
 # The goal's accuracy bound for the int8 build (issue 8), judged on the demo checkpoint.
 MAX_DMAE = 0.002
-BUILDS = {
-    "ort fp32": {"backend": {"type": "onnxruntime", "dtype": "fp32"}},
-    "ort fp16": {"backend": {"type": "onnxruntime", "dtype": "fp16"}},
-    "ort int8 kl": {"backend": {"type": "onnxruntime", "dtype": "int8", "quantize": {"calibrate_mode": "kl_divergence"}}},
-    "ort int8 max": {"backend": {"type": "onnxruntime", "dtype": "int8", "quantize": {"calibrate_mode": "max"}}},
-    "ov fp32": {"backend": {"type": "openvino", "dtype": "fp32"}},
-    "ov fp16": {"backend": {"type": "openvino", "dtype": "fp16"}},
-    "ov bf16": {"backend": {"type": "openvino", "dtype": "bf16"}},
-    "ov int8 max": {"backend": {"type": "openvino", "dtype": "int8", "quantize": {"calibrate_mode": "max"}}},
-    "ov int8 percentile": {"backend": {"type": "openvino", "dtype": "int8",
-                                       "quantize": {"calibrate_mode": "percentile"}}},
-}
+# Table label -> `isnet compare` preset.
+BUILDS = {"ort fp32": "fp32", "ort fp16": "fp16", "ort int8 kl": "int8_kl", "ort int8 max": "int8_max",
+          "ov fp32": "ov_fp32", "ov fp16": "ov_fp16", "ov bf16": "ov_bf16", "ov int8 max": "ov_int8_max",
+          "ov int8 percentile": "ov_int8_percentile"}
 
 
 def main() -> int:
@@ -67,7 +61,7 @@ def main() -> int:
         print(f"building {name} ...", file=sys.stderr, flush=True)
         config = {"name": name.replace(" ", "_"), "frontend": {"checkpoint": str(source),
                                                                "shape": {"input": [1, 3, 320, 320]}},
-                  **BUILDS[name], "dataset": {"path": str(calib), "sampler": {"get_data_num": 50}},
+                  **PRESETS[BUILDS[name]], "dataset": {"path": str(calib), "sampler": {"get_data_num": 50}},
                   "workspace": {"path": str(work / "artifacts")}}
         built[name] = build_in_child(config, work)
 

@@ -3,7 +3,7 @@ against ONNX Runtime's stock ``quantize_static`` in the same run.
 
 Every build runs in its own process so its peak memory (max RSS) is its own.
 
-    python bench/build.py [--images 50] [--arch isnet] [--stock/--no-stock] [--extra-images 500]
+    python bench/build.py [--calibration-images 50] [--arch isnet] [--stock/--no-stock] [--extra-images 500]
 
 Prints one table: build time, peak memory, artifact size, fidelity vs fp32 on held-out images
 and single-image latency of each artifact.
@@ -113,7 +113,7 @@ def _latency_ms(model_file: Path, size: int, runs: int = 20) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=50, help="calibration images (default 50)")
+    parser.add_argument("--calibration-images", type=int, default=50, help="calibration images (default 50)")
     parser.add_argument("--extra-images", type=int, default=0,
                         help="also calibrate ours (kl) on this many images to show memory stays flat")
     parser.add_argument("--arch", default="isnet", help="isnet (official size, random weights) or isnet-lite")
@@ -137,13 +137,13 @@ def main() -> int:
         "name": "x",
         "frontend": {"type": "onnx", "checkpoint": str(source), "shape": {"input": [1, 3, args.size, args.size]}},
         "backend": {"type": "onnxruntime", "dtype": "fp32"},
-        "dataset": {"path": str(ECSSD), "sampler": {"suffix": "jpg", "get_data_num": args.images}},
+        "dataset": {"path": str(ECSSD), "sampler": {"suffix": "jpg", "get_data_num": args.calibration_images}},
         "workspace": {"path": str(work / "artifacts")},
     }
     runs = [("fp32", {"backend": {"dtype": "fp32"}}),
             ("fp16", {"backend": {"dtype": "fp16"}}),
-            (f"int8 kl, {args.images} img", {"backend": {"dtype": "int8", "quantize": {"calibrate_mode": "kl_divergence"}}}),
-            (f"int8 max, {args.images} img", {"backend": {"dtype": "int8", "quantize": {"calibrate_mode": "max"}}})]
+            (f"int8 kl, {args.calibration_images} img", {"backend": {"dtype": "int8", "quantize": {"calibrate_mode": "kl_divergence"}}}),
+            (f"int8 max, {args.calibration_images} img", {"backend": {"dtype": "int8", "quantize": {"calibrate_mode": "max"}}})]
     if args.extra_images:
         runs.append((f"int8 kl, {args.extra_images} img", {
             "backend": {"dtype": "int8", "quantize": {"calibrate_mode": "kl_divergence"}},
@@ -158,11 +158,11 @@ def main() -> int:
                      fidelity["mean_abs_diff"], fidelity["max_abs_diff"], _latency_ms(model, args.size)))
     if not args.no_stock:
         print("building stock quantize_static ...", file=sys.stderr, flush=True)
-        images = [str(p) for p in list_images(ECSSD, ("jpg",))[: args.images]]
+        images = [str(p) for p in list_images(ECSSD, ("jpg",))[: args.calibration_images]]
         result = _stock_in_child(str(source), images, args.size, str(work / "stock"))
         model = Path(result["dir"]) / "model.onnx"
         fidelity = _stock_fidelity(model, work / "artifacts" / "build0" / "model.onnx", config, work)
-        rows.append((f"int8 entropy (128 bins), {args.images} img", "ORT quantize_static", result["seconds"],
+        rows.append((f"int8 entropy (128 bins), {args.calibration_images} img", "ORT quantize_static", result["seconds"],
                      result["peak_gb"], model.stat().st_size / 1e6, fidelity["mean_abs_diff"],
                      fidelity["max_abs_diff"], _latency_ms(model, args.size)))
 

@@ -1,7 +1,7 @@
 """Time ``isnet eval``'s metrics against PySODMetrics 1.6.2 on the 500 ECSSD pairs, and check the numbers.
 
     python bench/eval.py                          # ../shared/data/ECSSD next to the repository
-    python bench/eval.py --data /path/to/ECSSD --limit 100
+    python bench/eval.py --dataset /path/to/ECSSD --limit 100
 
 Predictions are made once from the GT masks (blurred, scaled, with noise; seeded) and saved as
 PNG in a temporary folder. Every row then reads the same files with the same decoder and scores
@@ -76,15 +76,15 @@ def max_difference(result, metrics: dict, curves: dict) -> tuple[float, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
+    parser.add_argument("--dataset", type=Path, default=DEFAULT_DATA,
                         help=f"ECSSD folder with mask/ (default {DEFAULT_DATA})")
     parser.add_argument("--limit", type=int, default=None, help="only the first N pairs (default: all)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes of the parallel row (default 2)")
     args = parser.parse_args()
 
-    gt_dir = args.data / "mask"
+    gt_dir = args.dataset / "mask"
     if not gt_dir.is_dir():
-        print(f"bench/eval.py: no masks at {gt_dir}; pass --data", file=sys.stderr)
+        print(f"bench/eval.py: no masks at {gt_dir}; pass --dataset", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="isnet-eval-bench-") as tmp:
         pred_dir = Path(tmp) / "pred"

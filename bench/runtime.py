@@ -1,7 +1,7 @@
 """Does ``isnet run`` keep the model busy? Images/s of a sequential loop, of the pipeline, and of pure inference.
 
     python bench/runtime.py                          # ECSSD images, fp32 and int8, 320x320
-    python bench/runtime.py --limit 100 --precisions fp32 --work-dir /tmp/isnet-bench
+    python bench/runtime.py --limit 100 --precisions fp32 --work /tmp/isnet-bench
 
 For each artifact (fp32 and int8, ONNX Runtime, ISNet at 320x320) it measures, on the same images:
 
@@ -18,7 +18,7 @@ Target: ``isnet run`` reaches at least 90% of pure inference throughput. The mod
 weights unless ``--weights`` names a checkpoint: throughput does not depend on the values.
 
 The artifacts are made with ``isnet build`` (int8: KL calibration on the first 16 images).
-Artifacts are kept in ``--work-dir`` and reused by later runs. Other jobs on the machine slow
+Artifacts are kept in ``--work`` and reused by later runs. Other jobs on the machine slow
 every figure down; the range of the load average over the measurements is printed with them.
 """
 
@@ -118,30 +118,30 @@ METHODS = ("sequential", "isnet run", "inference")
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=Path, default=ECSSD_IMAGES, help=f"image folder (default {ECSSD_IMAGES})")
+    parser.add_argument("--image-dir", type=Path, default=ECSSD_IMAGES, help=f"image folder (default {ECSSD_IMAGES})")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N images")
     parser.add_argument("--chunk", type=int, default=50,
                         help="images per round; the three methods take turns round by round (default 50)")
     parser.add_argument("--precisions", nargs="+", default=["fp32", "int8"], choices=["fp32", "int8"])
     parser.add_argument("--weights", default="random", help="checkpoint to export (default: random weights)")
-    parser.add_argument("--work-dir", type=Path, default=None,
+    parser.add_argument("--work", type=Path, default=None,
                         help="keep artifacts here and reuse them (default: a temporary folder)")
     args = parser.parse_args()
 
-    if not args.images.is_dir():
-        print(f"image folder not found: {args.images}", file=sys.stderr)
+    if not args.image_dir.is_dir():
+        print(f"image folder not found: {args.image_dir}", file=sys.stderr)
         return 2
     scratch = tempfile.TemporaryDirectory(prefix="isnet-bench-runtime-")
-    work = args.work_dir or Path(scratch.name)
+    work = args.work or Path(scratch.name)
     work.mkdir(parents=True, exist_ok=True)
-    images = list_images(args.images)[:args.limit]
+    images = list_images(args.image_dir)[:args.limit]
     for image in images:
         image.read_bytes()  # into the OS cache, so the first measurement does not pay for the disk
     chunks = _chunk_folders(images, Path(scratch.name) / "chunks", args.chunk)
 
-    artifacts = _artifacts(work, args.weights, args.images, args.precisions)
+    artifacts = _artifacts(work, args.weights, args.image_dir, args.precisions)
 
-    print(f"{len(images)} images from {args.images}, ISNet {SIZE}x{SIZE}, ONNX Runtime, batch 1, "
+    print(f"{len(images)} images from {args.image_dir}, ISNet {SIZE}x{SIZE}, ONNX Runtime, batch 1, "
           f"{os.cpu_count()} CPUs; methods interleaved in rounds of {args.chunk} images")
     rows = []
     for precision in args.precisions:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import tempfile
 import time
@@ -27,6 +28,7 @@ from isnet.build_in.backends.onnxruntime_runner import OnnxRuntimeRunner
 from isnet.build_in.config import BuildConfig, FrontendType, Precision
 from isnet.build_in.difference import DifferenceAccumulator
 from isnet.build_in.ops import Preprocessor
+from isnet.build_in.source_model import prepare_source
 from isnet.core import IsnetError, atomic_dir, sha256_file
 
 Progress = Callable[[str, int, int], None]
@@ -52,40 +54,6 @@ def _source_onnx(config: BuildConfig, work: Path) -> tuple[Path, str | None]:
     return result.files["onnx"], result.arch
 
 
-def _prepare_fp32(source: Path, config: BuildConfig, target: Path) -> None:
-    """Check the model's input against the config, fix H and W (batch stays dynamic), simplify."""
-    import onnx
-    import onnxsim
-    from onnx.tools.update_model_dims import update_inputs_outputs_dims
-
-    try:
-        model = onnx.load(str(source))
-    except Exception as exc:  # protobuf raises its own DecodeError
-        raise IsnetError(f"frontend.checkpoint: {source} is not a readable ONNX model ({exc})") from None
-    inputs = [i for i in model.graph.input if i.name not in {init.name for init in model.graph.initializer}]
-    where = f"{config.config_path or 'config'}: frontend.shape"
-    if len(inputs) != 1 or len(model.graph.output) < 1:
-        raise IsnetError(f"{where}: {source} has {len(inputs)} inputs; an ISNet export has exactly one")
-    graph_input = inputs[0]
-    if graph_input.name != config.input_name:
-        raise IsnetError(f"{where}: the model's input is named '{graph_input.name}', not '{config.input_name}' "
-                         f"(write shape: {{{graph_input.name}: [...]}})")
-    dims = graph_input.type.tensor_type.shape.dim
-    wanted = config.input_shape
-    if len(dims) != len(wanted):
-        raise IsnetError(f"{where}.{config.input_name}: {source} takes a rank-{len(dims)} input, not {list(wanted)}")
-    for axis, (dim, size) in enumerate(zip(dims, wanted)):
-        if dim.dim_value and dim.dim_value != size and axis != 0:
-            raise IsnetError(f"{where}.{config.input_name}: {list(wanted)} does not match the model's static "
-                             f"input {[d.dim_value or d.dim_param for d in dims]} in {source}")
-    output = model.graph.output[0]
-    height, width = wanted[2:]
-    model = update_inputs_outputs_dims(model, {graph_input.name: ["batch", wanted[1], height, width]},
-                                       {output.name: ["batch", 1, height, width]})
-    simplified, ok = onnxsim.simplify(model)
-    onnx.save(simplified if ok else model, str(target))
-
-
 def _combined_hash(items: list[dict]) -> str:
     digest = hashlib.sha256()
     for item in sorted(i["sha256"] for i in items):
@@ -93,20 +61,21 @@ def _combined_hash(items: list[dict]) -> str:
     return digest.hexdigest()
 
 
-def _fidelity(reference: Path, artifact_runner, preprocessor: Preprocessor, images: list[Path],
-              held_out: bool, size: tuple[int, int]) -> dict:
+def _sample_inputs(preprocessor: Preprocessor, images: list[Path], size: tuple[int, int],
+                   count: int = 2) -> list[tuple[str, np.ndarray]]:
+    """Pre-processed inputs from ``images``, or deterministic smooth pseudo-images when there are none."""
+    inputs = [(p.name, preprocessor.load(p)[0]) for p in images]
+    rng = np.random.default_rng(0)
+    while len(inputs) < count:
+        rgb = (rng.random((size[0] // 8 + 1, size[1] // 8 + 1, 3)) * 255).astype(np.uint8)
+        rgb = cv2.resize(rgb, (size[1], size[0]), interpolation=cv2.INTER_CUBIC)
+        inputs.append((f"synthetic-{len(inputs)}", preprocessor.transform(rgb)[0]))
+    return inputs
+
+
+def _fidelity(reference: Path, artifact_runner, inputs: list[tuple[str, np.ndarray]], source: str) -> dict:
     """Run the fp32 model and the artifact on the same inputs; summarise |difference|."""
     fp32 = OnnxRuntimeRunner(reference)
-    inputs: list[tuple[str, np.ndarray]] = [(p.name, preprocessor.load(p)[0]) for p in images]
-    source = "held-out images" if held_out else "calibration images (no other images in dataset.path)"
-    if not inputs:
-        # No dataset configured (fp32/fp16): deterministic smooth pseudo-images stand in.
-        rng = np.random.default_rng(0)
-        for i in range(2):
-            rgb = (rng.random((size[0] // 8 + 1, size[1] // 8 + 1, 3)) * 255).astype(np.uint8)
-            rgb = cv2.resize(rgb, (size[1], size[0]), interpolation=cv2.INTER_CUBIC)
-            inputs.append((f"synthetic-{i}", preprocessor.transform(rgb)[0]))
-        source = "synthetic images (no dataset configured)"
     difference = DifferenceAccumulator()
     for _, tensor in inputs:
         feed = tensor[None]
@@ -129,6 +98,30 @@ def _versions(backend) -> dict:
             "opencv": cv2.__version__, **backend.versions()}
 
 
+def _compile(backend, reference: Path, config: BuildConfig, out: Path, work: Path, progress: Progress | None) -> dict:
+    """The backend's compile step; a library failure on an unusual graph becomes one line naming the build."""
+    try:
+        return backend.compile_model(reference, config, out, work, progress)
+    except (IsnetError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 -- ORT, OpenVINO and NNCF raise many types on graphs they refuse
+        if os.environ.get("ISNET_DEBUG"):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise IsnetError(f"the {config.backend.type.value} {config.backend.dtype.value} build of "
+                         f"{config.frontend.checkpoint.name} failed: {type(exc).__name__}: {first[:240]} "
+                         "(ISNET_DEBUG=1 shows the traceback)") from None
+
+
+def _load_check(backend, model_file: Path, runtime_options: dict, config: BuildConfig):
+    """Open what the backend wrote, as the runtime will, before it is renamed into place."""
+    try:
+        return backend.open_runner(model_file, **runtime_options)
+    except IsnetError as exc:
+        raise IsnetError(f"the {config.backend.type.value} {config.backend.dtype.value} build wrote a model its "
+                         f"runtime cannot load, so nothing was written: {exc}") from None
+
+
 def build_artifact(config: BuildConfig, force: bool = False, progress: Progress | None = None) -> BuildResult:
     """Compile ``config`` into ``<workspace>/<name>/``; return the folder and its ``build.json`` contents.
 
@@ -146,6 +139,12 @@ def build_artifact(config: BuildConfig, force: bool = False, progress: Progress 
     preprocessor = config.preprocessor()
     calibration = config.calibration_images()
     held_out, disjoint = config.held_out_images()
+    size = tuple(config.input_shape[2:])
+    samples = _sample_inputs(preprocessor, held_out, size)
+    if not held_out:
+        sample_source = "synthetic images (no dataset configured)"
+    else:
+        sample_source = "held-out images" if disjoint else "calibration images (no other images in dataset.path)"
 
     with tempfile.TemporaryDirectory(prefix="isnet-build-") as work_name:
         work = Path(work_name)
@@ -153,11 +152,12 @@ def build_artifact(config: BuildConfig, force: bool = False, progress: Progress 
             progress("export", 0, 1)
         source, arch = _source_onnx(config, work)
         reference = work / "fp32.onnx"
-        _prepare_fp32(source, config, reference)
+        prepared = prepare_source(source, reference, size, [tensor for _, tensor in samples],
+                                  output=config.frontend.output, activation=config.frontend.output_activation)
         with atomic_dir(target, replace=force) as out:
-            compiled = backend.compile_model(reference, config, out, work, progress)
-            runner = backend.open_runner(out / compiled["model_file"], **compiled["runtime_options"])
-            fidelity = _fidelity(reference, runner, preprocessor, held_out, disjoint, tuple(config.input_shape[2:]))
+            compiled = _compile(backend, reference, config, out, work, progress)
+            runner = _load_check(backend, out / compiled["model_file"], compiled["runtime_options"], config)
+            fidelity = _fidelity(reference, runner, samples[:len(held_out)] or samples, sample_source)
             if fidelity["nonfinite_values"]:
                 raise IsnetError(f"the {config.backend.dtype.value} build produces {fidelity['nonfinite_values']} "
                                  f"NaN/inf values on {fidelity['source']}; keep more layers in float "
@@ -170,15 +170,19 @@ def build_artifact(config: BuildConfig, force: bool = False, progress: Progress 
                 "backend": config.backend.type.value,
                 "precision": config.backend.dtype.value,
                 "model_file": compiled["model_file"],
-                "input": {"name": config.input_name, "shape": list(config.input_shape), "dynamic_batch": True},
-                "output": {"name": runner.output_name},
+                "input": {"name": runner.input_name, "shape": list(config.input_shape),
+                          "dynamic_batch": prepared.dynamic_batch},
+                "output": {"name": runner.output_name, "activation": prepared.activation,
+                           "activation_reason": prepared.activation_reason},
                 "preprocess": preprocessor.to_specs(),
                 "runtime_options": compiled["runtime_options"],
                 "arch": arch,
                 "config": config.to_dict(),
                 "config_file": str(config.config_path) if config.config_path else None,
                 "versions": _versions(backend),
-                "source": {"path": str(config.frontend.checkpoint), "sha256": sha256_file(config.frontend.checkpoint)},
+                "source": {"path": str(config.frontend.checkpoint), "sha256": sha256_file(config.frontend.checkpoint),
+                           "input": prepared.input_name, "output": prepared.output_name,
+                           "opset": list(prepared.opset), "notes": prepared.notes},
                 "artifact_sha256": {p.name: sha256_file(p) for p in model_files},
                 "calibration": None if config.backend.dtype is not Precision.INT8 else {
                     "mode": config.backend.quantize.calibrate_mode.value,

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from isnet.build_in.imageio import list_images, parse_suffixes
-from isnet.build_in.ops import Preprocessor, default_process_ops
-from isnet.core import IsnetError, apply_overrides, load_dataclass, read_yaml_mapping, to_plain
+from isnet.build_in.ops import Preprocessor, default_process_ops, resolve_process_ops
+from isnet.build_in.source_model import OutputActivation, read_onnx_signature
+from isnet.core import IsnetError, apply_overrides, internal, load_dataclass, read_yaml_mapping, to_plain
 
 
 class FrontendType(str, enum.Enum):
@@ -61,14 +61,22 @@ class QuantType(str, enum.Enum):
 
 @dataclass(frozen=True)
 class FrontendConfig:
-    """The source model: an ONNX file, or a PyTorch checkpoint exported through export/ first."""
+    """The source model: any single-input ONNX file, or a PyTorch checkpoint exported through export/ first.
+
+    ``shape`` is ``[N, 3, H, W]`` (or ``{input_name: [N, 3, H, W]}``, the reference recipe's form);
+    it may be left out when the ONNX file's input size is fixed, or when ``dataset.process_ops``
+    resizes to the size. ``output`` picks one of several outputs by name or index;
+    ``output_activation`` says whether it is a logit map (see :mod:`isnet.build_in.source_model`).
+    """
 
     checkpoint: Path
-    shape: Mapping[str, tuple[int, ...]]
+    shape: tuple[int, ...] | Mapping[str, tuple[int, ...]] | None = None
     type: FrontendType = FrontendType.ONNX
     dtype: str = "fp32"
     arch: str | None = None
     opset: int = 17
+    output: int | str = 0
+    output_activation: OutputActivation = OutputActivation.AUTO
 
 
 @dataclass(frozen=True)
@@ -83,7 +91,7 @@ class QuantizeConfig:
     symmetric_weights: bool = True
     symmetric_activations: bool = False
     exclude_nodes: tuple[str, ...] = ()
-    num_bins: int = 0  # histogram bins; 0: 2048 (build_in.calibration.DEFAULT_BINS)
+    num_bins: int = 0  # histogram bins; 0: 2048 (isnet.build_in.calibration.DEFAULT_BINS)
 
 
 @dataclass(frozen=True)
@@ -138,15 +146,17 @@ class BuildConfig:
     dataset: DatasetConfig | None = None
     workspace: WorkspaceConfig = field(default_factory=WorkspaceConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
-    config_path: Path | None = None
+    config_path: Path | None = internal()
+    # (input name, [N, 3, H, W]) as read from the model and the config; set by validate_build_config.
+    resolved_input: tuple[str, tuple[int, ...]] | None = internal()
 
     @property
     def input_name(self) -> str:
-        return next(iter(self.frontend.shape))
+        return self.resolved_input[0]
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.frontend.shape[self.input_name])
+        return self.resolved_input[1]
 
     @property
     def artifact_dir(self) -> Path:
@@ -185,17 +195,14 @@ def _dataset_images(dataset: DatasetConfig) -> list[Path]:
 
 
 def _inline_process_ops(data: dict, base_dir: Path, source: str) -> None:
-    """``dataset.process_ops: file.json`` names a JSON file holding the op list (or ``{process_ops: [...]}``)."""
+    """``dataset.process_ops`` may name a preset (``u2net``) or a JSON file holding the op list."""
     dataset = data.get("dataset")
     if not isinstance(dataset, dict) or not isinstance(dataset.get("process_ops"), str):
         return
-    path = Path(dataset["process_ops"])
-    path = path if path.is_absolute() else base_dir / path
     try:
-        ops = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise IsnetError(f"{source}: dataset.process_ops: cannot read {path} ({exc})") from None
-    dataset["process_ops"] = ops.get("process_ops") if isinstance(ops, dict) else ops
+        dataset["process_ops"] = resolve_process_ops(dataset["process_ops"], base_dir, "dataset.process_ops")
+    except IsnetError as exc:
+        raise IsnetError(f"{source}: {exc}") from None
 
 
 def load_build_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> BuildConfig:
@@ -218,26 +225,74 @@ def validate_build_config(data: Mapping, source: str, base_dir: Path, config_pat
     _inline_process_ops(data, base_dir, source)
     config = load_dataclass(BuildConfig, data, source, base_dir, cwd_keys)
     config = dataclasses.replace(config, config_path=config_path)
+    config = dataclasses.replace(config, resolved_input=_resolve_input(config, source))
     _check_semantics(config, source)
     return config
+
+
+def _resolve_input(config: BuildConfig, source: str) -> tuple[str, tuple[int, ...]]:
+    """The model's input name and [N, 3, H, W]: the name from the ONNX file, the size from
+    ``frontend.shape``, the file's fixed size or the pre-processing's Resize, which must agree."""
+    def fail(key: str, message: str) -> IsnetError:
+        return IsnetError(f"{source}: {key}: {message}")
+
+    front = config.frontend
+    if not config.name or "/" in config.name or config.name.startswith("."):
+        raise fail("name", f"must be a plain folder name, got '{config.name}'")
+    if not front.checkpoint.is_file():
+        raise fail("frontend.checkpoint", f"file not found: {front.checkpoint}")
+    if front.dtype != "fp32":
+        raise fail("frontend.dtype", f"only fp32 source models are supported, got '{front.dtype}'")
+    if front.type is FrontendType.ONNX:
+        try:
+            signature = read_onnx_signature(front.checkpoint)
+        except IsnetError as exc:
+            raise fail("frontend.checkpoint", str(exc)) from None
+        try:
+            signature.output_name(front.output)
+        except IsnetError as exc:
+            raise fail("frontend.output", str(exc)) from None
+        name, static_hw = signature.input_name, signature.static_hw
+    else:
+        if front.output != 0:
+            raise fail("frontend.output", "applies to ONNX models; an exported ISNet has one output")
+        name, static_hw = "input", None
+    given = front.shape
+    key = "frontend.shape"
+    if isinstance(given, Mapping):
+        if len(given) != 1:
+            raise fail(key, f"give the one input's shape, e.g. [1, 3, 320, 320], got {dict(given)}")
+        given_name, shape = next(iter(given.items()))
+        if given_name != name:
+            raise fail(key, f"the model's input is named '{name}', not '{given_name}' (write shape: [1, 3, H, W]; "
+                            "the name is read from the model)")
+        given, key = shape, f"frontend.shape.{given_name}"
+    resize = None
+    if config.dataset is not None and config.dataset.process_ops is not None:
+        try:
+            resize = Preprocessor.from_specs(list(config.dataset.process_ops), where="dataset.process_ops").input_size
+        except IsnetError as exc:
+            raise IsnetError(f"{source}: {exc}") from None
+    if given is not None:
+        shape = tuple(given)
+        if len(shape) != 4 or shape[1] != 3 or any(s <= 0 for s in shape):
+            raise fail(key, f"expected [N, 3, H, W] with positive sizes, got {list(shape)}")
+        if static_hw is not None and shape[2:] != static_hw:
+            raise fail(key, f"{list(shape)} does not match the model's fixed input {static_hw[0]}x{static_hw[1]} "
+                            f"in {front.checkpoint}")
+        return name, shape
+    hw = static_hw or resize
+    if hw is None:
+        raise fail("frontend.shape", "the model's input size is not fixed in the file; give frontend.shape: "
+                                     "[1, 3, H, W] or a Resize in dataset.process_ops")
+    return name, (1, 3, *hw)
 
 
 def _check_semantics(config: BuildConfig, source: str) -> None:
     def fail(key: str, message: str) -> IsnetError:
         return IsnetError(f"{source}: {key}: {message}")
 
-    if not config.name or "/" in config.name or config.name.startswith("."):
-        raise fail("name", f"must be a plain folder name, got '{config.name}'")
-    front = config.frontend
-    if not front.checkpoint.is_file():
-        raise fail("frontend.checkpoint", f"file not found: {front.checkpoint}")
-    if front.dtype != "fp32":
-        raise fail("frontend.dtype", f"only fp32 source models are supported, got '{front.dtype}'")
-    if len(front.shape) != 1:
-        raise fail("frontend.shape", "give exactly one input, e.g. {input: [1, 3, 320, 320]}")
     shape = config.input_shape
-    if len(shape) != 4 or shape[1] != 3 or any(s <= 0 for s in shape):
-        raise fail(f"frontend.shape.{config.input_name}", f"expected [N, 3, H, W] with positive sizes, got {list(shape)}")
     quant = config.backend.quantize
     if not 0 < quant.percentile <= 100:
         raise fail("backend.quantize.percentile", f"must be in (0, 100], got {quant.percentile}")
@@ -253,8 +308,8 @@ def _check_semantics(config: BuildConfig, source: str) -> None:
     if size is None:
         raise fail("dataset.process_ops", "needs a Resize to the model input size")
     if tuple(size) != tuple(shape[2:]):
-        raise fail("dataset.process_ops", f"Resize.size {list(size)} does not match "
-                                          f"frontend.shape.{config.input_name} {list(shape)} (H, W = {list(shape[2:])})")
+        raise fail("dataset.process_ops", f"Resize.size {list(size)} does not match the model's input "
+                                          f"{list(shape)} (H, W = {list(shape[2:])})")
     dataset = config.dataset
     if config.backend.dtype is Precision.INT8 and dataset is None:
         raise fail("dataset", "int8 builds need a calibration dataset (dataset.path with images)")

@@ -2,7 +2,8 @@
 check, ``isnet compare``'s drift and ``isnet npz-compare``.
 
 Differences are computed in float64. Values that are NaN or infinite on either side are counted
-(``nonfinite``) and left out of the other figures, so one broken value cannot hide the rest.
+(``nonfinite``) and left out of the other figures, so one broken value cannot hide the rest; with no
+finite value at all, the figures are NaN.
 """
 
 from __future__ import annotations
@@ -56,10 +57,15 @@ class DifferenceAccumulator:
         self._dot, self._aa, self._bb = self._dot + dot, self._aa + aa, self._bb + bb
         self._count += int(diff.size)
         self._nonfinite += nonfinite
-        return OutputDifference(name, max_abs, total_abs / diff.size if diff.size else 0.0,
-                                _cosine(dot, aa, bb), int(diff.size), nonfinite)
+        return _difference(name, max_abs, total_abs, dot, aa, bb, int(diff.size), nonfinite)
 
     def total(self, name: str = "overall") -> OutputDifference:
         """The figures over every pair added so far."""
-        return OutputDifference(name, self._max, self._abs / self._count if self._count else 0.0,
-                                _cosine(self._dot, self._aa, self._bb), self._count, self._nonfinite)
+        return _difference(name, self._max, self._abs, self._dot, self._aa, self._bb, self._count, self._nonfinite)
+
+
+def _difference(name, max_abs, total_abs, dot, aa, bb, count, nonfinite) -> OutputDifference:
+    if count == 0 and nonfinite:
+        return OutputDifference(name, float("nan"), float("nan"), float("nan"), 0, nonfinite)
+    return OutputDifference(name, max_abs, total_abs / count if count else 0.0, _cosine(dot, aa, bb), count,
+                            nonfinite)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import os
 import types
 import typing
@@ -85,9 +86,19 @@ def load_dataclass(cls, data, source: str, base_dir: Path, cwd_keys: frozenset[s
     """Build dataclass ``cls`` from nested plain data, validating every key and value.
 
     ``source`` (the file name) prefixes every error; ``key`` is the key path of ``data`` inside
-    the file. Fields named ``config_path`` are never read from the data.
+    the file. Fields made with :func:`internal` are never read from the data.
     """
     return _Loader(source, base_dir, cwd_keys).dataclass(cls, data, key)
+
+
+def internal(default=None):
+    """A dataclass field the program fills in (a resolved value, where the config came from): never
+    read from a config file, never written out by :func:`to_plain`."""
+    return dataclasses.field(default=default, metadata={"internal": True})
+
+
+def _is_internal(f: dataclasses.Field) -> bool:
+    return bool(f.metadata.get("internal"))
 
 
 def bounded(default, *, minimum: float | None = None, above: float | None = None):
@@ -98,7 +109,7 @@ def bounded(default, *, minimum: float | None = None, above: float | None = None
 def to_plain(value):
     """A dataclass (enums, paths, tuples and mappings inside) as JSON-able data."""
     if dataclasses.is_dataclass(value):
-        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.name != "config_path"}
+        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value) if not _is_internal(f)}
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, Path):
@@ -142,9 +153,23 @@ class _Loader:
             if value is None and type(None) in args:
                 return None
             inner = [a for a in args if a is not type(None)]
-            return self.convert(value, inner[0], key)
+            here = f"{self.source}: {key}: "
+            errors: list[IsnetError] = []
+            for member in inner:
+                try:
+                    return self.convert(value, member, key)
+                except IsnetError as exc:
+                    errors.append(exc)
+            # A member that got as far as a nested key says more than "expected a list or a mapping".
+            deeper = [e for e in errors if not str(e).startswith(here)]
+            if deeper or len(errors) == 1:
+                raise (deeper or errors)[0]
+            expected = " or ".join(str(e).removeprefix(here).split(", got ")[0].removeprefix("expected ")
+                                   for e in errors)
+            raise self.fail(key, f"expected {expected}, got {value!r}")
         if dataclasses.is_dataclass(annotation):
-            return self.dataclass(annotation, value, key)
+            # An empty section (every line commented out) means the defaults.
+            return self.dataclass(annotation, {} if value is None else value, key)
         if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
             choices = [m.value for m in annotation]
             if value not in choices:
@@ -152,7 +177,7 @@ class _Loader:
                                      f"choose from {', '.join(choices)}")
             return annotation(value)
         if annotation is Path:
-            if not isinstance(value, (str, os.PathLike)):
+            if not isinstance(value, (str, os.PathLike)) or not str(value):
                 raise self.fail(key, f"expected a path, got {value!r}")
             return resolve_path(value, Path.cwd() if self._from_command_line(key) else self.base_dir)
         if annotation is bool:
@@ -164,7 +189,7 @@ class _Loader:
                 raise self.fail(key, f"expected an integer, got {value!r}")
             return value
         if annotation is float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise self.fail(key, f"expected a number, got {value!r}")
             return float(value)
         if annotation is str:
@@ -182,10 +207,12 @@ class _Loader:
                 raise self.fail(key, f"expected a list of {len(args)} values, got {value!r}")
             return tuple(self.convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
         if origin in (Mapping, dict, typing.Mapping):
+            value = {} if value is None else value
             if not isinstance(value, Mapping):
                 raise self.fail(key, f"expected a mapping, got {value!r}")
             return {str(k): self.convert(v, args[1], f"{key}.{k}") for k, v in value.items()}
         if annotation is Mapping:
+            value = {} if value is None else value
             if not isinstance(value, Mapping):
                 raise self.fail(key, f"expected a mapping, got {value!r}")
             return dict(value)
@@ -195,9 +222,12 @@ class _Loader:
         if not isinstance(data, Mapping):
             raise self.fail(key or "(top level)", f"expected a mapping, got {data!r}")
         hints = typing.get_type_hints(cls)
-        fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "config_path"}
+        fields = {f.name: f for f in dataclasses.fields(cls) if not _is_internal(f)}
         prefix = f"{key}." if key else ""
+        renamed = getattr(cls, "RENAMED_KEYS", {})
         for name in data:
+            if name in renamed:
+                raise self.fail(f"{prefix}{name}", f"renamed to '{renamed[name]}' in this release")
             if name not in fields:
                 raise self.fail(f"{prefix}{name}", f"unknown key{did_you_mean(str(name), fields)}; "
                                                    f"valid keys: {', '.join(fields)}")

@@ -166,7 +166,7 @@ def ecssd_folders(root: str | os.PathLike, what: str = "dataset", name: str | No
     stem, so JSON prefixes are refused.
     """
     root = Path(root)
-    if root.is_file():
+    if root.suffix.lower() == ".json" and root.is_file():
         return _folders_from_json(root, name)
     if name is not None:
         raise IsnetError(f"{what}: a dataset name applies to a dataset JSON, not to the folder {root}")
@@ -215,9 +215,12 @@ def _folders_from_json(path: Path, name: str | None) -> tuple[Path, Path]:
     where = f"{path}: dataset '{name}'"
     if not isinstance(entry, dict) or not all(k in entry for k in _DATASET_KEYS):
         raise IsnetError(f"{where}: needs both 'image' and 'mask' entries ({{'path': ...}})")
+    _refuse_unknown_keys(entry, _DATASET_KEYS, where)
     image, mask = (_source(entry[k], f"{where} {k}", path.parent) for k in _DATASET_KEYS[::-1])
-    if image.prefix or mask.prefix:
-        raise IsnetError(f"{where}: images and masks are paired by file stem; prefixes are not supported here")
+    for folder in (image, mask):
+        if folder.prefix or (folder.suffix and not folder.suffix.startswith(".")):
+            raise IsnetError(f"{where}: images and masks are paired by file stem here; a prefix or a suffix other "
+                             f"than a file extension ('{folder.prefix}', '{folder.suffix}') is not supported")
     return image.path, mask.path
 
 
@@ -228,6 +231,8 @@ def _load_json(path: Path, what: str) -> dict:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise IsnetError(f"{what} not found: {path}") from None
+    except UnicodeDecodeError:
+        raise IsnetError(f"{what} {path}: not a text file (a JSON file was expected)") from None
     except OSError as exc:
         raise IsnetError(f"{what} {path}: cannot read ({exc.strerror or exc})") from None
     try:

@@ -12,6 +12,7 @@ import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from isnet.core import IsnetError, atomic_path
@@ -161,6 +162,116 @@ def load_gt_encoder(path: str | os.PathLike, arch: str | None = None) -> ISNetGT
     except RuntimeError as exc:
         raise IsnetError(f"{path}: GT encoder weights do not fit ({str(exc).splitlines()[0]})") from None
     return encoder.eval()
+
+
+def _onnx_convolutions(path: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(weight, bias) of every Conv of an ONNX model, in graph (execution) order."""
+    import onnx
+    from onnx import numpy_helper
+
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # protobuf raises its own DecodeError
+        raise IsnetError(f"{path}: not a readable ONNX model ({str(exc).splitlines()[0][:160]})") from None
+    weights = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output:
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if value is not None:
+                weights[node.output[0]] = numpy_helper.to_array(value)
+    convolutions = []
+    for node in model.graph.node:
+        if node.op_type == "Conv" and node.input[1] in weights:
+            weight = weights[node.input[1]]
+            bias = weights.get(node.input[2]) if len(node.input) > 2 else None
+            convolutions.append((weight, bias if bias is not None else np.zeros(weight.shape[0], weight.dtype)))
+    return convolutions
+
+
+def _execution_order(model: torch.nn.Module, images: torch.Tensor) -> list[str]:
+    """Names of the model's Conv2d modules in the order a forward pass runs them."""
+    names = {module: name for name, module in model.named_modules() if isinstance(module, torch.nn.Conv2d)}
+    order: list[str] = []
+    handles = [module.register_forward_hook(lambda m, _i, _o: order.append(names[m])) for module in names]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model.side_logits(images[:1]) if hasattr(model, "side_logits") else model(images[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return list(dict.fromkeys(order))
+
+
+def _align(ours: list[tuple], theirs: list[tuple]) -> list[tuple[int, int]]:
+    """The longest order-preserving pairing of equal shapes (an LCS over the two shape sequences)."""
+    rows, cols = len(ours), len(theirs)
+    table = np.zeros((rows + 1, cols + 1), dtype=np.int32)
+    for i in range(rows - 1, -1, -1):
+        for j in range(cols - 1, -1, -1):
+            table[i, j] = table[i + 1, j + 1] + 1 if ours[i] == theirs[j] else max(table[i + 1, j], table[i, j + 1])
+    pairs, i, j = [], 0, 0
+    while i < rows and j < cols:
+        if ours[i] == theirs[j]:
+            pairs.append((i, j))
+            i, j = i + 1, j + 1
+        elif table[i + 1, j] >= table[i, j + 1]:
+            i += 1
+        else:
+            j += 1
+    return pairs
+
+
+def init_from_onnx(model: torch.nn.Module, path: str | os.PathLike, images: torch.Tensor) -> tuple[int, int]:
+    """Start ``model`` from the convolutions of another network's ONNX file, where shapes match.
+
+    Exporters fold each BatchNorm into the convolution before it, so a convolution of the file is
+    one of ``model``'s conv -> BN pairs. Convolutions are paired in execution order, by shape
+    (the longest order-preserving match). The BN after a copied convolution is set from the
+    statistics of its output on ``images`` (N x 3 x H x W, ``model``'s own pre-processing), so
+    that conv -> BN reproduces the file's convolution in training and in eval mode alike.
+    Returns (convolutions copied, convolutions in ``model``).
+    """
+    path = Path(path)
+    theirs = _onnx_convolutions(path)
+    order = _execution_order(model, images)
+    modules = dict(model.named_modules())
+    pairs = _align([tuple(modules[name].weight.shape) for name in order], [tuple(w.shape) for w, _ in theirs])
+    was_training = model.training
+    model.eval()
+    batch_norms = {}
+    with torch.no_grad():
+        for mine, other in pairs:
+            conv = modules[order[mine]]
+            weight, bias = theirs[other]
+            conv.weight.copy_(torch.tensor(weight))
+            if conv.bias is not None:
+                conv.bias.copy_(torch.tensor(bias))
+            bn = modules.get(order[mine].rsplit(".", 1)[0] + ".bn_s1") if order[mine].endswith("conv_s1") else None
+            if isinstance(bn, torch.nn.BatchNorm2d):
+                # Identity first, so that the statistics below see the file's own convolution.
+                bn.reset_parameters()
+                bn.running_var.fill_(1.0 - bn.eps)
+                batch_norms[order[mine]] = bn
+        outputs: dict[str, list[torch.Tensor]] = {name: [] for name in batch_norms}
+        handles = [modules[name].register_forward_hook(lambda m, _i, out, name=name: outputs[name].append(out))
+                   for name in batch_norms]
+        try:
+            model.side_logits(images) if hasattr(model, "side_logits") else model(images)
+        finally:
+            for handle in handles:
+                handle.remove()
+        for name, bn in batch_norms.items():
+            values = torch.cat(outputs[name]).transpose(0, 1).reshape(bn.num_features, -1)
+            mean, var = values.mean(dim=1), values.var(dim=1, unbiased=False)
+            bn.running_mean.copy_(mean)
+            bn.running_var.copy_(var)
+            bn.weight.copy_(torch.sqrt(var + bn.eps))
+            bn.bias.copy_(mean)
+    model.train(was_training)
+    return len(pairs), len(order)
 
 
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, half: bool = False, **extra) -> Path:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from isnet.build_in.artifact import BUILD_JSON, is_artifact, open_artifact
-from isnet.build_in.ops import Preprocessor, default_process_ops
+from isnet.build_in.ops import Preprocessor, default_process_ops, resolve_process_ops, with_input_size
 from isnet.build_in.runner import Runner
 from isnet.core import IsnetError
 
@@ -95,8 +95,23 @@ def _artifact_fixed_batch(info: dict, runner: Runner) -> int | None:
     return _static_dim((info["input"].get("shape") or [None])[0])
 
 
-def _default_preprocessor(size: tuple[int, int]) -> Preprocessor:
-    return Preprocessor.from_specs(default_process_ops(size), where="default pre-processing")
+def _bare_preprocessor(path: Path, preprocess, size: tuple[int, int] | None,
+                       static_hw: tuple[int, int] | None = None) -> Preprocessor:
+    """The pre-processing of a model file without build.json: ``preprocess`` (a preset, a JSON file or
+    an op list) or the reference recipe, at ``size``, else the model's static size, else 320x320."""
+    if preprocess is None:
+        return Preprocessor.from_specs(default_process_ops(size or static_hw or DEFAULT_SIZE),
+                                       where="default pre-processing")
+    where = "--preprocess"
+    specs = resolve_process_ops(preprocess, where=where)
+    if size is not None:
+        specs = with_input_size(specs, size)
+    preprocessor = Preprocessor.from_specs(specs, where=where)
+    if static_hw is not None and preprocessor.input_size not in (None, static_hw):
+        height, width = preprocessor.input_size
+        raise IsnetError(f"{path}: the model's input is fixed at {static_hw[0]}x{static_hw[1]} but the "
+                         f"pre-processing resizes to {height}x{width}; add --size {static_hw[0]} {static_hw[1]}")
+    return preprocessor
 
 
 def _check_size(size) -> tuple[int, int] | None:
@@ -135,14 +150,16 @@ def model_kind(path: str | os.PathLike) -> ModelKind:
 
 
 def load_model(path: str | os.PathLike, threads: int | None = None,
-               size: tuple[int, int] | None = None, runner_options: dict | None = None) -> LoadedModel:
+               size: tuple[int, int] | None = None, runner_options: dict | None = None,
+               preprocess=None) -> LoadedModel:
     """Open a model (artifact folder, ``.onnx``, TorchScript or ``.pth``) for inference.
 
     ``threads`` sets intra-op threads (None: the library default). ``size`` (height, width) is
-    the pre-processing size for models without ``build.json``; it is refused for artifacts,
-    which carry their own, and must agree with a static ONNX input shape. ``runner_options``
-    override an artifact's recorded runtime options (e.g. OpenVINO ``performance_hint``,
-    ``streams``); other model kinds take none.
+    the input size and ``preprocess`` the pre-processing (a preset name such as ``u2net``, a JSON
+    file or an op list; default: the reference recipe) for models without ``build.json``; both
+    are refused for artifacts, which carry their own, and must agree with a static ONNX input
+    shape. ``runner_options`` override an artifact's recorded runtime options (e.g. OpenVINO
+    ``performance_hint``, ``streams``); other model kinds take none.
     """
     if runner_options and not is_artifact(path):
         raise IsnetError(f"{path}: runner options ({', '.join(runner_options)}) apply to OpenVINO artifacts only")
@@ -150,8 +167,9 @@ def load_model(path: str | os.PathLike, threads: int | None = None,
     kind = model_kind(path)
     size = _check_size(size)
     if kind is ModelKind.ARTIFACT:
-        if size is not None:
-            raise IsnetError(f"{path}: an artifact's input size comes from its {BUILD_JSON}; drop --size")
+        if size is not None or preprocess is not None:
+            raise IsnetError(f"{path}: an artifact's pre-processing and input size come from its {BUILD_JSON}; "
+                             "drop --size and --preprocess")
         artifact = open_artifact(path, threads=threads, **(runner_options or {}))
         return LoadedModel(path, artifact.name, kind, str(artifact.info["backend"]),
                            str(artifact.info["precision"]), artifact.runner, artifact.preprocessor,
@@ -164,17 +182,16 @@ def load_model(path: str | os.PathLike, threads: int | None = None,
         if len(shape) != 4:
             raise IsnetError(f"{path}: expected an N x 3 x H x W input, the model takes {shape}")
         static_hw = (_static_dim(shape[2]), _static_dim(shape[3]))
-        if None not in static_hw:
-            if size is not None and size != static_hw:
-                raise IsnetError(f"{path}: the model's input is fixed at {static_hw[0]}x{static_hw[1]}; "
-                                 f"--size {size[0]} {size[1]} does not fit it (drop --size)")
-            size = static_hw
+        static_hw = None if None in static_hw else static_hw
+        if static_hw is not None and size is not None and size != static_hw:
+            raise IsnetError(f"{path}: the model's input is fixed at {static_hw[0]}x{static_hw[1]}; "
+                             f"--size {size[0]} {size[1]} does not fit it (drop --size)")
         return LoadedModel(path, path.name, kind, "onnxruntime", "fp32", runner,
-                           _default_preprocessor(size or DEFAULT_SIZE), fixed_batch=_static_dim(shape[0]))
+                           _bare_preprocessor(path, preprocess, size, static_hw), fixed_batch=_static_dim(shape[0]))
     from isnet.runtime.torch_runners import CheckpointRunner, TorchScriptRunner
 
     if kind is ModelKind.TORCHSCRIPT:
         runner = TorchScriptRunner(path, threads=threads)
     else:
         runner = CheckpointRunner(path, threads=threads)
-    return LoadedModel(path, path.name, kind, "pytorch", "fp32", runner, _default_preprocessor(size or DEFAULT_SIZE))
+    return LoadedModel(path, path.name, kind, "pytorch", "fp32", runner, _bare_preprocessor(path, preprocess, size))

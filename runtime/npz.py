@@ -90,18 +90,18 @@ def datalist_names(entries: list[Path]) -> list[str]:
     return names
 
 
-def npz_from_images(dataset_path: str | os.PathLike, target_path: str | os.PathLike,
-                    text_path: str | os.PathLike, size: tuple[int, int] | None = None,
+def npz_from_images(image_dir: str | os.PathLike, output_dir: str | os.PathLike,
+                    datalist: str | os.PathLike, size: tuple[int, int] | None = None,
                     suffixes: str | None = None) -> list[Path]:
     """Write one ``<name>.npz`` (``input_0``: uint8 3 x H x W RGB) per image, and the datalist.
 
     Sub-folders are mirrored. ``size`` (height, width) resizes with the registry's bilinear
     Resize; without it the decoded image is stored as is. Returns the npz paths in datalist order.
     """
-    dataset_path, target_path = Path(dataset_path), Path(target_path)
-    images = list_images(dataset_path, suffixes)
+    image_dir, output_dir = Path(image_dir), Path(output_dir)
+    images = list_images(image_dir, suffixes)
     if not images:
-        raise IsnetError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {dataset_path}")
+        raise IsnetError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {image_dir}")
     resize = Resize(size=tuple(size)) if size is not None else None
 
     def convert(image: Path) -> Path:
@@ -109,13 +109,13 @@ def npz_from_images(dataset_path: str | os.PathLike, target_path: str | os.PathL
         if resize is not None:
             h, w = rgb.shape[:2]
             rgb, _ = resize.apply(rgb, Geometry((h, w), (0, 0, h, w)))
-        target = (target_path / image.relative_to(dataset_path)).with_suffix(".npz")
+        target = (output_dir / image.relative_to(image_dir)).with_suffix(".npz")
         return write_npz(target, **{INPUT_KEY: np.ascontiguousarray(rgb.transpose(2, 0, 1))})
 
     threads = default_io_threads()
     with contextlib.closing(ordered_map(convert, images, threads, 2 * threads)) as written:
         paths = [path.resolve() for path in written]
-    write_text_atomic(text_path, "".join(f"{path}\n" for path in paths))
+    write_text_atomic(datalist, "".join(f"{path}\n" for path in paths))
     return paths
 
 

@@ -210,7 +210,7 @@ class _Instance:
     threads_used: int | None
 
 
-def _open_instances(path, instances: int, threads: int | None, size, hint: str | None):
+def _open_instances(path, instances: int, threads: int | None, size, hint: str | None, preprocess=None):
     """The sessions to measure and a factory of one infer callable per instance for a batch size.
 
     ONNX Runtime and torch models get one session per instance, the cores split between them.
@@ -224,7 +224,7 @@ def _open_instances(path, instances: int, threads: int | None, size, hint: str |
             options = {"streams": instances, "performance_hint": "THROUGHPUT"}
         if hint:
             options["performance_hint"] = hint.upper()
-        model = load_model(path, threads=threads, size=size, runner_options=options)
+        model = load_model(path, threads=threads, size=size, runner_options=options, preprocess=preprocess)
 
         def calls(batch: int):
             requests = model.runner.infer_requests(instances, batch)
@@ -234,7 +234,7 @@ def _open_instances(path, instances: int, threads: int | None, size, hint: str |
     if probe_options:
         raise IsnetError(f"{path}: --hint applies to OpenVINO artifacts only")
     threads = _instance_threads(instances, threads)
-    models = [load_model(path, threads=threads, size=size) for _ in range(instances)]
+    models = [load_model(path, threads=threads, size=size, preprocess=preprocess) for _ in range(instances)]
     return [_Instance(m, threads) for m in models], lambda batch: [m.predict for m in models]
 
 
@@ -242,7 +242,8 @@ def profile_model(path: str | os.PathLike, batches: Sequence[int] = (1,), instan
                   threads: int | None = None, warmup: int = 3, iterations: int | None = 20,
                   duration: float | None = None, with_preprocess: bool = False,
                   image_dir: str | os.PathLike | None = None,
-                  size: tuple[int, int] | None = None, hint: str | None = None) -> list[ProfileRecord]:
+                  size: tuple[int, int] | None = None, hint: str | None = None,
+                  preprocess=None) -> list[ProfileRecord]:
     """Profile one model at every batch size; returns one :class:`ProfileRecord` per batch.
 
     Images come from ``image_dir`` (its first 32) or, when None, from deterministic synthetic
@@ -256,7 +257,7 @@ def profile_model(path: str | os.PathLike, batches: Sequence[int] = (1,), instan
         raise IsnetError("--iterations and --duration must be positive")
     if instances < 1 or warmup < 0 or not batches or any(b < 1 for b in batches):
         raise IsnetError("--instances and --batch values must be positive, --warmup non-negative")
-    models, calls = _open_instances(path, instances, threads, size, hint)
+    models, calls = _open_instances(path, instances, threads, size, hint, preprocess)
     threads = models[0].threads_used
     first = models[0].model
     with tempfile.TemporaryDirectory(prefix="isnet-profile-") as scratch:
@@ -264,7 +265,7 @@ def profile_model(path: str | os.PathLike, batches: Sequence[int] = (1,), instan
         prepared = [first.preprocessor.load(image) for image in images]
         if len({tensor.shape for tensor, _ in prepared}) != 1:
             raise IsnetError(f"{path}: the pre-processing has no fixed Resize, so images of different sizes "
-                             "cannot be batched; profile with images of one size (--images)")
+                             "cannot be batched; profile with images of one size (--image-dir)")
         records = []
         for batch in batches:
             # Each instance cycles through its own ready-made batches of real pre-processed images.
@@ -335,15 +336,17 @@ def format_table(records: Sequence[ProfileRecord], host: dict) -> str:
 
 
 def profile_models(paths: Sequence[str | os.PathLike], size: tuple[int, int] | None = None,
-                   **options) -> list[ProfileRecord]:
+                   preprocess=None, **options) -> list[ProfileRecord]:
     """:func:`profile_model` for each path, records in model order then batch order.
 
-    ``size`` applies to the models without ``build.json`` (artifacts carry their own), so an
-    artifact can be compared with its source ONNX; it is refused when every model is an artifact.
+    ``size`` and ``preprocess`` apply to the models without ``build.json`` (artifacts carry their
+    own), so an artifact can be compared with its source ONNX; they are refused when every model
+    is an artifact.
     """
     kinds = [model_kind(path) for path in paths]
-    if size is not None and all(kind is ModelKind.ARTIFACT for kind in kinds):
-        raise IsnetError("--size is for models without build.json; artifacts carry their own input size (drop --size)")
+    if (size is not None or preprocess is not None) and all(kind is ModelKind.ARTIFACT for kind in kinds):
+        raise IsnetError("--size and --preprocess are for models without build.json; artifacts carry their own "
+                         "pre-processing (drop them)")
     hint = options.pop("hint", None)
     openvino = [kind is ModelKind.ARTIFACT and read_build_info(path)["backend"] == "openvino"
                 for path, kind in zip(paths, kinds)]
@@ -351,7 +354,8 @@ def profile_models(paths: Sequence[str | os.PathLike], size: tuple[int, int] | N
         raise IsnetError("--hint is the OpenVINO performance hint; none of the models is an OpenVINO artifact")
     records = []
     for path, kind, is_openvino in zip(paths, kinds, openvino):
-        records.extend(profile_model(path, size=None if kind is ModelKind.ARTIFACT else size,
+        bare = kind is not ModelKind.ARTIFACT
+        records.extend(profile_model(path, size=size if bare else None, preprocess=preprocess if bare else None,
                                      hint=hint if is_openvino else None, **options))
     return records
 

@@ -41,6 +41,20 @@ def ecssd() -> Path:
     return ECSSD
 
 
+PRETRAINED_U2NETP = Path(__file__).resolve().parents[1] / ".cache" / "pretrained" / "u2netp.onnx"
+
+
+@pytest.fixture(scope="session")
+def u2netp() -> Path:
+    """rembg's pretrained U^2-Netp (``make pretrained``); missing, it fails the test in CI and skips it elsewhere."""
+    if not PRETRAINED_U2NETP.is_file():
+        message = f"the pretrained U^2-Netp is not at {PRETRAINED_U2NETP}; run `make pretrained`"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return PRETRAINED_U2NETP
+
+
 @pytest.fixture(scope="session")
 def lite_onnx(tmp_path_factory) -> Path:
     """A randomly initialised ``isnet-lite`` exported once per session to a dynamic-shape ONNX."""

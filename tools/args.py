@@ -149,6 +149,10 @@ def add_model_args(parser: argparse.ArgumentParser, multiple: bool = False) -> N
                        help="intra-op threads per session (default: the library's choice, one per core)")
     add_size_arg(group, help_text="model input height and width for a model without build.json (default: a "
                                   "static ONNX input shape, else 320 320); refused for artifacts")
+    group.add_argument("--preprocess", default=None, metavar="PRESET|FILE.json",
+                       help="pre-processing of a model without build.json: isnet-320, isnet-1024, u2net (ImageNet "
+                            "mean/std, as rembg runs U2-Net), or a JSON op list (default: isnet at --size); "
+                            "refused for artifacts")
 
 
 def add_batch_arg(parser: argparse.ArgumentParser) -> None:

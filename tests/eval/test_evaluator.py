@@ -141,3 +141,23 @@ def test_folder_evaluation_restricted_to_names(tmp_path, masks_folder):
     assert result.metrics == expected.results()
     with pytest.raises(IsnetError, match="no GT mask .* for 1 requested names \\(z\\)"):
         evaluate_folders(preds, gts, names=["a", "z"])
+
+
+def test_ecssd_layout_reading(tmp_path):
+    from isnet.core import IsnetError
+    from isnet.eval import ecssd_folders
+
+    (tmp_path / "model.onnx").write_bytes(b"\x08\x07\xff\xfe")
+    with pytest.raises(IsnetError, match="folder not found"):
+        ecssd_folders(tmp_path / "model.onnx", "training")
+    (tmp_path / "d.json").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(IsnetError, match="not a text file"):
+        ecssd_folders(tmp_path / "d.json")
+    (tmp_path / "d.json").write_text('{"X": {"image": {"path": "i"}, "mask": {"path": "m"}, "imgae": {}}}')
+    with pytest.raises(IsnetError, match="unknown key 'imgae'"):
+        ecssd_folders(tmp_path / "d.json")
+    (tmp_path / "d.json").write_text('{"X": {"image": {"path": "i"}, "mask": {"path": "m", "suffix": "_gt.png"}}}')
+    with pytest.raises(IsnetError, match="suffix other than a file extension"):
+        ecssd_folders(tmp_path / "d.json")
+    (tmp_path / "d.json").write_text('{"X": {"image": {"path": "i"}, "mask": {"path": "m", "suffix": ".png"}}}')
+    assert ecssd_folders(tmp_path / "d.json") == (tmp_path / "i", tmp_path / "m")

@@ -161,3 +161,14 @@ def test_npz_run_matches_run_folder_with_keep_ratio_padding(lite_onnx, make_arti
     for mask in sorted((tmp_path / "direct").rglob("*.png")):
         relative = mask.relative_to(tmp_path / "direct")
         np.testing.assert_array_equal(decode_mask(tmp_path / "draw" / relative), decode_mask(mask))
+
+
+def test_compare_flags_non_finite_files(run_isnet, tmp_path):
+    for side, value in (("a", 0.5), ("b", np.nan)):
+        (tmp_path / side).mkdir()
+        np.savez(tmp_path / side / "x.npz", output_0=np.full((1, 1, 4, 4), value, np.float32))
+    proc = run_isnet("npz-compare", tmp_path / "a", tmp_path / "b")
+    assert proc.returncode == 1
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("x "))
+    assert row.split()[1:] == ["nan", "nan", "nan", "16"]
+    assert "16 values are NaN or infinite" in proc.stdout

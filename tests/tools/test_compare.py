@@ -6,6 +6,7 @@ import pytest
 import torch
 import yaml
 
+from isnet.build_in import decode_mask
 from isnet.export.model import ISNet
 from isnet.export.weights import save_checkpoint
 from isnet.tools.synth import generate_dataset
@@ -26,7 +27,9 @@ def experiment(tmp_path_factory):
         "calibration": {"path": "calib/image", "count": 4},
         "builds": {"fp32": {"backend": {"dtype": "fp32"}}, "fp16": {"backend": {"dtype": "fp16"}},
                    "int8": {"backend": {"dtype": "int8", "quantize": {"calibrate_mode": "max"}}}},
-        "profile": {"seconds": 0.3}, "report": {"path": "report", "strip_images": 2},
+        "profile": {"seconds": 0.3},
+        "report": {"path": "report", "strip_images": 2,
+                   "photos": ["matplotlib:mpl-data/sample_data/grace_hopper.jpg", "notapackage:photo.jpg"]},
     }
     path = root / "experiment.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -54,7 +57,13 @@ def test_compare_writes_every_report_file_and_column(run_isnet, experiment):
         assert 0 <= build["metrics"]["mae"] <= 1 and build["throughput_ips"] > 0 and build["size_mb"] > 0
         assert len(list((report / "masks" / build["name"]).glob("*.png"))) == 6
     assert 0 < builds["int8"]["drift_mean_abs"] < 0.1
-    assert payload["notes"] == []  # calibration and evaluation images are disjoint
+    # Calibration and evaluation images are disjoint; the photo of a missing package is left out.
+    assert payload["notes"] == ["report.photos: 'notapackage:photo.jpg' left out: the package notapackage is "
+                                "not installed"]
+    for build in builds:
+        photo_mask = report / "photos" / "masks" / build / "grace_hopper.png"
+        assert photo_mask.is_file() and decode_mask(photo_mask).shape == (600, 512)
+    assert "photographs without ground truth (grace_hopper.jpg)" in markdown
 
 
 def test_rerun_reuses_every_stage(run_isnet, experiment):
@@ -121,3 +130,33 @@ def test_flags_resolve_against_the_current_folder(experiment, tmp_path, monkeypa
     loaded = read_experiment(experiment, [("dataset", {"path": "."}), "report.path=out"])
     assert loaded.images == experiment.parent / "eval" / "image"
     assert loaded.output == experiment.parent / "eval" / "out"
+
+
+def test_set_inside_a_preset_list_extends_it(experiment):
+    from isnet.tools.compare import read_experiment
+
+    loaded = read_experiment(experiment, ["builds=[fp32, fp16]", "builds.fp16.backend.dtype=int8",
+                                          "builds.fp16.backend.quantize.calibrate_mode=max"])
+    builds = {b.name: b.config.backend for b in loaded.builds}
+    assert list(builds) == ["fp32", "fp16"]
+    assert builds["fp32"].dtype.value == "fp32" and builds["fp16"].dtype.value == "int8"
+    # The preset table itself is not changed by an override.
+    assert read_experiment(experiment, ["builds=[fp16]"]).builds[0].config.backend.dtype.value == "fp16"
+
+
+def test_set_paths_inside_a_build_resolve_against_the_current_folder(experiment, monkeypatch):
+    from isnet.tools.compare import read_experiment
+
+    monkeypatch.chdir(experiment.parent / "calib")
+    loaded = read_experiment(experiment, ["builds=[int8_max]", "builds.int8_max.dataset.path=image"])
+    assert loaded.builds[0].config.dataset.path == experiment.parent / "calib" / "image"
+
+
+def test_renamed_keys_and_empty_sections(experiment):
+    from isnet.core import IsnetError
+    from isnet.tools.compare import read_experiment
+
+    with pytest.raises(IsnetError, match="run.workers: renamed to 'io_threads' in this release"):
+        read_experiment(experiment, ["run.workers=2"])
+    loaded = read_experiment(experiment, ["run=", "max_delta="])  # empty sections mean the defaults
+    assert loaded.run.batch == 1 and loaded.max_delta == {}

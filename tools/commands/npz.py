@@ -12,7 +12,7 @@ class Image2NpzCommand:
     """Convert images to npz model inputs (key input_0: uint8 3 x H x W RGB) plus a datalist.
 
     The datalist holds one absolute npz path per line; sub-folders are mirrored. Images are
-    stored as decoded (EXIF applied) unless --size resizes them (bilinear).
+    stored as decoded (EXIF applied) unless --resize resizes them (bilinear).
     """
 
     name = "image2npz"
@@ -56,7 +56,7 @@ class NpzRunCommand:
     def run(self, args: argparse.Namespace) -> int:
         from isnet.runtime import load_model, run_npz
 
-        model = load_model(args.model, threads=args.threads, size=args.size)
+        model = load_model(args.model, threads=args.threads, size=args.size, preprocess=args.preprocess)
         written = run_npz(model, args.datalist, args.output_dir, batch=args.batch, io_threads=args.io_threads)
         print(f"wrote {len(written)} output npz files to {args.output_dir} ({model.name})")
         return 0
@@ -88,7 +88,8 @@ class Npz2PngCommand:
 class NpzCompareCommand:
     """Compare two folders of output npz files by name: max |diff|, mean |diff| and cosine similarity.
 
-    Per file and overall. The exit code is 1 when a file exists on one side only.
+    Per file and overall. The exit code is 1 when a file exists on one side only or a value is NaN
+    or infinite.
     """
 
     name = "npz-compare"
@@ -103,13 +104,16 @@ class NpzCompareCommand:
 
         report = compare_npz(args.dir_a, args.dir_b, key=args.key)
         width = max(len("file"), *(len(d.name) for d in (*report.files, report.overall)))
-        print(f"{'file'.ljust(width)}  {'max |diff|':>12}  {'mean |diff|':>12}  {'cosine':>10}")
+        broken = report.overall.nonfinite > 0
+        print(f"{'file'.ljust(width)}  {'max |diff|':>12}  {'mean |diff|':>12}  {'cosine':>10}"
+              + (f"  {'non-finite':>10}" if broken else ""))
         for diff in (*report.files, report.overall):
-            print(f"{diff.name.ljust(width)}  {diff.max_abs:12.4e}  {diff.mean_abs:12.4e}  {diff.cosine:10.6f}")
-        if report.overall.nonfinite:
-            print(f"non-finite values (NaN/inf, left out of the figures above): {report.overall.nonfinite}")
+            print(f"{diff.name.ljust(width)}  {diff.max_abs:12.4e}  {diff.mean_abs:12.4e}  {diff.cosine:10.6f}"
+                  + (f"  {diff.nonfinite:10d}" if broken else ""))
+        if broken:
+            print(f"{report.overall.nonfinite} values are NaN or infinite (left out of the other figures)")
         for side, names in (("DIR_A", report.only_a), ("DIR_B", report.only_b)):
             if names:
                 shown = ", ".join(names[:5]) + (f", ... ({len(names)} in all)" if len(names) > 5 else "")
                 print(f"only in {side}: {shown}")
-        return 1 if report.only_a or report.only_b else 0
+        return 1 if report.only_a or report.only_b or broken else 0

@@ -51,6 +51,7 @@ class ProfileCommand:
         records = profile_models(args.model, batches=args.batch, instances=args.instances, threads=args.threads,
                                  warmup=args.warmup, iterations=iterations, duration=args.duration,
                                  with_preprocess=args.with_preprocess, image_dir=args.image_dir, size=args.size,
+                                 preprocess=args.preprocess,
                                  hint=args.hint)
         host = host_info()
         print(format_table(records, host))

@@ -33,7 +33,7 @@ class RunCommand:
 
         from isnet.runtime import load_model, run_folder
 
-        model = load_model(args.model, threads=args.threads, size=args.size)
+        model = load_model(args.model, threads=args.threads, size=args.size, preprocess=args.preprocess)
         bars = []
 
         def progress(count: int, total: int) -> None:

@@ -36,7 +36,7 @@ class SynthCommand:
 
         def progress(done: int, total: int) -> None:
             # The bar starts with the first report, after the library has validated the request,
-            # so a bad --count or --out prints only the one-line error.
+            # so a bad --count or --output-dir prints only the one-line error.
             nonlocal bar
             if bar is None:
                 bar = tqdm(total=total, initial=done, unit="img", desc="synth", dynamic_ncols=True)

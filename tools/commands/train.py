@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from isnet.tools.args import (add_output_dir_arg, add_renamed, add_required, add_workers_arg, non_negative_int,
                               positive_float, positive_int)
 
-# Kept here (not imported from tools.train) so that `isnet --help` does not import torch.
+# Kept here (not imported from isnet.tools.train) so that `isnet --help` does not import torch.
 _ARCHS = ("isnet", "isnet-lite")
 _PRECISIONS = ("fp32", "bf16")
 
@@ -26,11 +27,14 @@ def _add_training_args(parser: argparse.ArgumentParser, arch_help: str) -> None:
     data.add_argument("--scale-min", type=float, default=0.5, metavar="F",
                       help="smallest area fraction of a random crop; 1 disables cropping (default 0.5)")
     data.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
+    data.add_argument("--augment", choices=("basic", "heavy"), default="basic",
+                      help="basic: random crop and flip; heavy: also rotation, colour, blur, noise (default basic)")
 
     model = parser.add_argument_group("model and schedule")
     model.add_argument("--arch", choices=_ARCHS, default=None, help=arch_help)
     model.add_argument("--epochs", type=positive_int, default=10, help="epochs (default 10)")
-    model.add_argument("--batch-size", type=positive_int, default=8, help="pictures per step (default 8)")
+    batch = model.add_argument("--batch", type=positive_int, default=8, help="pictures per step (default 8)")
+    add_renamed(model, "--batch-size", batch)
     model.add_argument("--lr", type=positive_float, default=1e-3,
                        help="peak AdamW learning rate, reached after the warm-up and decayed by a cosine "
                             "to 1%% of it (default 1e-3)")
@@ -54,17 +58,21 @@ def _add_training_args(parser: argparse.ArgumentParser, arch_help: str) -> None:
     add_output_dir_arg(output, "where last.pth (resumable), history.json and the final model go")
     output.add_argument("--checkpoint-every", type=non_negative_int, default=0, metavar="STEPS",
                         help="also write last.pth every STEPS steps (default 0: after each epoch only)")
-    output.add_argument("--resume", metavar="CKPT",
-                        help="continue the run saved in this last.pth (same settings required)")
+    output.add_argument("--resume", nargs="?", const=True, default=None, metavar="CKPT",
+                        help="continue the run saved in --output-dir (its last.pth), or in the last.pth given "
+                             "(same settings required)")
 
 
 def _config_kwargs(args: argparse.Namespace) -> dict:
+    from isnet.tools.train.config import LAST_CHECKPOINT
+
     kwargs = dict(data_dir=args.dataset, output_dir=args.output_dir, val_dir=args.val_dataset, arch=args.arch,
-                  epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                  epochs=args.epochs, batch_size=args.batch, lr=args.lr, weight_decay=args.weight_decay,
                   warmup_steps=args.warmup_steps, train_size=tuple(args.train_size),
                   val_size=tuple(args.val_size), scale_min=args.scale_min, flip=not args.no_flip,
                   seed=args.seed, workers=args.workers, threads=args.threads, checkpoint_every=args.checkpoint_every,
-                  resume=args.resume)
+                  resume=Path(args.output_dir) / LAST_CHECKPOINT if args.resume is True else args.resume,
+                  augment=args.augment)
     if args.precision is not None:
         kwargs["precision"] = args.precision
     return kwargs
@@ -81,6 +89,8 @@ class _Reporter:
         from tqdm import tqdm
 
         if event.kind == "start":
+            if event.note:
+                print(f"note: {event.note}")
             self.bar = tqdm(total=event.total_steps, initial=event.step, desc=self.label, unit="step",
                             dynamic_ncols=True)
         elif event.kind == "step":
@@ -126,8 +136,14 @@ class TrainCommand:
         _add_training_args(parser, "architecture (default: that of --init-weights, else isnet); "
                                    "isnet-lite is the U2-Net-small channel plan, ~1.2 M parameters")
         extra = parser.add_argument_group("ISNet")
-        extra.add_argument("--init-weights", metavar="PTH",
-                           help="start from these weights (official or isnet checkpoint) to fine-tune")
+        extra.add_argument("--init-weights", metavar="PTH|ONNX",
+                           help="start from these weights (official or isnet checkpoint) to fine-tune, or copy "
+                                "every convolution of the same shape from an ONNX model (e.g. a U2-Net teacher)")
+        extra.add_argument("--teacher-maps", metavar="DIR",
+                           help="distil: a teacher model's maps of the training pictures (<stem>.png, e.g. from "
+                                "`isnet run --model TEACHER`), learnt beside the GT masks")
+        extra.add_argument("--teacher-weight", type=float, default=1.0,
+                           help="weight of the teacher maps' loss against the GT's (default 1)")
         extra.add_argument("--gt-encoder", metavar="PTH",
                            help="frozen GT encoder for the feature-synchronisation loss")
         extra.add_argument("--feature-weight", type=float, default=1.0,
@@ -139,7 +155,8 @@ class TrainCommand:
         from isnet.tools.train import TrainConfig, train_isnet
 
         config = TrainConfig(**_config_kwargs(args), init_weights=args.init_weights, gt_encoder=args.gt_encoder,
-                             feature_weight=args.feature_weight, fp16_weights=args.fp16_weights)
+                             feature_weight=args.feature_weight, fp16_weights=args.fp16_weights,
+                             teacher_maps=args.teacher_maps, teacher_weight=args.teacher_weight)
         reporter = _Reporter("isnet train")
         try:
             result = train_isnet(config, progress=reporter)

@@ -3,8 +3,10 @@
 An experiment (YAML or JSON; every key can also come from flags or ``--set``)::
 
     name: demo
-    model: isnet.pth                  # .pth (exported first) or .onnx
-    input_size: [320, 320]
+    model: isnet.pth                  # .pth (exported first) or any single-input .onnx (u2netp.onnx, ...)
+    input_size: [320, 320]            # optional for an .onnx whose input size is fixed (default 320 for .pth)
+    process_ops: u2net                # optional: a preset (isnet-320, isnet-1024, u2net), a .json or a list
+    frontend: {output: 0, output_activation: auto}   # optional: build-config frontend keys for every build
     dataset: {path: ECSSD}            # ECSSD layout (image/, mask/), or {json: datasets.json, name: ECSSD}
     calibration: {path: calib/image, count: 50}
     builds:                           # build-config overrides, a config file, or an existing artifact
@@ -16,9 +18,11 @@ An experiment (YAML or JSON; every key can also come from flags or ``--set``)::
     run: {batch: 1, io_threads: null, threads: null, drift_images: 100}
     profile: {seconds: 3, batch: 1}
     max_delta: {mae: 0.002, sm: 0.003, maxfmeasure: 0.005}
-    report: {path: report, strip_images: 4}
+    report: {path: report, strip_images: 4, photos: ["matplotlib:mpl-data/sample_data/grace_hopper.jpg"]}
 
-``builds`` may also be a list (or comma-separated string) of preset names (:data:`PRESETS`).
+``report.photos`` are extra pictures without ground truth, each a file or ``package:path`` inside an
+installed Python package (entries whose package is not installed are left out with a note):
+every build runs on them too, and they join the strip of masks. ``builds`` may also be a list (or comma-separated string) of preset names (:data:`PRESETS`).
 Unknown keys anywhere are refused with the key, the file and a did-you-mean; wrong value types
 are one-line errors. Relative paths resolve against the experiment file's folder, paths given
 with ``--set`` against the current folder.
@@ -31,9 +35,11 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from isnet.build_in import read_build_info
 from isnet.build_in.config import BuildConfig, load_build_config, validate_build_config
+from isnet.build_in.ops import resolve_process_ops
 from isnet.core import (IsnetError, apply_overrides, bounded, did_you_mean, load_dataclass, read_yaml_mapping,
                         resolve_path)
 from isnet.eval import ecssd_folders
@@ -78,6 +84,8 @@ class CalibrationSection:
 class RunSection:
     """How every build runs over the evaluation set."""
 
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {"workers": "io_threads"}  # the loader's hint for old files
+
     batch: int = bounded(1, minimum=1)
     io_threads: int | None = bounded(None, minimum=1)
     threads: int | None = bounded(None, minimum=1)
@@ -98,6 +106,7 @@ class ReportSection:
 
     path: Path | None = None
     strip_images: int = bounded(4, minimum=0)
+    photos: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -108,7 +117,9 @@ class ExperimentFile:
     dataset: DatasetSection
     builds: Mapping[str, Mapping]
     name: str = "experiment"
-    input_size: tuple[int, int] = (320, 320)
+    input_size: tuple[int, int] | None = None
+    process_ops: str | tuple[Mapping, ...] | None = None
+    frontend: Mapping = field(default_factory=dict)
     calibration: CalibrationSection = field(default_factory=CalibrationSection)
     reference: str | None = None
     run: RunSection = field(default_factory=RunSection)
@@ -136,7 +147,7 @@ class Experiment:
 
     name: str
     model: Path
-    input_size: tuple[int, int]
+    input_size: tuple[int, int] | None
     images: Path
     masks: Path
     builds: tuple[BuildEntry, ...]
@@ -146,6 +157,8 @@ class Experiment:
     profile: ProfileSection = field(default_factory=ProfileSection)
     max_delta: Mapping[str, float] = field(default_factory=dict)
     strip_images: int = 4
+    photos: tuple[Path, ...] = ()
+    notes: tuple[str, ...] = ()
 
 
 def _merge(base: dict, extra: Mapping) -> dict:
@@ -167,7 +180,7 @@ def _builds_mapping(value, source: str) -> dict:
             if not isinstance(preset, str) or preset not in PRESETS:
                 raise IsnetError(f"{source}: builds: unknown preset '{preset}'{did_you_mean(str(preset), PRESETS)}; "
                                  f"presets: {', '.join(PRESETS)}")
-        value = {preset: PRESETS[preset] for preset in value}
+        value = {preset: copy.deepcopy(PRESETS[preset]) for preset in value}
     if not isinstance(value, Mapping) or not value:
         raise IsnetError(f"{source}: builds: expected preset names or a mapping of build names to settings, "
                          f"got {value!r}")
@@ -176,8 +189,8 @@ def _builds_mapping(value, source: str) -> dict:
 
 def _evaluation_folders(dataset: DatasetSection, source: str) -> tuple[Path, Path]:
     if (dataset.path is None) == (dataset.json is None):
-        raise IsnetError(f"{source}: dataset: give path (a folder in ECSSD layout) or json (a PySODEvalToolkit "
-                         "dataset JSON, with name), not both")
+        raise IsnetError(f"{source}: dataset: give either path (a folder in ECSSD layout) or json (a PySODEvalToolkit "
+                         "dataset JSON, with name)")
     if dataset.path is not None:
         if dataset.name is not None:
             raise IsnetError(f"{source}: dataset.name: names a dataset of dataset.json; remove it with dataset.path")
@@ -193,23 +206,37 @@ def _evaluation_folders(dataset: DatasetSection, source: str) -> tuple[Path, Pat
         raise IsnetError(f"{source}: dataset.json: {exc}") from None
 
 
-def _build_entry(name: str, spec, base_config: dict, source: str, base: Path) -> BuildEntry:
+def _build_entry(name: str, spec, base_config: dict, source: str, base: Path, given: frozenset[str]) -> BuildEntry:
+    """One build: ``{artifact: DIR}``, ``{config: FILE}`` or build-config overrides. ``given`` are the key
+    paths set on the command line, whose paths resolve against the current folder."""
     key = f"builds.{name}"
+    mine = frozenset(k.removeprefix(f"{key}.") for k in given if k.startswith(f"{key}."))
+    if key in given:
+        mine = frozenset(spec) if isinstance(spec, Mapping) else frozenset()
     if not isinstance(spec, Mapping):
         raise IsnetError(f"{source}: {key}: expected build-config overrides, {{config: FILE}} or {{artifact: DIR}}, "
                          f"got {spec!r}")
     for special in ("artifact", "config"):
         if special in spec:
-            if len(spec) != 1 or not isinstance(spec[special], str):
+            if len(spec) != 1 or not isinstance(spec[special], (str, os.PathLike)):
                 raise IsnetError(f"{source}: {key}: {{{special}: PATH}} takes one path and no other keys")
-            path = resolve_path(spec[special], base)
-            if special == "artifact":
-                read_build_info(path)  # refuses a folder without build.json
-                return BuildEntry(name, artifact=path)
-            return BuildEntry(name, config=load_build_config(path))
+            path = resolve_path(spec[special], Path.cwd() if special in mine else base)
+            try:
+                if special == "artifact":
+                    read_build_info(path)  # refuses a folder without build.json
+                    return BuildEntry(name, artifact=path)
+                return BuildEntry(name, config=load_build_config(path))
+            except IsnetError as exc:
+                raise IsnetError(f"{source}: {key}.{special}: {exc}") from None
     merged = _merge(base_config, spec)
     merged["name"] = name
-    return BuildEntry(name, config=validate_build_config(merged, source=f"{source}: {key}", base_dir=base))
+    return BuildEntry(name, config=validate_build_config(merged, source=f"{source}: {key}", base_dir=base,
+                                                         cwd_keys=mine))
+
+
+def _override_key(override) -> str:
+    key = override[0] if isinstance(override, tuple) else str(override).split("=", 1)[0]
+    return ".".join(k for k in key.strip().split(".") if k)
 
 
 def load_experiment(data: Mapping, source: str, base: Path, overrides: Sequence[str] = ()) -> Experiment:
@@ -219,11 +246,15 @@ def load_experiment(data: Mapping, source: str, base: Path, overrides: Sequence[
     current folder.
     """
     data = copy.deepcopy(dict(data))
-    overridden = apply_overrides(data, overrides)
+    # `builds` itself first (--builds, --set builds=...), then keys inside it (--set builds.fp16.x=...),
+    # which must extend the builds a preset list names rather than replace the list.
+    whole = [o for o in overrides if _override_key(o) == "builds"]
+    overridden = apply_overrides(data, whole)
     if "builds" in data:
         data["builds"] = _builds_mapping(data["builds"], source)
+    overridden |= apply_overrides(data, [o for o in overrides if _override_key(o) != "builds"])
     spec = load_dataclass(ExperimentFile, data, source, base, frozenset(overridden))
-    if any(s <= 0 for s in spec.input_size):
+    if spec.input_size is not None and any(s <= 0 for s in spec.input_size):
         raise IsnetError(f"{source}: input_size: expected [height, width] of positive integers, "
                          f"got {list(spec.input_size)}")
     if not spec.model.is_file():
@@ -239,23 +270,57 @@ def load_experiment(data: Mapping, source: str, base: Path, overrides: Sequence[
     output = spec.report.path or resolve_path(f"{spec.name}-report", base)
     calibration_dir = spec.calibration.path or images
 
-    base_config = {
-        "frontend": {"type": "onnx" if spec.model.suffix.lower() == ".onnx" else "pytorch",
-                     "checkpoint": str(spec.model), "shape": {"input": [1, 3, *spec.input_size]}},
-        "backend": {"type": "onnxruntime"},
-        "dataset": {"path": str(calibration_dir), "sampler": {"get_data_num": spec.calibration.count}},
-        "workspace": {"path": str(output / "artifacts")},
-    }
-    builds = tuple(_build_entry(name, build, base_config, source, base) for name, build in spec.builds.items())
+    is_onnx = spec.model.suffix.lower() == ".onnx"
+    input_size = spec.input_size
+    if input_size is None and not is_onnx and spec.process_ops is None:
+        input_size = (320, 320)
+    frontend = {**spec.frontend, "type": "onnx" if is_onnx else "pytorch", "checkpoint": str(spec.model)}
+    if input_size is not None:
+        frontend["shape"] = [1, 3, *input_size]
+    dataset = {"path": str(calibration_dir), "sampler": {"get_data_num": spec.calibration.count}}
+    if spec.process_ops is not None:
+        try:
+            dataset["process_ops"] = resolve_process_ops(spec.process_ops, base, "process_ops")
+        except IsnetError as exc:
+            raise IsnetError(f"{source}: {exc}") from None
+    base_config = {"frontend": frontend, "backend": {"type": "onnxruntime"}, "dataset": dataset,
+                   "workspace": {"path": str(output / "artifacts")}}
+    builds = tuple(_build_entry(name, build, base_config, source, base, frozenset(overridden))
+                   for name, build in spec.builds.items())
     names = [b.name for b in builds]
     reference = spec.reference or next((b.name for b in builds if b.config is not None
                                         and b.config.backend.dtype.value == "fp32"), names[0])
     if reference not in names:
         raise IsnetError(f"{source}: reference: '{reference}' is not a build{did_you_mean(reference, names)}; "
                          f"builds: {', '.join(names)}")
-    return Experiment(name=spec.name, model=spec.model, input_size=spec.input_size, images=images, masks=masks,
+    photos, notes = _photos(spec.report.photos, base, source)
+    if input_size is None:
+        input_size = next((tuple(b.config.input_shape[2:]) for b in builds if b.config is not None), None)
+    return Experiment(name=spec.name, model=spec.model, input_size=input_size, images=images, masks=masks,
                       builds=builds, reference=reference, output=output, run=spec.run, profile=spec.profile,
-                      max_delta=dict(spec.max_delta), strip_images=spec.report.strip_images)
+                      max_delta=dict(spec.max_delta), strip_images=spec.report.strip_images, photos=photos,
+                      notes=tuple(notes))
+
+
+def _photos(entries: Sequence[str], base: Path, source: str) -> tuple[tuple[Path, ...], list[str]]:
+    """``report.photos``: files, or ``package:path`` inside an installed package (skipped with a note if absent)."""
+    import importlib.util
+
+    photos, notes = [], []
+    for index, entry in enumerate(entries):
+        package, colon, inner = entry.partition(":")
+        if colon and package.isidentifier():
+            spec = importlib.util.find_spec(package)
+            if spec is None or not spec.submodule_search_locations:
+                notes.append(f"report.photos: '{entry}' left out: the package {package} is not installed")
+                continue
+            path = Path(next(iter(spec.submodule_search_locations))) / inner
+        else:
+            path = resolve_path(entry, base)
+        if not path.is_file():
+            raise IsnetError(f"{source}: report.photos[{index}]: file not found: {path}")
+        photos.append(path)
+    return tuple(photos), notes
 
 
 def read_experiment(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Experiment:

@@ -33,6 +33,7 @@ class BuildReport:
     size_mb: float
     reused: list[str] = field(default_factory=list)
     calibration_overlap: int = 0
+    nonfinite: int = 0  # NaN/inf values in its output maps on the drift images
 
     @property
     def precision(self) -> str:
@@ -53,6 +54,9 @@ def gate(reports: list[BuildReport], reference: str, max_delta: Mapping[str, flo
     ref = next(r for r in reports if r.name == reference)
     violations = []
     for report in reports:
+        if report.nonfinite:
+            # A map with NaN or inf in it is broken whatever the tolerances say.
+            violations.append(f"{report.name}: {report.nonfinite} NaN/inf values in its output maps")
         if report.name == reference:
             continue
         for metric, tolerance in max_delta.items():
@@ -89,7 +93,8 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def write_report(experiment: Experiment, reports: list[BuildReport], notes: list[str], violations: list[str],
-                 mask_dirs: dict[str, Path], images: list[Path]) -> dict[str, Path]:
+                 mask_dirs: dict[str, Path], images: list[Path], photo_masks: dict[str, Path] | None = None,
+                 photos: list[Path] = ()) -> dict[str, Path]:
     """Write report.md, report.json, the curve plots and the mask strip; return their paths."""
     from isnet.eval import EvalResult, plot_curves
 
@@ -100,7 +105,11 @@ def write_report(experiment: Experiment, reports: list[BuildReport], notes: list
     plots = plot_curves(out, results)
     count = min(experiment.strip_images, len(images))
     picks = [images[round(i * (len(images) - 1) / max(count - 1, 1))] for i in range(count)] if count else []
-    strip = strip_image(out / "strip.png", picks, experiment.masks, [r.name for r in reports], mask_dirs) if picks else None
+    names = [r.name for r in reports]
+    strip_rows = [(image, experiment.masks / f"{image.stem}.png", {b: mask_dirs[b] / f"{image.stem}.png" for b in names})
+                  for image in picks]
+    strip_rows += [(photo, None, {b: photo_masks[b] / f"{photo.stem}.png" for b in names}) for photo in photos]
+    strip = strip_image(out / "strip.png", strip_rows, names) if strip_rows else None
 
     md = [f"# {experiment.name}: accuracy and speed per build", "",
           f"{len(images)} images from `{experiment.images}`, ground truth `{experiment.masks}`. "
@@ -111,7 +120,11 @@ def write_report(experiment: Experiment, reports: list[BuildReport], notes: list
     if plots:
         md += ["## Curves", ""] + [f"![PR and F-measure curves]({p.name})" for p in plots] + [""]
     if strip:
-        md += ["## Masks side by side", "", f"![masks per build]({strip.name})", ""]
+        md += ["## Masks side by side", ""]
+        if photos:
+            md += [f"The last {len(photos)} rows are photographs without ground truth "
+                   f"({', '.join(p.name for p in photos)}), run by every build.", ""]
+        md += [f"![masks per build]({strip.name})", ""]
     if experiment.max_delta:
         md += ["## Gate", "", "Allowed drift from the reference: "
                + ", ".join(f"{k} {v}" for k, v in experiment.max_delta.items()), ""]
@@ -127,7 +140,7 @@ def write_report(experiment: Experiment, reports: list[BuildReport], notes: list
         "builds": [{"name": r.name, "artifact": str(r.artifact), "backend": r.backend, "precision": r.precision,
                     "calibration": r.calibration_mode, "size_mb": r.size_mb, "metrics": r.metrics,
                     "drift_mean_abs": r.drift_mean_abs, "throughput_ips": r.throughput_ips,
-                    "latency_p50_ms": r.latency_p50_ms, "reused": r.reused,
+                    "latency_p50_ms": r.latency_p50_ms, "reused": r.reused, "nonfinite": r.nonfinite,
                     "calibration_overlap": r.calibration_overlap} for r in reports],
     }
     report_json = write_text_atomic(out / "report.json", json.dumps(payload, indent=2, default=jsonable) + "\n")
@@ -138,21 +151,25 @@ def write_report(experiment: Experiment, reports: list[BuildReport], notes: list
     return files
 
 
-def strip_image(path: Path, images: list[Path], masks_dir: Path, builds: list[str], mask_dirs: dict[str, Path]) -> Path:
-    """A grid: one row per image (photo, GT, each build's mask), columns labelled."""
+def strip_image(path: Path, rows: list[tuple[Path, Path | None, dict[str, Path]]], builds: list[str]) -> Path:
+    """A grid: one row per (image, GT or None, {build: mask}), columns labelled: image, GT, each build's mask."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     columns = ["image", "ground truth", *builds]
-    figure = Figure(figsize=(2.2 * len(columns), 2.2 * len(images) + 0.4), layout="constrained")
+    figure = Figure(figsize=(2.2 * len(columns), 2.2 * len(rows) + 0.4), layout="constrained")
     FigureCanvasAgg(figure)
-    axes = figure.subplots(len(images), len(columns), squeeze=False)
-    for row, image in enumerate(images):
-        panels = [decode_image(image), decode_mask(masks_dir / f"{image.stem}.png")]
-        panels += [decode_mask(mask_dirs[b] / f"{image.stem}.png") for b in builds]
+    axes = figure.subplots(len(rows), len(columns), squeeze=False)
+    for row, (image, gt, masks) in enumerate(rows):
+        panels = [decode_image(image), decode_mask(gt) if gt is not None else None]
+        panels += [decode_mask(masks[b]) for b in builds]
         for col, panel in enumerate(panels):
             ax = axes[row][col]
-            ax.imshow(panel, cmap=None if panel.ndim == 3 else "gray", vmin=0, vmax=255)
+            if panel is None:
+                ax.text(0.5, 0.5, "no ground truth", ha="center", va="center", fontsize=9, color="0.4")
+                ax.set_axis_off()
+            else:
+                ax.imshow(panel, cmap=None if panel.ndim == 3 else "gray", vmin=0, vmax=255)
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:

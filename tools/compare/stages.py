@@ -16,7 +16,7 @@ import numpy as np
 from isnet.build_in import build_artifact, list_images, read_build_info
 from isnet.build_in.config import FrontendType
 from isnet.build_in.difference import DifferenceAccumulator
-from isnet.core import IsnetError, digest_of, sha256_file
+from isnet.core import IsnetError, digest_of, sha256_file, write_bytes_atomic
 from isnet.tools.compare.cache import StageCache, artifact_key, image_list_key
 from isnet.tools.compare.experiment import BuildEntry, Experiment
 from isnet.tools.compare.report import BuildReport, gate, write_report
@@ -64,9 +64,10 @@ def _export_once(experiment: Experiment, cache: StageCache, force: bool) -> tupl
     if not from_model:
         return experiment.builds
     target = experiment.output / "source" / f"{experiment.model.stem}.onnx"
-    inputs = digest_of({"model": sha256_file(experiment.model), "size": experiment.input_size})
+    size = experiment.input_size or (320, 320)
+    inputs = digest_of({"model": sha256_file(experiment.model), "size": size})
     if force or cache.get("export", "source", inputs) is None or not target.is_file():
-        export_model(ExportRequest(weights=str(experiment.model), size=experiment.input_size, output_dir=target.parent,
+        export_model(ExportRequest(weights=str(experiment.model), size=size, output_dir=target.parent,
                                    name=target.stem, formats=("onnx",)))
         cache.put("export", "source", inputs, {"onnx": str(target)})
     builds = []
@@ -78,8 +79,9 @@ def _export_once(experiment: Experiment, cache: StageCache, force: bool) -> tupl
     return tuple(builds)
 
 
-def _drift(reference, model, images: list[Path], batch: int) -> float:
-    """Mean |difference| of the raw float output maps (model resolution) against the reference."""
+def _drift(reference, model, images: list[Path], batch: int) -> dict:
+    """Mean |difference| of the raw float output maps (model resolution) against the reference, and the
+    number of NaN/inf values (left out of the mean)."""
     from isnet.runtime.pipeline import predict_batches
 
     difference = DifferenceAccumulator()
@@ -88,7 +90,41 @@ def _drift(reference, model, images: list[Path], batch: int) -> float:
     got = predict_batches(model, ((p, model.preprocessor.load(p)[0]) for p in images), batch, lambda item: item[1])
     for (_, want), (_, have) in zip(expected, got):
         difference.add(want, have)
-    return difference.total().mean_abs
+    total = difference.total()
+    return {"mean_abs": total.mean_abs, "nonfinite": total.nonfinite}
+
+
+def _photo_stage(experiment: Experiment, infos: dict, cache: StageCache, force: bool,
+                 progress: Progress | None) -> tuple[list[Path], dict[str, Path]]:
+    """Run every build on ``report.photos`` (copied into ``<report>/photos/input``); return them and the mask folders."""
+    from isnet.runtime import load_model, run_folder
+
+    if not experiment.photos:
+        return [], {}
+    folder = experiment.output / "photos" / "input"
+    folder.mkdir(parents=True, exist_ok=True)
+    photos = []
+    for source in experiment.photos:
+        target = folder / source.name
+        if not target.is_file() or target.read_bytes() != source.read_bytes():
+            write_bytes_atomic(target, source.read_bytes())
+        photos.append(target)
+    for stale in set(folder.iterdir()) - set(photos):
+        stale.unlink()
+    photos_key = image_list_key(photos)
+    masks = {}
+    for entry in experiment.builds:
+        masks[entry.name] = out = experiment.output / "photos" / "masks" / entry.name
+        inputs = digest_of({"artifact": artifact_key(infos[entry.name][0]), "photos": photos_key})
+        if not force and cache.get("photos", entry.name, inputs) is not None and out.is_dir():
+            continue
+        step = (lambda n, total, name=entry.name: progress(f"{name} photos", n, total)) if progress else None
+        result = run_folder(load_model(entry.artifact_dir, threads=experiment.run.threads), folder, out,
+                            batch=experiment.run.batch, io_threads=experiment.run.io_threads, progress=step)
+        if result.failed:
+            raise IsnetError(f"{entry.name}: {result.failed} photos failed; see {result.failures_path}")
+        cache.put("photos", entry.name, inputs, {"done": result.done})
+    return photos, masks
 
 
 def run_experiment(experiment: Experiment, force: bool = False, progress: Progress | None = None) -> CompareResult:
@@ -106,7 +142,7 @@ def run_experiment(experiment: Experiment, force: bool = False, progress: Progre
     image_key = image_list_key(images)
     mask_key = image_list_key(list_images(experiment.masks))
     run, profile = experiment.run, experiment.profile
-    notes: list[str] = []
+    notes: list[str] = list(experiment.notes)
     reports: list[BuildReport] = []
     mask_dirs: dict[str, Path] = {}
 
@@ -186,10 +222,12 @@ def run_experiment(experiment: Experiment, force: bool = False, progress: Progre
                 notes.append(f"{report.name}: input size differs from {experiment.reference}; no drift figure")
                 cached = {"mean_abs": None}
             else:
-                cached = {"mean_abs": _drift(reference_model, model, drift_images, run.batch)}
+                cached = _drift(reference_model, model, drift_images, run.batch)
             cache.put("drift", report.name, drift_inputs, cached)
         report.drift_mean_abs = cached["mean_abs"]
+        report.nonfinite = cached.get("nonfinite", 0)
 
+    photos, photo_masks = _photo_stage(experiment, infos, cache, force, progress)
     violations = gate(reports, experiment.reference, experiment.max_delta)
-    files = write_report(experiment, reports, notes, violations, mask_dirs, images)
+    files = write_report(experiment, reports, notes, violations, mask_dirs, images, photo_masks, photos)
     return CompareResult(out, reports, experiment.reference, violations, notes, files)

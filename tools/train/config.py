@@ -27,6 +27,13 @@ class Task(str, Enum):
     GT_ENCODER = "gt-encoder"
 
 
+class Augment(str, Enum):
+    """How much the training pictures are varied (see :mod:`isnet.tools.train.data`)."""
+
+    BASIC = "basic"  # random crop and horizontal flip
+    HEAVY = "heavy"  # also rotation, colour, blur, noise and grayscale
+
+
 class Precision(str, Enum):
     """Arithmetic of the training forward/backward pass (validation and saved weights are fp32)."""
 
@@ -53,7 +60,9 @@ class TrainConfig:
     intra-op threads for the run (None: torch's default, one per core); results are
     reproducible for a given thread count. ``fp16_weights`` stores the
     final model's float tensors as fp16 (half the file; loaders cast back to fp32).
-    ``resume`` continues the run saved in that ``last.pth``.
+    ``resume`` continues the run saved in that ``last.pth``. ``teacher_maps`` is a folder of a
+    teacher model's maps (``<stem>.png``, e.g. from ``isnet run``), learnt beside the GT with
+    weight ``teacher_weight`` (distillation); ``augment`` picks :class:`Augment`.
     """
 
     data_dir: Path
@@ -63,6 +72,9 @@ class TrainConfig:
     init_weights: Path | None = None
     gt_encoder: Path | None = None
     feature_weight: float = 1.0
+    teacher_maps: Path | None = None
+    teacher_weight: float = 1.0
+    augment: Augment = Augment.BASIC
     epochs: int = 10
     batch_size: int = 8
     lr: float = 1e-3
@@ -81,7 +93,7 @@ class TrainConfig:
     resume: Path | None = None
 
     def __post_init__(self):
-        for name in ("data_dir", "output_dir", "val_dir", "init_weights", "gt_encoder", "resume"):
+        for name in ("data_dir", "output_dir", "val_dir", "init_weights", "gt_encoder", "resume", "teacher_maps"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, Path(value))
@@ -91,6 +103,11 @@ class TrainConfig:
                 raise IsnetError(f"{name.replace('_', ' ')} must be two integers >= {MIN_SIZE} (height width), "
                                  f"got {list(size)}")
             object.__setattr__(self, name, size)
+        try:
+            object.__setattr__(self, "augment", Augment(self.augment))
+        except ValueError:
+            raise IsnetError(f"augment must be one of {', '.join(a.value for a in Augment)}, "
+                             f"got '{self.augment}'") from None
         try:
             object.__setattr__(self, "precision", Precision(self.precision))
         except ValueError:
@@ -107,6 +124,7 @@ class TrainConfig:
             (self.warmup_steps >= 0, f"warmup steps must be >= 0, got {self.warmup_steps}"),
             (0 < self.scale_min <= 1, f"scale-min must be in (0, 1], got {self.scale_min}"),
             (self.feature_weight >= 0, f"feature weight must be >= 0, got {self.feature_weight}"),
+            (self.teacher_weight >= 0, f"teacher weight must be >= 0, got {self.teacher_weight}"),
             (self.workers >= 0, f"workers must be >= 0, got {self.workers}"),
             (self.threads is None or self.threads >= 1, f"threads must be >= 1, got {self.threads}"),
             (self.checkpoint_every >= 0, f"checkpoint-every must be >= 0, got {self.checkpoint_every}"),
@@ -134,7 +152,7 @@ class TrainConfig:
 # The training pictures may move (their file names are compared instead); the initial weights
 # are replaced by the checkpoint's anyway.
 FREE_ON_RESUME = {"output_dir", "val_dir", "workers", "threads", "checkpoint_every", "fp16_weights", "resume",
-                   "data_dir", "init_weights"}
+                   "data_dir", "init_weights", "teacher_maps"}
 
 
 @dataclass(frozen=True)
@@ -158,6 +176,7 @@ class TrainEvent:
     metrics: dict | None = None
     parts: dict | None = None
     seconds: float = 0.0
+    note: str | None = None
 
 
 @dataclass(frozen=True)

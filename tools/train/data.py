@@ -58,42 +58,97 @@ class LoadFailure:
         self.message = message
 
 
-class PairDataset(torch.utils.data.Dataset):
-    """Augmented training samples; an index is ``(epoch, i)`` so workers need no random state."""
+def _rotate(arrays: list[np.ndarray], degrees: float) -> list[np.ndarray]:
+    """Rotate image-sized arrays about their centre, reflecting at the border (so no black corners)."""
+    height, width = arrays[0].shape[:2]
+    matrix = cv2.getRotationMatrix2D((width / 2, height / 2), degrees, 1.0)
+    return [cv2.warpAffine(a, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+            for a in arrays]
 
-    def __init__(self, pairs, size: tuple[int, int], seed: int, scale_min: float, flip: bool, masks_only: bool):
+
+def _photometric(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    """Brightness, contrast, saturation and hue jitter, sometimes grayscale, blur or sensor noise."""
+    rgb = image.astype(np.float32)
+    rgb = rgb * rng.uniform(0.7, 1.3)                                              # brightness
+    rgb = (rgb - rgb.mean()) * rng.uniform(0.7, 1.3) + rgb.mean()                  # contrast
+    gray = rgb @ np.float32([0.299, 0.587, 0.114])
+    if rng.random() < 0.1:
+        rgb = np.repeat(gray[..., None], 3, axis=2)
+    else:
+        rgb = gray[..., None] + (rgb - gray[..., None]) * rng.uniform(0.6, 1.4)   # saturation
+        hsv = cv2.cvtColor(np.clip(rgb, 0, 255).astype(np.uint8), cv2.COLOR_RGB2HSV)
+        hsv[..., 0] = (hsv[..., 0].astype(np.int16) + int(rng.integers(-6, 7))) % 180  # hue, of 180
+        rgb = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB).astype(np.float32)
+    if rng.random() < 0.15:
+        rgb = cv2.GaussianBlur(rgb, (0, 0), sigmaX=rng.uniform(0.5, 1.5))
+    if rng.random() < 0.15:
+        rgb = rgb + rng.normal(0.0, rng.uniform(2.0, 8.0), rgb.shape).astype(np.float32)
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """Augmented training samples; an index is ``(epoch, i)`` so workers need no random state.
+
+    Masks (and teacher maps, when ``teacher_dir`` holds ``<stem>.png`` for every picture) go
+    through the same geometry as their picture; ``heavy`` adds a rotation of up to 15 degrees
+    before the crop and colour, blur and noise changes to the picture alone.
+    """
+
+    def __init__(self, pairs, size: tuple[int, int], seed: int, scale_min: float, flip: bool, masks_only: bool,
+                 teacher_dir: Path | None = None, heavy: bool = False):
         self.pairs = pairs
         self.pre = deploy_preprocessor(size)
         self.resize = resize_op(self.pre)
         self.seed, self.scale_min, self.flip, self.masks_only = seed, scale_min, flip, masks_only
+        self.teacher_dir, self.heavy = teacher_dir, heavy
+        if teacher_dir is not None:
+            missing = [stem for stem, _, _ in pairs if not (teacher_dir / f"{stem}.png").is_file()]
+            if missing:
+                raise IsnetError(f"{teacher_dir}: no teacher map for {len(missing)} of {len(pairs)} pictures "
+                                 f"(e.g. {missing[0]}.png); write them with `isnet run --model TEACHER "
+                                 f"--output-dir {teacher_dir}`")
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, key: tuple[int, int]):
         epoch, index = key
-        _, image_path, mask_path = self.pairs[index]
+        stem, image_path, mask_path = self.pairs[index]
+        teacher_path = self.teacher_dir / f"{stem}.png" if self.teacher_dir is not None else None
         try:
-            mask = decode_mask(mask_path)
-            image = None if self.masks_only else decode_image(image_path)
+            named = [(decode_mask(mask_path), mask_path)]
+            if teacher_path is not None:
+                named.append((decode_mask(teacher_path), teacher_path))
+            if not self.masks_only:
+                named.append((decode_image(image_path), image_path))
         except IsnetError as exc:
             return LoadFailure(str(exc))
-        if image is not None and image.shape[:2] != mask.shape:
-            return LoadFailure(f"{image_path.name} is {image.shape[1]}x{image.shape[0]} but its mask {mask_path} is "
-                            f"{mask.shape[1]}x{mask.shape[0]}; an image and its mask must have the same size")
+        height, width = named[0][0].shape
+        for array, path in named[1:]:
+            if array.shape[:2] != (height, width):
+                return LoadFailure(f"{path} is {array.shape[1]}x{array.shape[0]} but its mask {mask_path} is "
+                                   f"{width}x{height}; a picture, its mask and its teacher map must have one size")
+        maps = [array for array, path in named if path != image_path]
+        image = named[-1][0] if not self.masks_only else None
         rng = np.random.default_rng([self.seed, epoch, index])
-        top, left, h, w = random_crop(rng, *mask.shape, self.scale_min)
+        arrays = maps + ([image] if image is not None else [])
+        if self.heavy and rng.random() < 0.5:
+            arrays = _rotate(arrays, rng.uniform(-15.0, 15.0))
+        top, left, h, w = random_crop(rng, height, width, self.scale_min)
         flip = self.flip and rng.random() < 0.5
-        mask = mask[top:top + h, left:left + w]
+        arrays = [a[top:top + h, left:left + w] for a in arrays]
         if flip:
-            mask = mask[:, ::-1]
-        mask = resize_mask(self.resize, np.ascontiguousarray(mask))
-        sample = {"mask": torch.from_numpy(mask.astype(np.float32) / 255.0)[None]}
+            arrays = [a[:, ::-1] for a in arrays]
+        maps, image = arrays[:len(maps)], (arrays[-1] if image is not None else None)
+        resized = [resize_mask(self.resize, np.ascontiguousarray(m)).astype(np.float32) / 255.0 for m in maps]
+        sample = {"mask": torch.from_numpy(resized[0])[None]}
+        if self.teacher_dir is not None:
+            sample["teacher"] = torch.from_numpy(resized[1])[None]
         if image is not None:
-            image = image[top:top + h, left:left + w]
-            if flip:
-                image = image[:, ::-1]
-            tensor, _ = self.pre.transform(np.ascontiguousarray(image))
+            image = np.ascontiguousarray(image)
+            if self.heavy:
+                image = _photometric(rng, image)
+            tensor, _ = self.pre.transform(image)
             sample["image"] = torch.from_numpy(tensor)
         return sample
 

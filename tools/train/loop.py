@@ -8,17 +8,19 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from isnet.core import IsnetError, write_text_atomic
 from isnet.eval import ecssd_pairs
 from isnet.export.model import ISNet, ISNetGTEncoder
-from isnet.export.weights import (load_gt_encoder, load_isnet_weights, read_checkpoint, read_checkpoint_arch,
-                                  save_checkpoint)
+from isnet.export.weights import (init_from_onnx, load_gt_encoder, load_isnet_weights, read_checkpoint,
+                                  read_checkpoint_arch, save_checkpoint)
 from isnet.tools.train.checkpoints import check_resumable, read_training_state
-from isnet.tools.train.config import (MIN_LR_RATIO, HISTORY, LAST_CHECKPOINT, MODEL_FILES, Precision, Task,
+from isnet.tools.train.config import (MIN_LR_RATIO, HISTORY, LAST_CHECKPOINT, MODEL_FILES, Augment, Precision, Task,
                                       TrainConfig, TrainEvent, TrainResult)
-from isnet.tools.train.data import collate, data_digest, EpochSampler, LoadFailure, PairDataset, worker_init
+from isnet.tools.train.data import (EpochSampler, LoadFailure, PairDataset, collate, data_digest, deploy_preprocessor,
+                                    worker_init)
 from isnet.tools.train.losses import gt_encoder_loss, isnet_loss
 from isnet.tools.train.validation import validate
 
@@ -55,7 +57,10 @@ def train_gt_encoder(config: TrainConfig, progress: Callable[[TrainEvent], None]
 def _resolve_arch(config: TrainConfig) -> str:
     if config.init_weights is not None:
         if not config.init_weights.is_file():
-            raise IsnetError(f"initial weights not found: {config.init_weights} (pass an official or isnet .pth)")
+            raise IsnetError(f"initial weights not found: {config.init_weights} (pass an official or isnet .pth, "
+                             "or an ONNX model to copy matching convolutions from)")
+        if config.init_weights.suffix.lower() == ".onnx":
+            return config.arch or "isnet"
         stored = read_checkpoint_arch(config.init_weights).name
         if config.arch is not None and config.arch != stored:
             raise IsnetError(f"--arch {config.arch} does not match {config.init_weights}, which holds "
@@ -69,8 +74,8 @@ def _prepare_output(config: TrainConfig) -> None:
     if out.exists() and not out.is_dir():
         raise IsnetError(f"output folder {out} is a file")
     if config.resume is None and (out / LAST_CHECKPOINT).exists():
-        raise IsnetError(f"{out} already holds a training run ({LAST_CHECKPOINT}); pass --resume "
-                         f"{out / LAST_CHECKPOINT} to continue it, or choose another --output-dir")
+        raise IsnetError(f"{out} already holds a training run ({LAST_CHECKPOINT}); pass --resume to continue it, "
+                         "or choose another --output-dir")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -105,9 +110,16 @@ def _train_loop(task: Task, config: TrainConfig, progress: Callable[[TrainEvent]
 
     torch.manual_seed(config.seed)
     model = ISNet(arch) if task is Task.ISNET else ISNetGTEncoder(arch)
+    init_note = None
     if config.init_weights is not None and resumed is None:
-        state, _ = read_checkpoint(config.init_weights)
-        load_isnet_weights(model, state, source=str(config.init_weights))
+        if config.init_weights.suffix.lower() == ".onnx":
+            probe = deploy_preprocessor(config.train_size)
+            images = torch.from_numpy(np.stack([probe.load(image)[0] for _, image, _ in pairs[:16]]))
+            copied, total = init_from_onnx(model, config.init_weights, images)
+            init_note = f"copied {copied} of {total} convolutions from {config.init_weights.name}"
+        else:
+            state, _ = read_checkpoint(config.init_weights)
+            load_isnet_weights(model, state, source=str(config.init_weights))
     model.to(memory_format=torch.channels_last).train()
     steps_per_epoch = len(pairs) // config.batch_size
     total_steps = steps_per_epoch * config.epochs
@@ -138,7 +150,8 @@ def _train_loop(task: Task, config: TrainConfig, progress: Callable[[TrainEvent]
         return save_checkpoint(config.output_dir / LAST_CHECKPOINT, model, kind=task.value, train_state=train_state)
 
     dataset = PairDataset(pairs, config.train_size, config.seed, config.scale_min, config.flip,
-                           masks_only=task is Task.GT_ENCODER)
+                          masks_only=task is Task.GT_ENCODER, teacher_dir=config.teacher_maps,
+                          heavy=config.augment is Augment.HEAVY)
     sampler = EpochSampler(len(pairs), config.batch_size, config.seed)
     loader_options = {}
     if config.workers:
@@ -150,7 +163,7 @@ def _train_loop(task: Task, config: TrainConfig, progress: Callable[[TrainEvent]
     loader = torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, sampler=sampler,
                                          num_workers=config.workers, collate_fn=collate, **loader_options)
     bf16 = config.precision is Precision.BF16
-    report(TrainEvent("start", step, total_steps, step // steps_per_epoch + 1, config.epochs))
+    report(TrainEvent("start", step, total_steps, step // steps_per_epoch + 1, config.epochs, note=init_note))
     for epoch in range(step // steps_per_epoch, config.epochs):
         sampler.set_epoch(epoch, skip_batches=step - epoch * steps_per_epoch)
         for batch in loader:
@@ -160,7 +173,11 @@ def _train_loop(task: Task, config: TrainConfig, progress: Callable[[TrainEvent]
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 if task is Task.ISNET:
                     image = batch["image"].contiguous(memory_format=torch.channels_last)
-                    loss, parts = isnet_loss(model, image, mask, encoder, config.feature_weight)
+                    teacher = batch.get("teacher")
+                    if teacher is not None:
+                        teacher = teacher.contiguous(memory_format=torch.channels_last)
+                    loss, parts = isnet_loss(model, image, mask, encoder, config.feature_weight, teacher,
+                                             config.teacher_weight)
                 else:
                     loss, parts = gt_encoder_loss(model, mask)
             if not torch.isfinite(loss):

@@ -37,17 +37,25 @@ def feature_sync_loss(features: Sequence[torch.Tensor], targets: Sequence[torch.
 
 
 def isnet_loss(model: ISNet, image: torch.Tensor, mask: torch.Tensor, encoder: ISNetGTEncoder | None = None,
-               feature_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+               feature_weight: float = 1.0, teacher: torch.Tensor | None = None,
+               teacher_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
     """ISNet's training loss for one batch: the loss tensor and its parts as floats.
 
     Deep supervision (:func:`deep_supervision_loss` of the six side logits against ``mask``),
     plus ``feature_weight`` times :func:`feature_sync_loss` against the features ``encoder``
     computes from the same ``mask``. The encoder runs without autograd: gradients reach only
-    ``model``. Run it under ``torch.autocast`` for mixed precision.
+    ``model``. With ``teacher`` (a teacher model's maps of the same pictures, in [0, 1]), plus
+    ``teacher_weight`` times the same deep supervision against them: distillation, soft targets
+    beside the GT (Hinton et al., "Distilling the knowledge in a neural network", 2015). Run it
+    under ``torch.autocast`` for mixed precision.
     """
     logits, features = model.side_logits(image)
     bce = deep_supervision_loss(logits, mask)
     parts = {"bce": float(bce.detach())}
+    if teacher is not None and teacher_weight:
+        soft = deep_supervision_loss(logits, teacher)
+        parts["teacher"] = float(soft.detach())
+        bce = bce + teacher_weight * soft
     if encoder is None or feature_weight == 0:
         return bce, parts
     with torch.no_grad():

@@ -1,0 +1,191 @@
+"""Foreign ONNX models build as they are: odd input names, opset 11, several outputs, logits, a fixed batch."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import yaml
+from onnx import TensorProto, helper, numpy_helper
+
+from isnet.build_in import build_artifact, load_build_config, open_artifact
+from isnet.build_in.source_model import read_onnx_signature
+from isnet.core import IsnetError
+from isnet.runtime import load_model, run_folder
+
+SIZE = 32
+
+
+def _foreign_onnx(path, baked_batch: bool = False, static: bool = True):
+    """A small U^2-Net-like file: input 'input.1', opset 11, output 0 a logit map, output 1 a sigmoid side map.
+
+    An opset-11 Resize with empty roi/scales brings the map back to the input size; with
+    ``baked_batch`` its target sizes are a constant [1, 1, H, W], so the graph only runs batch 1.
+    """
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.5, (4, 3, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.normal(0, 0.1, 4).astype(np.float32), "b1"),
+             numpy_helper.from_array(rng.normal(0, 0.5, (1, 4, 3, 3)).astype(np.float32), "w2"),
+             numpy_helper.from_array(np.array([0.5], np.float32), "b2"),
+             numpy_helper.from_array(rng.normal(0, 0.5, (1, 4, 1, 1)).astype(np.float32), "w3"),
+             numpy_helper.from_array(np.zeros(0, np.float32), "empty"),
+             numpy_helper.from_array(np.array([1, 1, SIZE, SIZE], np.int64), "baked_sizes")]
+    nodes = [helper.make_node("Conv", ["input.1", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Conv", ["p1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1])]
+    if baked_batch:
+        sizes = "baked_sizes"
+    else:
+        nodes += [helper.make_node("Shape", ["input.1"], ["in_shape"]),
+                  helper.make_node("Shape", ["c2"], ["c2_shape"]),
+                  helper.make_node("Slice", ["c2_shape", "start0", "end2"], ["nc"]),
+                  helper.make_node("Slice", ["in_shape", "start2", "end4"], ["hw"]),
+                  helper.make_node("Concat", ["nc", "hw"], ["sizes"], axis=0)]
+        inits += [numpy_helper.from_array(np.array([v], np.int64), name)
+                  for name, v in (("start0", 0), ("end2", 2), ("start2", 2), ("end4", 4))]
+        sizes = "sizes"
+    nodes += [helper.make_node("Resize", ["c2", "empty", "empty", sizes], ["d0"], mode="linear",
+                               coordinate_transformation_mode="pytorch_half_pixel"),
+              helper.make_node("Conv", ["r1", "w3"], ["c3"]),
+              helper.make_node("Sigmoid", ["c3"], ["d1"])]
+    dims = [1, 3, SIZE, SIZE] if static else ["n", 3, "h", "w"]
+    graph = helper.make_graph(nodes, "foreign", [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, dims)],
+                              [helper.make_tensor_value_info("d0", TensorProto.FLOAT, ["n", 1, "h", "w"]),
+                               helper.make_tensor_value_info("d1", TensorProto.FLOAT, ["n", 1, "h2", "w2"])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)], ir_version=7)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def foreign(tmp_path_factory):
+    return _foreign_onnx(tmp_path_factory.mktemp("foreign") / "foreign.onnx")
+
+
+def _config(tmp_path, model, calib_images, **frontend):
+    name, backend = frontend.pop("name", "foreign"), frontend.pop("backend", {"dtype": "fp32"})
+    data = {"name": name, "frontend": {"checkpoint": str(model), **frontend}, "backend": backend,
+            "dataset": {"path": str(calib_images), "sampler": {"get_data_num": 4}},
+            "workspace": {"path": str(tmp_path / "deploy")}}
+    path = tmp_path / f"{data['name']}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _source_output(model, batch: np.ndarray, index: int = 0) -> np.ndarray:
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    return session.run(None, {"input.1": batch})[index]
+
+
+def test_the_signature_is_read_from_the_file(foreign):
+    signature = read_onnx_signature(foreign)
+    assert (signature.input_name, signature.input_dims, signature.outputs, signature.opset) == \
+        ("input.1", (1, 3, SIZE, SIZE), ("d0", "d1"), 11)
+    assert signature.output_name(1) == "d1" and signature.output_name("d0") == "d0"
+    with pytest.raises(IsnetError, match="outputs are 0: 'd0', 1: 'd1'"):
+        signature.output_name("d2")
+
+
+def test_a_foreign_file_builds_unchanged_and_fp32_equals_its_source(foreign, tmp_path, calib_images):
+    # No shape, no input name: both come from the file.
+    config = load_build_config(_config(tmp_path, foreign, calib_images))
+    assert (config.input_name, config.input_shape) == ("input.1", (1, 3, SIZE, SIZE))
+    info = build_artifact(config).info
+    notes = " | ".join(info["source"]["notes"])
+    assert "kept output 'd0' (0 of 2)" in notes and "converted opset 11 to 17" in notes
+    assert info["source"]["opset"] == [11, 17] and info["input"]["dynamic_batch"] is True
+    assert info["output"]["activation"] == "sigmoid added" and "logit map" in info["output"]["activation_reason"]
+    model = onnx.load(str(tmp_path / "deploy" / "foreign" / "model.onnx"))
+    assert len(model.graph.output) == 1
+    assert not any(n.op_type == "Conv" and "w3" in n.input for n in model.graph.node)  # the side branch is gone
+
+    artifact = open_artifact(tmp_path / "deploy" / "foreign")
+    batch = np.stack([artifact.preprocessor.load(p)[0] for p in sorted(calib_images.iterdir())[:3]])
+    got = artifact.runner.infer({artifact.runner.input_name: batch})[artifact.runner.output_name]
+    expected = np.concatenate([_source_output(foreign, batch[i:i + 1]) for i in range(3)])
+    # fp32 artifact == sigmoid of the file's own output, to float32 rounding.
+    np.testing.assert_allclose(got, 1 / (1 + np.exp(-expected)), atol=1e-5)
+
+
+def test_output_by_name_and_activation_by_setting(foreign, tmp_path, calib_images):
+    info = build_artifact(load_build_config(_config(tmp_path, foreign, calib_images, name="side", output="d1"))).info
+    assert info["output"]["activation"] == "probabilities"
+    assert info["output"]["activation_reason"] == "the output is computed by a Sigmoid"
+    info = build_artifact(load_build_config(_config(tmp_path, foreign, calib_images, name="raw",
+                                                    output_activation="none"))).info
+    assert info["output"]["activation"] == "probabilities"
+    with pytest.raises(IsnetError, match="frontend.output: .*no output 'd9'"):
+        load_build_config(_config(tmp_path, foreign, calib_images, name="bad", output="d9"))
+    with pytest.raises(IsnetError, match="output_activation: 'tanh' is not valid"):
+        load_build_config(_config(tmp_path, foreign, calib_images, name="bad2", output_activation="tanh"))
+
+
+def test_a_baked_in_batch_is_found_and_batches_still_run(tmp_path, calib_images):
+    baked = _foreign_onnx(tmp_path / "baked.onnx", baked_batch=True)
+    info = build_artifact(load_build_config(_config(tmp_path, baked, calib_images, name="baked"))).info
+    assert info["input"]["dynamic_batch"] is False
+    assert any("batch is fixed at 1" in note for note in info["source"]["notes"])
+    model = load_model(tmp_path / "deploy" / "baked")
+    assert model.fixed_batch == 1
+    one = run_folder(model, calib_images, tmp_path / "one", batch=1)
+    four = run_folder(model, calib_images, tmp_path / "four", batch=4)
+    assert one.done == four.done == len(list(calib_images.iterdir()))
+    for mask in (tmp_path / "one").glob("*.png"):
+        assert mask.read_bytes() == (tmp_path / "four" / mask.name).read_bytes()
+
+
+def test_a_dynamic_input_needs_a_size(tmp_path, calib_images):
+    dynamic = _foreign_onnx(tmp_path / "dynamic.onnx", static=False)
+    with pytest.raises(IsnetError, match="input size is not fixed in the file; give frontend.shape"):
+        load_build_config(_config(tmp_path, dynamic, calib_images, name="d"))
+    config = load_build_config(_config(tmp_path, dynamic, calib_images, name="d", shape=[1, 3, SIZE, SIZE]))
+    assert config.input_shape == (1, 3, SIZE, SIZE)
+    # The recipe's form {name: shape} must name the model's input.
+    with pytest.raises(IsnetError, match="the model's input is named 'input.1', not 'input'"):
+        load_build_config(_config(tmp_path, dynamic, calib_images, name="d", shape={"input": [1, 3, SIZE, SIZE]}))
+
+
+@pytest.mark.parametrize("backend, precision", [("onnxruntime", "fp16"), ("onnxruntime", "int8"),
+                                                ("openvino", "fp32"), ("openvino", "fp16"), ("openvino", "bf16"),
+                                                ("openvino", "int8")])
+def test_every_precision_of_both_backends_builds_and_runs(foreign, tmp_path, calib_images, backend, precision):
+    quantize = {"calibrate_mode": "max"}
+    config = _config(tmp_path, foreign, calib_images, name=f"{backend}_{precision}",
+                     backend={"type": backend, "dtype": precision, "quantize": quantize})
+    info = build_artifact(load_build_config(config)).info
+    assert info["fidelity"]["nonfinite_values"] == 0
+    model = load_model(tmp_path / "deploy" / f"{backend}_{precision}")
+    out = model.predict(np.stack([model.preprocessor.load(p)[0] for p in sorted(calib_images.iterdir())[:2]]))
+    assert out.shape == (2, 1, SIZE, SIZE) and np.isfinite(out).all() and 0 <= out.min() <= out.max() <= 1
+
+
+def test_a_preset_names_the_pre_processing(foreign, tmp_path, calib_images):
+    path = _config(tmp_path, foreign, calib_images, name="preset")
+    data = yaml.safe_load(path.read_text())
+    data["dataset"]["process_ops"] = "u2net"
+    data["frontend"]["shape"] = [1, 3, 320, 320]
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(IsnetError, match="does not match the model's fixed input 32x32"):
+        load_build_config(path)
+    data["frontend"].pop("shape")
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(IsnetError, match=r"Resize.size \[320, 320\] does not match the model's input"):
+        load_build_config(path)
+    data["dataset"]["process_ops"] = "u2nett"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(IsnetError, match="unknown preset 'u2nett' \\(did you mean 'u2net'\\?\\)"):
+        load_build_config(path)
+
+
+def test_bare_onnx_runs_with_a_preset_and_its_own_input_name(foreign, tmp_path, calib_images, run_isnet):
+    proc = run_isnet("run", "--model", foreign, "--preprocess", "u2net", "--size", SIZE, SIZE,
+                     "--image-dir", calib_images, "--output-dir", tmp_path / "masks")
+    assert proc.returncode == 0, proc.stderr
+    model = load_model(foreign, preprocess="u2net", size=(SIZE, SIZE))
+    assert model.preprocessor.to_specs()[2]["mean"] == [0.485, 0.456, 0.406]
+    bad = run_isnet("run", "--model", foreign, "--preprocess", "u2net", "--image-dir", calib_images,
+                    "--output-dir", tmp_path / "x")
+    assert bad.returncode == 2 and "resizes to 320x320; add --size 32 32" in bad.stderr
