@@ -29,7 +29,7 @@ from isnet.build_in.config import BuildConfig, FrontendType, Precision
 from isnet.build_in.difference import DifferenceAccumulator
 from isnet.build_in.ops import Preprocessor
 from isnet.build_in.source_model import prepare_source
-from isnet.core import IsnetError, atomic_dir, sha256_file
+from isnet.core import IsnetError, atomic_dir, first_line, sha256_file
 
 Progress = Callable[[str, int, int], None]
 
@@ -107,19 +107,23 @@ def _compile(backend, reference: Path, config: BuildConfig, out: Path, work: Pat
     except Exception as exc:  # noqa: BLE001 -- ORT, OpenVINO and NNCF raise many types on graphs they refuse
         if os.environ.get("ISNET_DEBUG"):
             raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise IsnetError(f"the {config.backend.type.value} {config.backend.dtype.value} build of "
-                         f"{config.frontend.checkpoint.name} failed: {type(exc).__name__}: {first[:240]} "
+                         f"{config.frontend.checkpoint.name} failed: {type(exc).__name__}: {first_line(exc, 240)} "
                          "(ISNET_DEBUG=1 shows the traceback)") from None
 
 
-def _load_check(backend, model_file: Path, runtime_options: dict, config: BuildConfig):
-    """Open what the backend wrote, as the runtime will, before it is renamed into place."""
+def _load_check(backend, model_file: Path, runtime_options: dict, config: BuildConfig, sample: np.ndarray):
+    """Open what the backend wrote, as the runtime will, and run it once, before it is renamed into place
+    (OpenVINO compiles on the first inference)."""
     try:
-        return backend.open_runner(model_file, **runtime_options)
-    except IsnetError as exc:
+        runner = backend.open_runner(model_file, **runtime_options)
+        runner.infer({runner.input_name: sample[None]})
+        return runner
+    except Exception as exc:  # noqa: BLE001 -- the runtimes raise their own types; IsnetError says why too
+        if os.environ.get("ISNET_DEBUG") and not isinstance(exc, IsnetError):
+            raise
         raise IsnetError(f"the {config.backend.type.value} {config.backend.dtype.value} build wrote a model its "
-                         f"runtime cannot load, so nothing was written: {exc}") from None
+                         f"runtime cannot load or run, so nothing was written: {first_line(exc, 300)}") from None
 
 
 def build_artifact(config: BuildConfig, force: bool = False, progress: Progress | None = None) -> BuildResult:
@@ -156,7 +160,8 @@ def build_artifact(config: BuildConfig, force: bool = False, progress: Progress 
                                   output=config.frontend.output, activation=config.frontend.output_activation)
         with atomic_dir(target, replace=force) as out:
             compiled = _compile(backend, reference, config, out, work, progress)
-            runner = _load_check(backend, out / compiled["model_file"], compiled["runtime_options"], config)
+            runner = _load_check(backend, out / compiled["model_file"], compiled["runtime_options"], config,
+                                 samples[0][1])
             fidelity = _fidelity(reference, runner, samples[:len(held_out)] or samples, sample_source)
             if fidelity["nonfinite_values"]:
                 raise IsnetError(f"the {config.backend.dtype.value} build produces {fidelity['nonfinite_values']} "
@@ -172,7 +177,7 @@ def build_artifact(config: BuildConfig, force: bool = False, progress: Progress 
                 "model_file": compiled["model_file"],
                 "input": {"name": runner.input_name, "shape": list(config.input_shape),
                           "dynamic_batch": prepared.dynamic_batch},
-                "output": {"name": runner.output_name, "activation": prepared.activation,
+                "output": {"name": runner.output_name, "activation": prepared.activation.value,
                            "activation_reason": prepared.activation_reason},
                 "preprocess": preprocessor.to_specs(),
                 "runtime_options": compiled["runtime_options"],

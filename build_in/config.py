@@ -194,13 +194,16 @@ def _dataset_images(dataset: DatasetConfig) -> list[Path]:
     return list_images(dataset.path, dataset.sampler.suffix)
 
 
-def _inline_process_ops(data: dict, base_dir: Path, source: str) -> None:
-    """``dataset.process_ops`` may name a preset (``u2net``) or a JSON file holding the op list."""
+def _inline_process_ops(data: dict, base_dir: Path, source: str, cwd_keys: frozenset[str]) -> None:
+    """``dataset.process_ops`` may name a preset (``u2net``) or a JSON file holding the op list (relative
+    to the config's folder, or to the current one when given with ``--set``)."""
     dataset = data.get("dataset")
     if not isinstance(dataset, dict) or not isinstance(dataset.get("process_ops"), str):
         return
+    given = {"dataset", "dataset.process_ops"} & cwd_keys
     try:
-        dataset["process_ops"] = resolve_process_ops(dataset["process_ops"], base_dir, "dataset.process_ops")
+        dataset["process_ops"] = resolve_process_ops(dataset["process_ops"], Path.cwd() if given else base_dir,
+                                                      "dataset.process_ops")
     except IsnetError as exc:
         raise IsnetError(f"{source}: {exc}") from None
 
@@ -222,7 +225,7 @@ def validate_build_config(data: Mapping, source: str, base_dir: Path, config_pat
     which resolve against the current folder.
     """
     data = dict(data)
-    _inline_process_ops(data, base_dir, source)
+    _inline_process_ops(data, base_dir, source, cwd_keys)
     config = load_dataclass(BuildConfig, data, source, base_dir, cwd_keys)
     config = dataclasses.replace(config, config_path=config_path)
     config = dataclasses.replace(config, resolved_input=_resolve_input(config, source))

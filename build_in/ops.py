@@ -257,9 +257,13 @@ def resolve_process_ops(value, base_dir: str | os.PathLike | None = None, where:
                          f"{', '.join(PRESETS)} (or a .json file, or a list of ops)")
     try:
         ops = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise IsnetError(f"{where}: cannot read {path} ({exc})") from None
-    return ops.get("process_ops") if isinstance(ops, dict) else ops
+    if isinstance(ops, dict):
+        if "process_ops" not in ops:
+            raise IsnetError(f"{where}: {path} holds no 'process_ops' list (keys: {', '.join(ops) or 'none'})")
+        ops = ops["process_ops"]
+    return ops
 
 
 def _check_type(value, annotation, where: str):

@@ -26,10 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from isnet.core import IsnetError
+from isnet.core import IsnetError, first_line
+from isnet.export.onnx_graph import constant_values, names_read
 
 TARGET_OPSET = 17
-# |batched - single| above this means the graph does not really take a dynamic batch.
+# |batched - single| above this (relative and absolute) means the graph does not really take a dynamic batch.
 _BATCH_TOLERANCE = 1e-4
 # A probability map may leave [0, 1] by float rounding only.
 _PROBABILITY_SLACK = 1e-5
@@ -41,6 +42,13 @@ class OutputActivation(str, enum.Enum):
     AUTO = "auto"        # detect: a final Sigmoid, or values within [0, 1], mean probabilities
     SIGMOID = "sigmoid"  # the output is a logit map: add a Sigmoid
     NONE = "none"        # the output is a probability map already
+
+
+class MapKind(str, enum.Enum):
+    """What the prepared graph's output was in the source file (the prepared graph always gives probabilities)."""
+
+    PROBABILITIES = "probabilities"
+    LOGITS = "sigmoid added"
 
 
 @dataclass(frozen=True)
@@ -77,8 +85,7 @@ def _load(path: Path, load_external_data: bool = True):
     try:
         return onnx.load(str(path), load_external_data=load_external_data)
     except Exception as exc:  # protobuf raises its own DecodeError, onnx its own errors
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise IsnetError(f"{path} is not a readable ONNX model ({first[:160]})") from None
+        raise IsnetError(f"{path} is not a readable ONNX model ({first_line(exc, 160)})") from None
 
 
 def _graph_inputs(model) -> list:
@@ -93,6 +100,8 @@ def _default_opset(model) -> int:
 def read_onnx_signature(path: str | os.PathLike) -> OnnxSignature:
     """The input, outputs and opset of an ONNX file (weights are not read); IsnetError when it is
     unreadable or does not take exactly one N x C x H x W input."""
+    import onnx
+
     path = Path(path)
     model = _load(path, load_external_data=False)
     inputs = _graph_inputs(model)
@@ -107,6 +116,13 @@ def read_onnx_signature(path: str | os.PathLike) -> OnnxSignature:
                          "N x 3 x H x W image input")
     if dims[1] not in (None, 3):
         raise IsnetError(f"{path}: the input '{inputs[0].name}' has {dims[1]} channels; isnet feeds 3 (RGB or BGR)")
+    if dims[0] not in (None, 1):
+        raise IsnetError(f"{path}: the input's batch is fixed at {dims[0]}; isnet builds models that take one "
+                         "image (batch 1) or any number (dynamic)")
+    element = inputs[0].type.tensor_type.elem_type
+    if element != onnx.TensorProto.FLOAT:
+        raise IsnetError(f"{path}: the input '{inputs[0].name}' is {onnx.TensorProto.DataType.Name(element).lower()};"
+                         " isnet builds from float32 models (export the fp32 model; builds make fp16/int8 from it)")
     if not model.graph.output:
         raise IsnetError(f"{path} has no outputs")
     return OnnxSignature(inputs[0].name, dims, tuple(o.name for o in model.graph.output), _default_opset(model))
@@ -120,7 +136,7 @@ class PreparedSource:
     input_name: str
     output_name: str
     dynamic_batch: bool
-    activation: str                  # "sigmoid added" or "probabilities"
+    activation: MapKind
     activation_reason: str
     opset: tuple[int, int]           # (in the source file, in the prepared graph)
     notes: list[str] = field(default_factory=list)
@@ -136,27 +152,23 @@ def _keep_only(model, output_name: str) -> int:
     producers = {out: node for node in graph.node for out in node.output}
     needed, stack = set(), [output_name]
     while stack:
-        name = stack.pop()
-        node = producers.get(name)
+        node = producers.get(stack.pop())
         if node is None or id(node) in needed:
             continue
         needed.add(id(node))
-        stack.extend(i for i in node.input if i)
-        # Subgraphs (If/Loop bodies) read outer values by name too.
-        for attribute in node.attribute:
-            for subgraph in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
-                stack.extend(i for sub in subgraph.node for i in sub.input if i)
+        stack.extend(names_read(node))  # subgraphs (If/Loop bodies) read outer values by name too
     nodes = [node for node in graph.node if id(node) in needed]
     del graph.node[:]
     graph.node.extend(nodes)
-    used = {i for node in nodes for i in node.input} | {output_name}
-    for attribute_node in nodes:
-        for attribute in attribute_node.attribute:
-            for subgraph in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
-                used |= {i for sub in subgraph.node for i in sub.input}
+    used = set().union(*(names_read(node) for node in nodes)) | {output_name}
+    weights = {init.name for init in graph.initializer}
     initializers = [init for init in graph.initializer if init.name in used]
     del graph.initializer[:]
     graph.initializer.extend(initializers)
+    # Files of IR version < 4 list their weights as graph inputs too: a dropped weight goes there as well.
+    inputs = [i for i in graph.input if i.name not in weights or i.name in used]
+    del graph.input[:]
+    graph.input.extend(inputs)
     return dropped
 
 
@@ -184,8 +196,7 @@ def _simplify(model, notes: list[str]):
     try:
         simplified, ok = onnxsim.simplify(model)
     except Exception as exc:  # onnxsim fails in many ways on unusual graphs; the model still runs
-        notes.append(f"onnxsim could not simplify the graph ({str(exc).strip().splitlines()[0][:120]}); "
-                     "kept as is")
+        notes.append(f"onnxsim could not simplify the graph ({first_line(exc, 120)}); kept as is")
         return model
     if not ok:
         notes.append("onnxsim's check of the simplified graph failed; kept the graph unsimplified")
@@ -201,12 +212,7 @@ def _drop_empty_resize_inputs(model) -> int:
     converter puts a Cast in front) hides that they are empty, and the model no longer loads
     ("Either sizes or scales must be provided").
     """
-    empty = {init.name for init in model.graph.initializer if 0 in init.dims}
-    for node in model.graph.node:
-        if node.op_type == "Constant":
-            value = next((a.t for a in node.attribute if a.name == "value"), None)
-            if value is not None and 0 in value.dims:
-                empty.add(node.output[0])
+    empty = {name for name, value in constant_values(model.graph).items() if value.size == 0}
     changed = 0
     for node in model.graph.node:
         if node.op_type != "Resize":
@@ -224,25 +230,56 @@ def _session(model):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # a failing batch-of-two probe is expected on some graphs: no log
     try:
         return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own exception types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise IsnetError(f"ONNX Runtime cannot run the prepared source model ({first[:200]})") from None
+        raise IsnetError(f"ONNX Runtime cannot run the prepared source model ({first_line(exc)})") from None
 
 
 def _run(session, batch: np.ndarray) -> np.ndarray:
     return np.asarray(session.run(None, {session.get_inputs()[0].name: batch})[0], dtype=np.float32)
 
 
-def _append_sigmoid(model, output_name: str) -> str:
-    from onnx import helper
+def looks_like_logits(model, output_name: str, values: np.ndarray) -> tuple[bool, str]:
+    """Whether ``output_name`` of ``model`` (an onnx ModelProto) is a logit map, judged from its last
+    node and from ``values`` it produced on sample images; and the reason, for the record."""
+    producer = next((n for n in model.graph.node if output_name in n.output), None)
+    if producer is not None and producer.op_type == "Sigmoid":
+        return False, "the output is computed by a Sigmoid"
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return False, "no finite values on the sample images"
+    low, high = float(finite.min()), float(finite.max())
+    if low < -_PROBABILITY_SLACK or high > 1 + _PROBABILITY_SLACK:
+        return True, (f"values from {low:.3g} to {high:.3g} on the sample images: a logit map "
+                      "(set frontend.output_activation: none if it is not)")
+    return False, f"values within [0, 1] on the sample images ({low:.3g} to {high:.3g})"
+
+
+def _unused_name(model, stem: str) -> str:
+    taken = {name for node in model.graph.node for name in (*node.input, *node.output)}
+    taken |= {i.name for i in model.graph.input} | {init.name for init in model.graph.initializer}
+    name, index = stem, 1
+    while name in taken:
+        name, index = f"{stem}_{index}", index + 1
+    return name
+
+
+def _append(model, op_type: str, output_name: str, extra_inputs: Sequence = ()) -> str:
+    """Add ``op_type`` after the graph's output (``extra_inputs``: (name stem, array) constants); return the new output."""
+    from onnx import helper, numpy_helper
 
     graph = model.graph
-    new_name = f"{output_name}_sigmoid"
-    graph.node.append(helper.make_node("Sigmoid", [output_name], [new_name], name="isnet_output_sigmoid"))
+    inputs = [output_name]
+    for stem, array in extra_inputs:
+        name = _unused_name(model, stem)
+        graph.initializer.append(numpy_helper.from_array(array, name))
+        inputs.append(name)
+    new_name = _unused_name(model, f"{output_name}_{op_type.lower()}")
+    graph.node.append(helper.make_node(op_type, inputs, [new_name], name=_unused_name(model, f"isnet_{op_type}")))
     graph.output[0].name = new_name
+    graph.output[0].type.tensor_type.ClearField("shape")
     return new_name
 
 
@@ -272,8 +309,8 @@ def prepare_source(source: str | os.PathLike, target: str | os.PathLike, input_h
         try:
             model = version_converter.convert_version(model, TARGET_OPSET)
         except Exception as exc:  # the converter raises RuntimeError / ConvertError on unsupported ops
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise IsnetError(f"{source}: cannot convert opset {opset} to {TARGET_OPSET} ({first[:160]})") from None
+            raise IsnetError(f"{source}: cannot convert opset {opset} to {TARGET_OPSET} ({first_line(exc, 160)})") \
+                from None
         notes.append(f"converted opset {opset} to {TARGET_OPSET}")
     height, width = input_hw
     if signature.static_hw not in (None, (height, width)):
@@ -288,17 +325,28 @@ def prepare_source(source: str | os.PathLike, target: str | os.PathLike, input_h
     if batch.shape[1:] != (3, height, width) or batch.shape[0] < 2:
         raise ValueError(f"prepare_source needs two samples of shape (3, {height}, {width})")  # a caller's bug
     session = _session(model)
-    single = np.concatenate([_run(session, batch[i:i + 1]) for i in range(2)])
+    try:
+        single = np.concatenate([_run(session, batch[i:i + 1]) for i in range(2)])
+    except Exception as exc:  # noqa: BLE001 -- ORT's own errors for a graph it cannot run
+        raise IsnetError(f"{source}: ONNX Runtime cannot run the model on a {height}x{width} image "
+                         f"({first_line(exc)})") from None
+    final_output = model.graph.output[0].name
+    if single.ndim == 3:
+        # N x H x W maps (some exporters squeeze the channel): isnet's maps are N x 1 x H x W.
+        final_output = _append(model, "Unsqueeze", final_output, [("isnet_axis1", np.array([1], np.int64))])
+        single = single[:, None]
+        notes.append("added an Unsqueeze: the output is N x H x W, isnet's maps are N x 1 x H x W")
     if single.ndim != 4 or single.shape[1] != 1:
-        raise IsnetError(f"{source}: the output '{output_name}' is {' x '.join(map(str, single.shape))} for a "
-                         f"{height}x{width} input; isnet needs one map per image, N x 1 x H x W (choose another "
-                         "output with frontend.output)")
+        raise IsnetError(f"{source}: the output '{output_name}' is {' x '.join(map(str, single.shape[1:]))} per "
+                         f"image for a {height}x{width} input; isnet needs one map per image, 1 x H x W (choose "
+                         "another output with frontend.output)")
     if single.shape[2:] != (height, width):
         raise IsnetError(f"{source}: the output '{output_name}' is {single.shape[2]}x{single.shape[3]} for a "
                          f"{height}x{width} input; isnet needs the map at the input size")
     try:
-        batched = _run(session, batch)
-        dynamic = batched.shape == single.shape and float(np.abs(batched - single).max()) <= _BATCH_TOLERANCE
+        batched = _run(_session(model) if final_output != output_name else session, batch)
+        dynamic = batched.shape == single.shape and bool(np.allclose(batched, single, rtol=_BATCH_TOLERANCE,
+                                                                    atol=_BATCH_TOLERANCE, equal_nan=True))
     except Exception:  # noqa: BLE001 -- a graph that fixes the batch fails here in many ways
         dynamic = False
     if not dynamic:
@@ -307,23 +355,16 @@ def prepare_source(source: str | os.PathLike, target: str | os.PathLike, input_h
         _set_input_dims(model, signature.input_name, [1, 3, height, width])
         model = _simplify(model, notes)
 
-    final_output = model.graph.output[0].name
-    producer = next((n for n in model.graph.node if final_output in n.output), None)
-    low, high = float(np.nanmin(single)), float(np.nanmax(single))
     if activation is OutputActivation.SIGMOID:
-        applied, reason = "sigmoid added", "frontend.output_activation: sigmoid"
+        kind, reason = MapKind.LOGITS, "frontend.output_activation: sigmoid"
     elif activation is OutputActivation.NONE:
-        applied, reason = "probabilities", "frontend.output_activation: none"
-    elif producer is not None and producer.op_type == "Sigmoid":
-        applied, reason = "probabilities", "the output is computed by a Sigmoid"
-    elif low < -_PROBABILITY_SLACK or high > 1 + _PROBABILITY_SLACK:
-        applied, reason = "sigmoid added", (f"values from {low:.3g} to {high:.3g} on the sample images: a logit "
-                                            "map (set frontend.output_activation: none if it is not)")
+        kind, reason = MapKind.PROBABILITIES, "frontend.output_activation: none"
     else:
-        applied, reason = "probabilities", f"values within [0, 1] on the sample images ({low:.3g} to {high:.3g})"
-    if applied == "sigmoid added":
-        final_output = _append_sigmoid(model, final_output)
+        logits, reason = looks_like_logits(model, final_output, single)
+        kind = MapKind.LOGITS if logits else MapKind.PROBABILITIES
+    if kind is MapKind.LOGITS:
+        final_output = _append(model, "Sigmoid", final_output)
         notes.append(f"added a Sigmoid after the output ({reason})")
     onnx.save(model, str(target))
-    return PreparedSource(target, signature.input_name, final_output, dynamic, applied, reason,
+    return PreparedSource(target, signature.input_name, final_output, dynamic, kind, reason,
                           (signature.opset, _default_opset(model)), notes)

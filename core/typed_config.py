@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from isnet.core.errors import IsnetError, did_you_mean
+from isnet.core.errors import IsnetError, did_you_mean, first_line
 
 
 def resolve_path(value: str | os.PathLike, base: Path) -> Path:
@@ -42,7 +42,7 @@ def read_yaml_mapping(path: str | os.PathLike, what: str) -> dict:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise IsnetError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise IsnetError(f"{path}: not valid YAML ({first_line(exc)})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

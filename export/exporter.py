@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from isnet.core import IsnetError, atomic_path
+from isnet.core import IsnetError, atomic_path, first_line
 from isnet.export.model import ISNet, count_macs
 from isnet.export.weights import build_isnet
 
@@ -147,7 +147,7 @@ def _export_onnx(model: ISNet, example: torch.Tensor, path: Path, request: Expor
         result.onnx_exporter = "torch.export (dynamo)"
     except Exception as exc:  # any failure of the new exporter: fall back, and say why
         attempts.append(f"torch.export-based ONNX exporter failed ({type(exc).__name__}: "
-                        f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}); used the legacy exporter")
+                        f"{first_line(exc)}); used the legacy exporter")
         axes = None if request.static else {INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
                                               OUTPUT_NAME: {0: "batch", 2: "height", 3: "width"}}
         torch.onnx.export(model, (example,), str(path), dynamo=False, input_names=[INPUT_NAME],

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from isnet.core import IsnetError, atomic_path
+from isnet.core import IsnetError, atomic_path, first_line
 from isnet.export.model import ARCHS, ISNet, ISNetGTEncoder, IsnetArch
 
 RANDOM = "random"
@@ -85,7 +85,7 @@ def _load_failure(path: Path, exc: Exception) -> str:
     if "WeightsUnpickler error:" in text:
         reason = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0].strip()
         return f"it holds objects that safe loading (weights_only) refuses: {reason}"
-    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return first_line(exc, limit=400)
 
 
 def read_checkpoint_arch(path: str | os.PathLike) -> IsnetArch:
@@ -160,25 +160,21 @@ def load_gt_encoder(path: str | os.PathLike, arch: str | None = None) -> ISNetGT
         encoder.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()},
                                 strict=False)
     except RuntimeError as exc:
-        raise IsnetError(f"{path}: GT encoder weights do not fit ({str(exc).splitlines()[0]})") from None
+        raise IsnetError(f"{path}: GT encoder weights do not fit ({first_line(exc)})") from None
     return encoder.eval()
 
 
 def _onnx_convolutions(path: Path) -> list[tuple[np.ndarray, np.ndarray]]:
     """(weight, bias) of every Conv of an ONNX model, in graph (execution) order."""
     import onnx
-    from onnx import numpy_helper
+
+    from isnet.export.onnx_graph import constant_values
 
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # protobuf raises its own DecodeError
-        raise IsnetError(f"{path}: not a readable ONNX model ({str(exc).splitlines()[0][:160]})") from None
-    weights = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Constant" and node.output:
-            value = next((a.t for a in node.attribute if a.name == "value"), None)
-            if value is not None:
-                weights[node.output[0]] = numpy_helper.to_array(value)
+        raise IsnetError(f"{path}: not a readable ONNX model ({first_line(exc, 160)})") from None
+    weights = constant_values(model.graph)
     convolutions = []
     for node in model.graph.node:
         if node.op_type == "Conv" and node.input[1] in weights:

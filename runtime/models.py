@@ -26,7 +26,7 @@ import numpy as np
 from isnet.build_in.artifact import BUILD_JSON, is_artifact, open_artifact
 from isnet.build_in.ops import Preprocessor, default_process_ops, resolve_process_ops, with_input_size
 from isnet.build_in.runner import Runner
-from isnet.core import IsnetError
+from isnet.core import IsnetError, first_line
 
 DEFAULT_SIZE = (320, 320)
 
@@ -58,6 +58,8 @@ class LoadedModel:
     preprocessor: Preprocessor
     fixed_batch: int | None = None
     info: dict = field(default_factory=dict)
+    # A bare ONNX file whose output is a logit map: predict() applies the sigmoid (see load_model).
+    apply_sigmoid: bool = False
 
     @property
     def input_size(self) -> tuple[int, int] | None:
@@ -78,6 +80,8 @@ class LoadedModel:
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], step - real, axis=0)])
             result = self.runner.infer({self.runner.input_name: chunk})[self.runner.output_name]
             outputs.append(result[:real])
+        if self.apply_sigmoid:
+            outputs = [1.0 / (1.0 + np.exp(-o)) for o in outputs]
         return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
 
 
@@ -104,14 +108,29 @@ def _bare_preprocessor(path: Path, preprocess, size: tuple[int, int] | None,
                                        where="default pre-processing")
     where = "--preprocess"
     specs = resolve_process_ops(preprocess, where=where)
-    if size is not None:
-        specs = with_input_size(specs, size)
-    preprocessor = Preprocessor.from_specs(specs, where=where)
-    if static_hw is not None and preprocessor.input_size not in (None, static_hw):
-        height, width = preprocessor.input_size
-        raise IsnetError(f"{path}: the model's input is fixed at {static_hw[0]}x{static_hw[1]} but the "
-                         f"pre-processing resizes to {height}x{width}; add --size {static_hw[0]} {static_hw[1]}")
-    return preprocessor
+    if size or static_hw:
+        # A preset's recipe at the size the model takes (or the one asked for).
+        specs = with_input_size(specs, size or static_hw)
+    return Preprocessor.from_specs(specs, where=where)
+
+
+def _bare_onnx_gives_logits(model: LoadedModel) -> bool:
+    """Whether a bare ONNX file's first output is a logit map (as :func:`looks_like_logits` judges it on a
+    synthetic photo), so that ``isnet run`` on it writes probabilities like an artifact built from it."""
+    import onnx
+
+    from isnet.build_in.source_model import looks_like_logits
+    from isnet.runtime.synthetic import synthetic_photo
+
+    graph = onnx.load(str(model.path), load_external_data=False)
+    size = model.preprocessor.input_size or DEFAULT_SIZE
+    tensor, _ = model.preprocessor.transform(synthetic_photo(0, size))
+    try:
+        values = model.predict(tensor[None])
+    except Exception as exc:  # noqa: BLE001 -- ORT's own errors for an input it does not take
+        raise IsnetError(f"{model.path}: ONNX Runtime cannot run the model on a {size[0]}x{size[1]} image "
+                         f"({first_line(exc)}); check --size and --preprocess") from None
+    return looks_like_logits(graph, model.runner.output_name, values)[0]
 
 
 def _check_size(size) -> tuple[int, int] | None:
@@ -181,13 +200,17 @@ def load_model(path: str | os.PathLike, threads: int | None = None,
         shape = runner.input_shape
         if len(shape) != 4:
             raise IsnetError(f"{path}: expected an N x 3 x H x W input, the model takes {shape}")
+        if runner.session.get_inputs()[0].type not in ("tensor(float)", "tensor(float16)"):
+            raise IsnetError(f"{path}: the input is {runner.session.get_inputs()[0].type}; isnet feeds float images")
         static_hw = (_static_dim(shape[2]), _static_dim(shape[3]))
         static_hw = None if None in static_hw else static_hw
         if static_hw is not None and size is not None and size != static_hw:
             raise IsnetError(f"{path}: the model's input is fixed at {static_hw[0]}x{static_hw[1]}; "
                              f"--size {size[0]} {size[1]} does not fit it (drop --size)")
-        return LoadedModel(path, path.name, kind, "onnxruntime", "fp32", runner,
-                           _bare_preprocessor(path, preprocess, size, static_hw), fixed_batch=_static_dim(shape[0]))
+        model = LoadedModel(path, path.name, kind, "onnxruntime", "fp32", runner,
+                            _bare_preprocessor(path, preprocess, size, static_hw), fixed_batch=_static_dim(shape[0]))
+        model.apply_sigmoid = _bare_onnx_gives_logits(model)
+        return model
     from isnet.runtime.torch_runners import CheckpointRunner, TorchScriptRunner
 
     if kind is ModelKind.TORCHSCRIPT:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,15 +113,17 @@ def _plan(image_dir: Path, output_dir: Path, suffixes, resume: bool) -> tuple[in
 
 def run_folder(model: LoadedModel, image_dir: str | os.PathLike, output_dir: str | os.PathLike,
                batch: int = 1, resume: bool = False, suffixes: str | None = None, min_max: bool = False,
-               io_threads: int | None = None,
-               progress: Callable[[int, int], None] | None = None) -> StreamResult:
+               io_threads: int | None = None, progress: Callable[[int, int], None] | None = None,
+               maps_dir: str | os.PathLike | None = None, maps_for: Collection[str] = ()) -> StreamResult:
     """Write a mask for every image under ``image_dir`` (sub-folders mirrored) into ``output_dir``.
 
     Masks are 8-bit PNGs at the original image size (the model output upsampled bilinearly),
     written atomically. ``resume`` skips images whose mask is already complete. ``min_max``
     stretches each map to [0, 255] as the official script does. ``progress(n, total)`` is called
     in the caller's thread each time ``n`` more of the ``total`` images to process are finished
-    (saved, or failed); resumed images are not part of ``total``.
+    (saved, or failed); resumed images are not part of ``total``. For the images in ``maps_for``
+    (paths relative to ``image_dir``) the raw output map is also kept, float32 at the model's
+    resolution, as ``<maps_dir>/<relative>.npy`` (what ``isnet compare`` measures drift on).
     Returns the counts; an unexpected error in any stage is raised.
     """
     if batch < 1:
@@ -152,10 +154,15 @@ def run_folder(model: LoadedModel, image_dir: str | os.PathLike, output_dir: str
             item.error = str(exc).removeprefix(f"{image}: ")
         return item
 
+    keep_maps = set(maps_for) if maps_dir is not None else set()
+
     def save(item: _Item, output_map: np.ndarray) -> _Item:
         mask = map_to_uint8(preprocessor.restore(output_map, item.geometry), min_max=min_max)
         with atomic_path(output_dir / item.mask) as tmp:
             encode_png(tmp, mask)
+        if item.relative in keep_maps:
+            with atomic_path(Path(maps_dir) / f"{item.relative}.npy") as tmp:
+                np.save(tmp, np.ascontiguousarray(output_map, dtype=np.float32))
         return item
 
     def saved(item: _Item) -> None:

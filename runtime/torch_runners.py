@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from isnet.core import IsnetError
+from isnet.core import IsnetError, first_line
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
@@ -55,7 +55,7 @@ class TorchScriptRunner(_TorchModuleRunner):
         try:
             module = torch.jit.load(str(self.path), map_location="cpu")
         except Exception as exc:  # torch.jit.load raises RuntimeError and others on a bad file
-            raise IsnetError(f"{self.path}: not a loadable TorchScript file ({str(exc).strip().splitlines()[0][:200]})") from None
+            raise IsnetError(f"{self.path}: not a loadable TorchScript file ({first_line(exc)})") from None
         super().__init__(module.eval(), threads)
 
 

@@ -151,7 +151,7 @@ def add_model_args(parser: argparse.ArgumentParser, multiple: bool = False) -> N
                                   "static ONNX input shape, else 320 320); refused for artifacts")
     group.add_argument("--preprocess", default=None, metavar="PRESET|FILE.json",
                        help="pre-processing of a model without build.json: isnet-320, isnet-1024, u2net (ImageNet "
-                            "mean/std, as rembg runs U2-Net), or a JSON op list (default: isnet at --size); "
+                            "mean/std, as rembg runs U2-Net), or a JSON op list (default: the isnet recipe at --size); "
                             "refused for artifacts")
 
 

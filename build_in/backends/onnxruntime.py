@@ -81,7 +81,16 @@ def _quantize_int8(source: Path, target: Path, config: BuildConfig, work: Path,
     # quantization; calibration must run on the very graph that gets quantized. On failure its
     # shape inference dumps a file into the current folder, so run it from the work folder.
     with contextlib.redirect_stdout(io.StringIO()), contextlib.chdir(work):
-        quant_pre_process(str(source), str(prepared))
+        # ORT's symbolic shape inference stops ("Incomplete symbolic shape inference") on some
+        # foreign graphs; merging dimensions it cannot prove equal, or leaving it out (the
+        # quantizer then relies on ONNX shape inference), lets the build go on.
+        for options in ({}, {"auto_merge": True}, {"skip_symbolic_shape": True}):
+            try:
+                quant_pre_process(str(source), str(prepared), **options)
+                break
+            except Exception:  # noqa: BLE001 -- the last attempt's error is raised below
+                if "skip_symbolic_shape" in options:
+                    raise
     exclude = resolve_exclude_nodes(onnx.load(str(prepared), load_external_data=False), quant.exclude_nodes)
 
     images = config.calibration_images()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from isnet.core import IsnetError
+from isnet.core import IsnetError, first_line
 
 
 class OnnxRuntimeRunner:
@@ -28,7 +28,7 @@ class OnnxRuntimeRunner:
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own exception types for unreadable models
-            raise IsnetError(f"{self.path}: ONNX Runtime cannot load the model ({str(exc).splitlines()[0][:200]})") from None
+            raise IsnetError(f"{self.path}: ONNX Runtime cannot load the model ({first_line(exc)})") from None
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         self.input_name = inputs[0].name
         self.output_name = outputs[0].name

@@ -21,7 +21,7 @@ import numpy as np
 
 from isnet.build_in.calibration import CalibrationSource
 from isnet.build_in.config import BuildConfig, CalibrationMode, Precision, QuantType
-from isnet.core import IsnetError
+from isnet.core import IsnetError, first_line
 
 MODEL_FILE = "model.xml"
 PRECISIONS = (Precision.FP32, Precision.FP16, Precision.BF16, Precision.INT8)
@@ -55,7 +55,7 @@ class OpenVinoRunner:
         try:
             self.model = self.core.read_model(str(self.path))
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses for unreadable IR
-            raise IsnetError(f"{self.path}: OpenVINO cannot read the model ({str(exc).splitlines()[0][:200]})") from None
+            raise IsnetError(f"{self.path}: OpenVINO cannot read the model ({first_line(exc)})") from None
         if performance_hint not in PERFORMANCE_HINTS:
             raise IsnetError(f"performance hint must be one of {', '.join(PERFORMANCE_HINTS)}, got '{performance_hint}'")
         self.config = {"INFERENCE_PRECISION_HINT": inference_precision, "PERFORMANCE_HINT": performance_hint}

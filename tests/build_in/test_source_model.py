@@ -186,6 +186,88 @@ def test_bare_onnx_runs_with_a_preset_and_its_own_input_name(foreign, tmp_path, 
     assert proc.returncode == 0, proc.stderr
     model = load_model(foreign, preprocess="u2net", size=(SIZE, SIZE))
     assert model.preprocessor.to_specs()[2]["mean"] == [0.485, 0.456, 0.406]
-    bad = run_isnet("run", "--model", foreign, "--preprocess", "u2net", "--image-dir", calib_images,
+    # Without --size the preset takes the file's fixed input size; a size it cannot take is one line.
+    fitted = load_model(foreign, preprocess="u2net")
+    assert fitted.input_size == (SIZE, SIZE)
+    bad = run_isnet("run", "--model", foreign, "--size", 48, 48, "--image-dir", calib_images,
                     "--output-dir", tmp_path / "x")
-    assert bad.returncode == 2 and "resizes to 320x320; add --size 32 32" in bad.stderr
+    assert bad.returncode == 2 and "fixed at 32x32" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_bare_logit_model_runs_as_probabilities(foreign):
+    model = load_model(foreign)
+    assert model.apply_sigmoid is True
+    out = model.predict(np.zeros((1, 3, SIZE, SIZE), np.float32))
+    assert 0 <= out.min() <= out.max() <= 1
+
+
+def _graph(tmp_path, name, nodes, inits, outputs, input_type=TensorProto.FLOAT, batch=1, ir=7, weights_as_inputs=False):
+    inputs = [helper.make_tensor_value_info("x", input_type, [batch, 3, 8, 8])]
+    if weights_as_inputs:
+        inputs += [helper.make_tensor_value_info(i.name, i.data_type, list(i.dims)) for i in inits]
+    graph = helper.make_graph(nodes, name, inputs,
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=ir)
+    path = tmp_path / f"{name}.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def _weights(rng, *names_shapes):
+    return [numpy_helper.from_array(rng.normal(0, 0.5, shape).astype(np.float32), name) for name, shape in names_shapes]
+
+
+SAMPLES = [np.random.default_rng(i).normal(0, 1, (3, 8, 8)).astype(np.float32) for i in range(2)]
+
+
+def test_odd_graphs_prepare_or_fail_in_one_line(tmp_path):
+    from isnet.build_in.source_model import prepare_source
+
+    rng = np.random.default_rng(0)
+    conv = helper.make_node("Conv", ["x", "w"], ["map"], pads=[1, 1, 1, 1])
+    # Weights listed as graph inputs too (IR < 4): pruning the side output must drop its weight input.
+    side = helper.make_node("Conv", ["x", "w_side"], ["side"], pads=[1, 1, 1, 1])
+    old = _graph(tmp_path, "old", [conv, side], _weights(rng, ("w", (1, 3, 3, 3)), ("w_side", (1, 3, 3, 3))),
+                 ["map", "side"], ir=3, weights_as_inputs=True)
+    prepared = prepare_source(old, tmp_path / "old_prepared.onnx", (8, 8), SAMPLES)
+    assert [i.name for i in onnx.load(str(prepared.path)).graph.input] == ["x"]
+    # An N x H x W output gets its channel back; an existing '<output>_sigmoid' name is not reused.
+    squeeze = helper.make_node("Squeeze", ["map", "axis"], ["map_sq"])
+    clash = helper.make_node("Identity", ["map_sq"], ["map_sq_sigmoid"])
+    flat = _graph(tmp_path, "flat", [conv, squeeze, clash],
+                  _weights(rng, ("w", (1, 3, 3, 3))) + [numpy_helper.from_array(np.array([1], np.int64), "axis")],
+                  ["map_sq", "map_sq_sigmoid"])
+    prepared = prepare_source(flat, tmp_path / "flat_prepared.onnx", (8, 8), SAMPLES)
+    assert prepared.activation.value == "sigmoid added"
+    session = ort.InferenceSession(str(prepared.path), providers=["CPUExecutionProvider"])
+    out = session.run(None, {"x": np.stack(SAMPLES)})[0]
+    assert out.shape == (2, 1, 8, 8) and 0 <= out.min() <= out.max() <= 1
+    # Inputs isnet cannot feed are refused with one line.
+    for name, kwargs, message in (("fp16", {"input_type": TensorProto.FLOAT16}, "is float16"),
+                                  ("batch2", {"batch": 2}, "batch is fixed at 2")):
+        path = _graph(tmp_path, name, [conv], _weights(rng, ("w", (1, 3, 3, 3))), ["map"], **kwargs)
+        with pytest.raises(IsnetError, match=message):
+            prepare_source(path, tmp_path / f"{name}_prepared.onnx", (8, 8), SAMPLES)
+
+
+def test_values_read_inside_nested_subgraphs_survive_pruning(tmp_path):
+    from isnet.build_in.source_model import prepare_source
+
+    rng = np.random.default_rng(1)
+    deep = helper.make_graph([helper.make_node("Mul", ["y", "scale"], ["z"])], "deep", [],
+                             [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)])
+    plain = helper.make_graph([helper.make_node("Identity", ["y"], ["z2"])], "plain", [],
+                              [helper.make_tensor_value_info("z2", TensorProto.FLOAT, None)])
+    inner = helper.make_graph([helper.make_node("If", ["cond"], ["i"], then_branch=deep, else_branch=plain)], "inner",
+                              [], [helper.make_tensor_value_info("i", TensorProto.FLOAT, None)])
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]),
+             helper.make_node("If", ["cond"], ["out"], then_branch=inner, else_branch=plain),
+             helper.make_node("Sigmoid", ["out"], ["prob"])]
+    inits = _weights(rng, ("w", (1, 3, 3, 3))) + [numpy_helper.from_array(np.array(True), "cond"),
+                                                  numpy_helper.from_array(np.array(2.0, np.float32), "scale")]
+    path = _graph(tmp_path, "nested", nodes, inits, ["prob", "y"])
+    prepared = prepare_source(path, tmp_path / "nested_prepared.onnx", (8, 8), SAMPLES, output="prob")
+    session = ort.InferenceSession(str(prepared.path), providers=["CPUExecutionProvider"])
+    reference = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"x": SAMPLES[0][None]})[0],
+                               reference.run(["prob"], {"x": SAMPLES[0][None]})[0], atol=1e-6)

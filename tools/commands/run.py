@@ -34,6 +34,8 @@ class RunCommand:
         from isnet.runtime import load_model, run_folder
 
         model = load_model(args.model, threads=args.threads, size=args.size, preprocess=args.preprocess)
+        if model.apply_sigmoid:
+            print(f"note: {model.name}'s output is a logit map (values outside [0, 1]); the sigmoid is applied")
         bars = []
 
         def progress(count: int, total: int) -> None:

@@ -274,13 +274,18 @@ def load_experiment(data: Mapping, source: str, base: Path, overrides: Sequence[
     input_size = spec.input_size
     if input_size is None and not is_onnx and spec.process_ops is None:
         input_size = (320, 320)
+    for key in ("checkpoint", "type", "shape"):
+        if key in spec.frontend:
+            raise IsnetError(f"{source}: frontend.{key}: set by the experiment's "
+                             f"{'input_size' if key == 'shape' else 'model'}; remove it here")
     frontend = {**spec.frontend, "type": "onnx" if is_onnx else "pytorch", "checkpoint": str(spec.model)}
     if input_size is not None:
         frontend["shape"] = [1, 3, *input_size]
     dataset = {"path": str(calibration_dir), "sampler": {"get_data_num": spec.calibration.count}}
     if spec.process_ops is not None:
         try:
-            dataset["process_ops"] = resolve_process_ops(spec.process_ops, base, "process_ops")
+            dataset["process_ops"] = resolve_process_ops(
+                spec.process_ops, Path.cwd() if "process_ops" in overridden else base, "process_ops")
         except IsnetError as exc:
             raise IsnetError(f"{source}: {exc}") from None
     base_config = {"frontend": frontend, "backend": {"type": "onnxruntime"}, "dataset": dataset,

@@ -79,16 +79,14 @@ def _export_once(experiment: Experiment, cache: StageCache, force: bool) -> tupl
     return tuple(builds)
 
 
-def _drift(reference, model, images: list[Path], batch: int) -> dict:
-    """Mean |difference| of the raw float output maps (model resolution) against the reference, and the
-    number of NaN/inf values (left out of the mean)."""
-    from isnet.runtime.pipeline import predict_batches
-
+def _drift(reference_maps: Path, maps: Path, relatives: list[str]) -> dict | None:
+    """Mean |difference| of two builds' raw output maps (kept by the run stage), and the number of
+    NaN/inf values (left out of the mean); None when the maps differ in size (other input sizes)."""
     difference = DifferenceAccumulator()
-    expected = predict_batches(reference, ((p, reference.preprocessor.load(p)[0]) for p in images), batch,
-                               lambda item: item[1])
-    got = predict_batches(model, ((p, model.preprocessor.load(p)[0]) for p in images), batch, lambda item: item[1])
-    for (_, want), (_, have) in zip(expected, got):
+    for relative in relatives:
+        want, have = np.load(reference_maps / f"{relative}.npy"), np.load(maps / f"{relative}.npy")
+        if want.shape != have.shape:
+            return None
         difference.add(want, have)
     total = difference.total()
     return {"mean_abs": total.mean_abs, "nonfinite": total.nonfinite}
@@ -142,6 +140,7 @@ def run_experiment(experiment: Experiment, force: bool = False, progress: Progre
     image_key = image_list_key(images)
     mask_key = image_list_key(list_images(experiment.masks))
     run, profile = experiment.run, experiment.profile
+    drift_relatives = [p.relative_to(experiment.images).as_posix() for p in images[: run.drift_images]]
     notes: list[str] = list(experiment.notes)
     reports: list[BuildReport] = []
     mask_dirs: dict[str, Path] = {}
@@ -163,14 +162,17 @@ def run_experiment(experiment: Experiment, force: bool = False, progress: Progre
 
         masks = out / "masks" / entry.name
         mask_dirs[entry.name] = masks
-        run_inputs = digest_of({"artifact": key, "images": image_key, "batch": run.batch})
-        if not force and cache.get("run", entry.name, run_inputs) is not None and masks.is_dir():
+        # The run keeps the raw maps of the drift images, so drift needs no second inference.
+        run_inputs = digest_of({"artifact": key, "images": image_key, "batch": run.batch,
+                                "maps": drift_relatives})
+        if not force and cache.get("run", entry.name, run_inputs) is not None and masks.is_dir() \
+                and (out / "maps" / entry.name).is_dir():
             reused.append("masks")
         else:
             model = load_model(artifact, threads=run.threads)
             step = (lambda n, total, name=entry.name: progress(f"{name} run", n, total)) if progress else None
             result = run_folder(model, experiment.images, masks, batch=run.batch, io_threads=run.io_threads,
-                                progress=step)
+                                progress=step, maps_dir=out / "maps" / entry.name, maps_for=drift_relatives)
             if result.failed:
                 raise IsnetError(f"{entry.name}: {result.failed} images failed; see {result.failures_path}")
             cache.put("run", entry.name, run_inputs, {"done": result.done, "seconds": result.seconds})
@@ -206,23 +208,20 @@ def run_experiment(experiment: Experiment, force: bool = False, progress: Progre
     # Drift of raw output maps against the reference build, on the first `drift_images` images.
     by_name = {r.name: r for r in reports}
     reference = by_name[experiment.reference]
-    drift_images = images[: run.drift_images]
-    reference_model = None
     for report in reports:
         if report.name == experiment.reference:
             report.drift_mean_abs = 0.0
+            report.nonfinite = sum(int(np.count_nonzero(~np.isfinite(np.load(out / "maps" / report.name / f"{r}.npy"))))
+                                   for r in drift_relatives)
             continue
         drift_inputs = digest_of({"ref": artifact_key(reference.info), "build": artifact_key(report.info),
-                                  "images": image_list_key(drift_images)})
+                                  "images": image_list_key(images[: run.drift_images])})
         cached = None if force else cache.get("drift", report.name, drift_inputs)
         if cached is None:
-            reference_model = reference_model or load_model(reference.artifact, threads=run.threads)
-            model = load_model(report.artifact, threads=run.threads)
-            if reference_model.input_size != model.input_size:
+            cached = _drift(out / "maps" / reference.name, out / "maps" / report.name, drift_relatives)
+            if cached is None:
                 notes.append(f"{report.name}: input size differs from {experiment.reference}; no drift figure")
                 cached = {"mean_abs": None}
-            else:
-                cached = _drift(reference_model, model, drift_images, run.batch)
             cache.put("drift", report.name, drift_inputs, cached)
         report.drift_mean_abs = cached["mean_abs"]
         report.nonfinite = cached.get("nonfinite", 0)

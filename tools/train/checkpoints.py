@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from enum import Enum
 from pathlib import Path
 
 from isnet.core import IsnetError
@@ -22,8 +24,14 @@ def read_training_state(path: Path, task: Task) -> tuple[dict, dict]:
 
 def check_resumable(config: TrainConfig, stored: dict, digest: str, stored_digest: str, path: Path) -> None:
     now = config.to_dict()
-    differences = [f"{key.replace('_', '-')} {now[key]!r} (checkpoint: {stored.get(key)!r})"
-                   for key in now if key not in FREE_ON_RESUME and now[key] != stored.get(key)]
+    # Settings added after a checkpoint was written are compared with their defaults.
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+    before = {key: stored.get(key, defaults.get(key)) for key in now}
+    before = {key: value.value if isinstance(value, Enum) else value for key, value in before.items()}
+    differences = [f"{key.replace('_', '-')} {now[key]!r} (checkpoint: {before[key]!r})"
+                   for key in now if key not in FREE_ON_RESUME and now[key] != before[key]]
+    if (now["teacher_maps"] is None) != (before["teacher_maps"] is None):
+        differences.append("distillation (--teacher-maps) on one side only")
     if digest != stored_digest:
         differences.append("the training pictures (other file names)")
     if differences:

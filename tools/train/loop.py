@@ -116,6 +116,9 @@ def _train_loop(task: Task, config: TrainConfig, progress: Callable[[TrainEvent]
             probe = deploy_preprocessor(config.train_size)
             images = torch.from_numpy(np.stack([probe.load(image)[0] for _, image, _ in pairs[:16]]))
             copied, total = init_from_onnx(model, config.init_weights, images)
+            if not copied:
+                raise IsnetError(f"{config.init_weights}: none of its convolutions has the shape of one of "
+                                 f"ISNet '{arch}'; nothing to start from")
             init_note = f"copied {copied} of {total} convolutions from {config.init_weights.name}"
         else:
             state, _ = read_checkpoint(config.init_weights)
