@@ -220,37 +220,60 @@ def _align(ours: list[tuple], theirs: list[tuple]) -> list[tuple[int, int]]:
     return pairs
 
 
-def init_from_onnx(model: torch.nn.Module, path: str | os.PathLike, images: torch.Tensor) -> tuple[int, int]:
+def init_from_onnx(model: torch.nn.Module, path: str | os.PathLike, images: torch.Tensor,
+                   input_affine: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[int, int]:
     """Start ``model`` from the convolutions of another network's ONNX file, where shapes match.
 
     Exporters fold each BatchNorm into the convolution before it, so a convolution of the file is
     one of ``model``'s conv -> BN pairs. Convolutions are paired in execution order, by shape
     (the longest order-preserving match). The BN after a copied convolution is set from the
     statistics of its output on ``images`` (N x 3 x H x W, ``model``'s own pre-processing), so
-    that conv -> BN reproduces the file's convolution in training and in eval mode alike.
-    Returns (convolutions copied, convolutions in ``model``).
+    that conv -> BN reproduces the file's convolution in training and in eval mode alike. An
+    unmatched convolution that keeps its channel count starts as the identity (its BN too), so
+    the copied layers around it still see what they were trained on. ``input_affine`` =
+    (scale, shift) per input channel maps ``model``'s input to the file's (its pre-processing
+    differs): the first copied convolution absorbs it. Returns (convolutions copied, convolutions
+    in ``model``).
     """
     path = Path(path)
     theirs = _onnx_convolutions(path)
     order = _execution_order(model, images)
     modules = dict(model.named_modules())
     pairs = _align([tuple(modules[name].weight.shape) for name in order], [tuple(w.shape) for w, _ in theirs])
+    matched = {mine for mine, _ in pairs}
     was_training = model.training
     model.eval()
     batch_norms = {}
+
+    def identity_batch_norm(conv_name: str) -> None:
+        bn = modules.get(conv_name.rsplit(".", 1)[0] + ".bn_s1") if conv_name.endswith("conv_s1") else None
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            # Identity first, so that the statistics below see the file's own convolution.
+            bn.reset_parameters()
+            bn.running_var.fill_(1.0 - bn.eps)
+            batch_norms[conv_name] = bn
+
     with torch.no_grad():
-        for mine, other in pairs:
+        for index, (mine, other) in enumerate(pairs):
             conv = modules[order[mine]]
-            weight, bias = theirs[other]
-            conv.weight.copy_(torch.tensor(weight))
+            weight, bias = (np.array(a, dtype=np.float32) for a in theirs[other])
+            if index == 0 and input_affine is not None and weight.shape[1] == len(input_affine[0]):
+                scale, shift = (np.asarray(v, dtype=np.float32) for v in input_affine)
+                # W * (scale x + shift) + b = (W scale) x + (b + sum W shift), exact away from the border.
+                bias = bias + np.einsum("oikl,i->o", weight, shift)
+                weight = weight * scale[None, :, None, None]
+            conv.weight.copy_(torch.from_numpy(weight))
             if conv.bias is not None:
-                conv.bias.copy_(torch.tensor(bias))
-            bn = modules.get(order[mine].rsplit(".", 1)[0] + ".bn_s1") if order[mine].endswith("conv_s1") else None
-            if isinstance(bn, torch.nn.BatchNorm2d):
-                # Identity first, so that the statistics below see the file's own convolution.
-                bn.reset_parameters()
-                bn.running_var.fill_(1.0 - bn.eps)
-                batch_norms[order[mine]] = bn
+                conv.bias.copy_(torch.from_numpy(bias))
+            identity_batch_norm(order[mine])
+        for index, name in enumerate(order):
+            conv = modules[name]
+            out_ch, in_ch, kh, kw = conv.weight.shape
+            if index not in matched and out_ch == in_ch and kh % 2 and kw % 2 and conv.groups == 1:
+                torch.nn.init.dirac_(conv.weight)
+                if conv.bias is not None:
+                    conv.bias.zero_()
+                identity_batch_norm(name)
         outputs: dict[str, list[torch.Tensor]] = {name: [] for name in batch_norms}
         handles = [modules[name].register_forward_hook(lambda m, _i, out, name=name: outputs[name].append(out))
                    for name in batch_norms]

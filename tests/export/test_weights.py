@@ -140,3 +140,36 @@ def test_wrong_keys_list_missing_unexpected_and_shapes(tmp_path, lite_state):
 def test_unknown_arch_is_refused():
     with pytest.raises(IsnetError, match="unknown architecture 'tiny'"):
         build_isnet("random", arch="tiny")
+
+
+def test_init_from_onnx_reproduces_the_exported_network(tmp_path):
+    """Convolutions of an ONNX export (BatchNorm folded in) copied back into a fresh model give its outputs."""
+    import warnings
+
+    import numpy as np
+
+    from isnet.export.weights import init_from_onnx
+
+    torch.manual_seed(0)
+    source = ISNet("isnet-lite", deploy=True).eval()
+    for module in source.modules():  # non-trivial BatchNorm statistics, so folding matters
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+    images = torch.rand(4, 3, 64, 64) - 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(source, (images[:1],), str(tmp_path / "source.onnx"), input_names=["input"],
+                          output_names=["output"], dynamo=False, opset_version=17)
+    torch.manual_seed(1)
+    student = ISNet("isnet-lite")
+    copied, total = init_from_onnx(student, tmp_path / "source.onnx", images)
+    assert (copied, total) == (114, 119)  # a deploy export has no side heads 2-6
+    student.eval()
+    with torch.no_grad():
+        expected = source(images)
+        got = torch.sigmoid(student.side_logits(images, heads=1)[0][0])
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=2e-4)
+        student.train()  # batch statistics of the same images: the BN set from them is the identity too
+        got_train = torch.sigmoid(student.side_logits(images, heads=1)[0][0])
+    np.testing.assert_allclose(got_train.numpy(), expected.numpy(), atol=2e-3)

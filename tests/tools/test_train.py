@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from isnet.build_in.imageio import decode_mask
 from isnet.build_in.ops import DEFAULT_OPS, Preprocessor
 from isnet.eval import validation_scores
 from isnet.core import IsnetError
@@ -162,33 +163,31 @@ def test_gt_encoder_of_another_architecture_or_network_is_refused(gt_encoder, tm
 
 
 def _masks(root: Path):
-    from isnet.build_in.imageio import decode_mask
-
     return [decode_mask(p) for p in sorted((root / "mask").iterdir())]
 
 
-def test_shipped_checkpoint_meets_the_target_on_fresh_synthetic_pictures(tmp_path):
+def test_shipped_checkpoint_meets_the_target_on_held_out_photographs(ecssd):
     assert SHIPPED.is_file(), f"{SHIPPED} is missing"
     assert SHIPPED.stat().st_size <= 8 * 1024 * 1024
     state, arch = read_checkpoint(SHIPPED)
     assert arch.name == "isnet-lite"
     assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float16}
 
-    # Seed 2024 differs from the training (0) and validation (1, 2) sets of the model card.
-    data = generate_dataset(tmp_path / "fresh", 24, seed=2024)
+    # ECSSD 0451-0500: the pictures the model card holds out (it was distilled on 0001-0450).
+    held_out = [p for p in sorted((ecssd / "image").glob("*.jpg")) if p.stem >= "0451"]
+    assert len(held_out) == 50
     model = build_isnet(SHIPPED)  # the same loader as official weights; fp32, deploy head only
     pre = Preprocessor.from_specs(DEFAULT_OPS)  # the deploy pre-processing, 320x320
-    images = sorted(data.image_dir.iterdir())
-    preds, gts = [], []
+    preds = []
     with torch.no_grad():
-        for path in images:
+        for path in held_out:
             tensor, geometry = pre.load(path)
             prob = model(torch.from_numpy(tensor)[None])[0, 0].numpy()
             preds.append(pre.restore(prob, geometry))
-    gts = _masks(data.out_dir)
+    gts = [decode_mask(ecssd / "mask" / f"{p.stem}.png") for p in held_out]
     scores = validation_scores(preds, gts)
-    # The target for held-out synthetic data.
-    assert scores["mae"] <= 0.03 and scores["maxfmeasure"] >= 0.95, scores
+    # The goal on held-out photographs (the teacher U^2-Netp: 0.035 / 0.922 on these 50).
+    assert scores["mae"] <= 0.08 and scores["maxfmeasure"] >= 0.86, scores
 
 
 def _assert_one_line_error(proc, *fragments):

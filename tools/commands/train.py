@@ -139,6 +139,9 @@ class TrainCommand:
         extra.add_argument("--init-weights", metavar="PTH|ONNX",
                            help="start from these weights (official or isnet checkpoint) to fine-tune, or copy "
                                 "every convolution of the same shape from an ONNX model (e.g. a U2-Net teacher)")
+        extra.add_argument("--init-preprocess", metavar="PRESET",
+                           help="the pre-processing the --init-weights ONNX model was trained with (e.g. u2net); "
+                                "its first convolution absorbs the difference from isnet's")
         extra.add_argument("--teacher-maps", metavar="DIR",
                            help="distil: a teacher model's maps of the training pictures (<stem>.png, e.g. from "
                                 "`isnet run --model TEACHER`), learnt beside the GT masks")
@@ -156,7 +159,8 @@ class TrainCommand:
 
         config = TrainConfig(**_config_kwargs(args), init_weights=args.init_weights, gt_encoder=args.gt_encoder,
                              feature_weight=args.feature_weight, fp16_weights=args.fp16_weights,
-                             teacher_maps=args.teacher_maps, teacher_weight=args.teacher_weight)
+                             teacher_maps=args.teacher_maps, teacher_weight=args.teacher_weight,
+                             init_preprocess=args.init_preprocess)
         reporter = _Reporter("isnet train")
         try:
             result = train_isnet(config, progress=reporter)

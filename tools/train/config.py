@@ -62,7 +62,9 @@ class TrainConfig:
     final model's float tensors as fp16 (half the file; loaders cast back to fp32).
     ``resume`` continues the run saved in that ``last.pth``. ``teacher_maps`` is a folder of a
     teacher model's maps (``<stem>.png``, e.g. from ``isnet run``), learnt beside the GT with
-    weight ``teacher_weight`` (distillation); ``augment`` picks :class:`Augment`.
+    weight ``teacher_weight`` (distillation); ``augment`` picks :class:`Augment`. ``init_preprocess``
+    names the pre-processing of an ONNX ``init_weights`` (a preset, e.g. ``u2net``), so its first
+    convolution can absorb the difference from the deployment pre-processing.
     """
 
     data_dir: Path
@@ -74,6 +76,7 @@ class TrainConfig:
     feature_weight: float = 1.0
     teacher_maps: Path | None = None
     teacher_weight: float = 1.0
+    init_preprocess: str | None = None
     augment: Augment = Augment.BASIC
     epochs: int = 10
     batch_size: int = 8

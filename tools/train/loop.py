@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from isnet.build_in.ops import Normalize, Preprocessor, resolve_process_ops
 from isnet.core import IsnetError, write_text_atomic
 from isnet.eval import ecssd_pairs
 from isnet.export.model import ISNet, ISNetGTEncoder
@@ -23,6 +24,23 @@ from isnet.tools.train.data import (EpochSampler, LoadFailure, PairDataset, coll
                                     worker_init)
 from isnet.tools.train.losses import gt_encoder_loss, isnet_loss
 from isnet.tools.train.validation import validate
+
+
+def input_affine(ours: Preprocessor, theirs_name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, shift) per channel turning an input made by ``ours`` into one made by ``theirs_name``."""
+    def normalize(pre: Preprocessor) -> Normalize:
+        found = [op for op in pre.ops if isinstance(op, Normalize)]
+        if len(found) != 1:
+            raise IsnetError("--init-preprocess: both pre-processings need exactly one Normalize op")
+        return found[0]
+
+    theirs = Preprocessor.from_specs(resolve_process_ops(theirs_name, where="--init-preprocess"))
+    a, b = normalize(ours), normalize(theirs)
+    scale_a, mean_a, std_a = np.float64(a.scale), np.array(a.mean), np.array(a.std)
+    scale_b, mean_b, std_b = np.float64(b.scale), np.array(b.mean), np.array(b.std)
+    # pixel = (ours * std_a + mean_a) / scale_a, theirs = (pixel * scale_b - mean_b) / std_b
+    ratio = scale_b / scale_a
+    return std_a * ratio / std_b, (mean_a * ratio - mean_b) / std_b
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
@@ -115,7 +133,8 @@ def _train_loop(task: Task, config: TrainConfig, progress: Callable[[TrainEvent]
         if config.init_weights.suffix.lower() == ".onnx":
             probe = deploy_preprocessor(config.train_size)
             images = torch.from_numpy(np.stack([probe.load(image)[0] for _, image, _ in pairs[:16]]))
-            copied, total = init_from_onnx(model, config.init_weights, images)
+            affine = input_affine(probe, config.init_preprocess) if config.init_preprocess else None
+            copied, total = init_from_onnx(model, config.init_weights, images, input_affine=affine)
             if not copied:
                 raise IsnetError(f"{config.init_weights}: none of its convolutions has the shape of one of "
                                  f"ISNet '{arch}'; nothing to start from")
