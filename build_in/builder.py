@@ -32,6 +32,7 @@ from isnet.build_in.source_model import prepare_source
 from isnet.core import IsnetError, atomic_dir, first_line, sha256_file
 
 Progress = Callable[[str, int, int], None]
+BUILD_STEPS = 4
 
 
 @dataclass
@@ -150,19 +151,28 @@ def build_artifact(config: BuildConfig, force: bool = False, progress: Progress 
     else:
         sample_source = "held-out images" if disjoint else "calibration images (no other images in dataset.path)"
 
+    def step() -> None:
+        # The build's own steps (source, compile, load check, fidelity) as one bar; calibration has its own.
+        if progress:
+            progress("build", 1, BUILD_STEPS)
+
+    if progress:
+        progress("build", 0, BUILD_STEPS)
     with tempfile.TemporaryDirectory(prefix="isnet-build-") as work_name:
         work = Path(work_name)
-        if progress:
-            progress("export", 0, 1)
         source, arch = _source_onnx(config, work)
         reference = work / "fp32.onnx"
         prepared = prepare_source(source, reference, size, [tensor for _, tensor in samples],
                                   output=config.frontend.output, activation=config.frontend.output_activation)
+        step()
         with atomic_dir(target, replace=force) as out:
             compiled = _compile(backend, reference, config, out, work, progress)
+            step()
             runner = _load_check(backend, out / compiled["model_file"], compiled["runtime_options"], config,
                                  samples[0][1])
+            step()
             fidelity = _fidelity(reference, runner, samples[:len(held_out)] or samples, sample_source)
+            step()
             if fidelity["nonfinite_values"]:
                 raise IsnetError(f"the {config.backend.dtype.value} build produces {fidelity['nonfinite_values']} "
                                  f"NaN/inf values on {fidelity['source']}; keep more layers in float "

@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -146,13 +146,17 @@ def host_info() -> dict:
 
 
 def _measure(call: Callable[[int], int], instances: int, warmup: int, iterations: int | None,
-             duration: float | None) -> Measurement:
-    """Run ``call(instance) -> images`` in ``instances`` threads after ``warmup`` calls each."""
+             duration: float | None, progress: Callable[[float], None] | None = None) -> Measurement:
+    """Run ``call(instance) -> images`` in ``instances`` threads after ``warmup`` calls each.
+
+    ``progress(fraction)`` is called from the caller's thread about four times a second.
+    """
     window: dict[str, float] = {}
     # The barrier's action runs once, before any instance is released: the window starts then.
     barrier = threading.Barrier(instances + 1, action=lambda: window.__setitem__("start", time.perf_counter()))
     latencies: list[list[float]] = [[] for _ in range(instances)]
     images = [0] * instances
+    done_calls = [0] * instances
 
     def worker(instance: int) -> None:
         try:
@@ -166,6 +170,7 @@ def _measure(call: Callable[[int], int], instances: int, warmup: int, iterations
                 images[instance] += call(instance)
                 latencies[instance].append(time.perf_counter() - start)
                 calls += 1
+                done_calls[instance] = calls
         except BaseException:
             # Release the others from the barrier; the error reaches the caller via the future.
             barrier.abort()
@@ -177,6 +182,12 @@ def _measure(call: Callable[[int], int], instances: int, warmup: int, iterations
             barrier.wait()
         except threading.BrokenBarrierError:
             pass  # an instance failed; its future re-raises the error below
+        if progress is not None and "start" in window:
+            while wait(futures, timeout=0.25).not_done:
+                if iterations is not None:
+                    progress(min(1.0, sum(done_calls) / (iterations * instances)))
+                else:
+                    progress(min(1.0, (time.perf_counter() - window["start"]) / duration))
         errors = [error for error in (future.exception() for future in futures) if error is not None]
         if errors:
             # Raise the instance's own error, not the broken barrier it left the others with.
@@ -243,7 +254,7 @@ def profile_model(path: str | os.PathLike, batches: Sequence[int] = (1,), instan
                   duration: float | None = None, with_preprocess: bool = False,
                   image_dir: str | os.PathLike | None = None,
                   size: tuple[int, int] | None = None, hint: str | None = None,
-                  preprocess=None) -> list[ProfileRecord]:
+                  preprocess=None, progress: Callable[[float], None] | None = None) -> list[ProfileRecord]:
     """Profile one model at every batch size; returns one :class:`ProfileRecord` per batch.
 
     Images come from ``image_dir`` (its first 32) or, when None, from deterministic synthetic
@@ -281,7 +292,7 @@ def profile_model(path: str | os.PathLike, batches: Sequence[int] = (1,), instan
                 infer_calls[instance](stack)
                 return batch
 
-            inference = _measure(infer, instances, warmup, iterations, duration)
+            inference = _measure(infer, instances, warmup, iterations, duration, progress)
             end_to_end = None
             if with_preprocess:
                 def run_end_to_end(instance: int) -> int:

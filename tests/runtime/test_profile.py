@@ -36,7 +36,7 @@ def test_profile_command_writes_a_record_per_model_and_batch(run_isnet, lite_art
 
 def test_size_for_artifacts_only_is_refused(run_isnet, lite_artifact):
     result = run_isnet("profile", "--model", lite_artifact, "--size", "48", "48")
-    assert result.returncode == 2 and "drop --size" in result.stderr
+    assert result.returncode == 2 and "artifacts carry their own pre-processing (drop them)" in result.stderr
 
 
 def test_models_share_one_table(run_isnet, lite_onnx, tmp_path):

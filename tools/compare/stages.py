@@ -180,7 +180,7 @@ def run_experiment(experiment: Experiment, force: bool = False, progress: Progre
         eval_inputs = digest_of({"run": run_inputs, "masks": mask_key})
         scored = None if force else cache.get("eval", entry.name, eval_inputs)
         if scored is None:
-            result = evaluate_folders(masks, experiment.masks)
+            result = evaluate_folders(masks, experiment.masks, progress=progress is not None)
             scored = {"metrics": result.metrics, "curves": {k: v.tolist() for k, v in result.curves.items()}}
             cache.put("eval", entry.name, eval_inputs, scored)
         else:
@@ -190,8 +190,17 @@ def run_experiment(experiment: Experiment, force: bool = False, progress: Progre
                                     "threads": run.threads})
         profiled = None if force else cache.get("profile", entry.name, profile_inputs)
         if profiled is None:
+            shown = [0]
+
+            def profiled_fraction(fraction: float, name=entry.name) -> None:
+                step = int(fraction * 100) - shown[0]
+                if step > 0 and progress:
+                    progress(f"{name} profile", step, 100)
+                    shown[0] += step
+
             record = profile_model(artifact, batches=(profile.batch,), threads=run.threads,
-                                   duration=profile.seconds, iterations=None, image_dir=experiment.images)[0]
+                                   duration=profile.seconds, iterations=None, image_dir=experiment.images,
+                                   progress=profiled_fraction if progress else None)[0]
             profiled = {"throughput_ips": record.throughput_ips, "p50_ms": record.latency_ms.p50}
             cache.put("profile", entry.name, profile_inputs, profiled)
         else:
