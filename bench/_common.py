@@ -58,17 +58,25 @@ def _build_child(config: dict, base_dir: str, queue) -> None:
                "dir": str(result.artifact_dir), "info": result.info})
 
 
-def build_in_child(config: dict, base_dir: Path) -> dict:
-    """``build_artifact`` in a fresh process: its time, its own peak RSS (GB) and the build.json."""
+def in_child(target, *args, what: str) -> dict:
+    """``target(*args, queue)`` in a fresh (spawned) process; return what it put on the queue.
+
+    A fresh process per measurement, so that its peak RSS is its own.
+    """
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=_build_child, args=(config, str(base_dir), queue))
+    process = context.Process(target=target, args=(*args, queue))
     process.start()
     result = queue.get()
     process.join()
     if process.exitcode:
-        raise SystemExit(f"build {config.get('name')} failed (exit code {process.exitcode})")
+        raise SystemExit(f"{what} failed (exit code {process.exitcode})")
     return result
+
+
+def build_in_child(config: dict, base_dir: Path) -> dict:
+    """``build_artifact`` in a fresh process: its time, its own peak RSS (GB) and the build.json."""
+    return in_child(_build_child, config, str(base_dir), what=f"build {config.get('name')}")
 
 
 def markdown(header: list[str], rows: list[list[str]]) -> str:

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import ECSSD as ECSSD_ROOT, build_in_child
+from _common import ECSSD as ECSSD_ROOT, build_in_child, in_child
 
 ECSSD = ECSSD_ROOT / "image"
 
@@ -34,9 +34,8 @@ def _stock(source_onnx: str, images: list[str], size: int, out_dir: str, queue) 
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
-    from isnet.build_in.builder import _prepare_fp32
-    from isnet.build_in.config import validate_build_config
     from isnet.build_in.ops import Preprocessor, default_process_ops
+    from isnet.build_in.source_model import prepare_source
 
     pre = Preprocessor.from_specs(default_process_ops((size, size)))
 
@@ -50,10 +49,9 @@ def _stock(source_onnx: str, images: list[str], size: int, out_dir: str, queue) 
 
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp())
-    config = validate_build_config({"name": "stock", "frontend": {"checkpoint": source_onnx,
-                                                                  "shape": {"input": [1, 3, size, size]}}},
-                                   source="bench", base_dir=work)
-    _prepare_fp32(Path(source_onnx), config, work / "fp32.onnx")
+    # The same fp32 graph `isnet build` calibrates (prepared from the source file the same way).
+    samples = [pre.load(path)[0] for path in images[:2]]
+    prepare_source(source_onnx, work / "fp32.onnx", (size, size), samples)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     quant_pre_process(str(work / "fp32.onnx"), str(work / "prepared.onnx"))
@@ -71,27 +69,19 @@ def _stock(source_onnx: str, images: list[str], size: int, out_dir: str, queue) 
 
 
 def _stock_in_child(*args) -> dict:
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=_stock, args=(*args, queue))
-    process.start()
-    result = queue.get()
-    process.join()
-    if process.exitcode:
-        raise SystemExit(f"stock quantize_static failed with exit code {process.exitcode}")
-    return result
+    return in_child(_stock, *args, what="stock quantize_static")
 
 
 def _stock_fidelity(model: Path, fp32_model: Path, config: dict, work: Path) -> dict:
     """The stock model against the fp32 build on the held-out images `isnet build` checks."""
     from isnet.build_in.backends.onnxruntime_runner import OnnxRuntimeRunner
-    from isnet.build_in.builder import _fidelity
+    from isnet.build_in.builder import _fidelity, _sample_inputs
     from isnet.build_in.config import validate_build_config
 
     checked = validate_build_config({**config, "name": "stock-check"}, source="bench", base_dir=work)
-    held_out, disjoint = checked.held_out_images()
-    return _fidelity(fp32_model, OnnxRuntimeRunner(model), checked.preprocessor(), held_out, disjoint,
-                     tuple(checked.input_shape[2:]))
+    held_out, _ = checked.held_out_images()
+    inputs = _sample_inputs(checked.preprocessor(), held_out, tuple(checked.input_shape[2:]))
+    return _fidelity(fp32_model, OnnxRuntimeRunner(model), inputs[:len(held_out)], "held-out images")
 
 
 def _latency_ms(model_file: Path, size: int, runs: int = 20) -> float:
