@@ -209,19 +209,33 @@ def _histogram_method(mode: CalibrationMode) -> str:
 
 # Activations ONNX Runtime's QDQ quantizer removes, giving their range to the tensor they read.
 _REMOVABLE_ACTIVATIONS = ("Relu", "Clip")
+# Ops whose output the QDQ quantizer quantizes with their input's parameters ("direct 8-bit" ops).
+_SAME_AS_INPUT = ("MaxPool", "Resize", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "AveragePool",
+                  "Slice", "TopK")
 
 
-def ranges_taken_over(model, names: Sequence[str], symmetric: bool) -> dict[str, str]:
-    """{tensor: activation output} for every calibrated tensor whose range the quantizer never reads.
+def ranges_taken_over(model, names: Sequence[str], symmetric: bool,
+                      excluded_nodes: Sequence[str] = ()) -> dict[str, str]:
+    """{tensor: tensor whose range it gets} for calibrated tensors whose own range the quantizer never reads.
 
-    With asymmetric activations, ONNX Runtime's QDQ quantizer removes a Relu or Clip whose input
-    has no other reader and is not a graph input or output, and quantizes that input with the
-    range of the activation's *output* (``QDQRemovableActivation``, ``try_replacing_upstream_output``).
-    Such inputs need no statistics: their ranges are copied from the activation's. Not collecting
-    them leaves the convolution and its ReLU fusable in the calibration graph, and halves the
-    statistics of a ReLU network.
+    ONNX Runtime's QDQ quantizer (the defaults ``isnet build`` uses):
+
+    - with asymmetric activations, removes a Relu or Clip whose input has no other reader and is
+      not a graph input or output, and quantizes that input with the range of the activation's
+      *output* (``QDQRemovableActivation``, ``try_replacing_upstream_output``);
+    - quantizes the output of MaxPool, Resize and the other "direct 8-bit" ops with the parameters
+      of their input when that input is already quantized (``QDQDirect8BitOp``,
+      ``quantize_output_same_as_input``).
+
+    Whether it does depends on node order and on the nodes left in float (``excluded_nodes``), so
+    each candidate found in the graph is confirmed by a dry run of the quantizer itself
+    (:func:`_ranges_the_quantizer_reads`); without that, nothing is taken over. Those tensors
+    need no statistics: their ranges are copied from the tensor named. Not collecting them leaves
+    convolutions and their ReLUs fusable in the calibration graph, and more than halves the
+    statistics of a U²-Net (the quantized model is the same; tests check, with nodes excluded too).
     """
-    if symmetric:
+    read = _ranges_the_quantizer_reads(model, names, symmetric, excluded_nodes)
+    if read is None:
         return {}
     graph = model.graph
     readers: dict[str, int] = {}
@@ -230,12 +244,58 @@ def ranges_taken_over(model, names: Sequence[str], symmetric: bool) -> dict[str,
             readers[name] = readers.get(name, 0) + 1
     edges = {i.name for i in graph.input} | {o.name for o in graph.output}
     calibrated = set(names)
-    return {node.input[0]: node.output[0] for node in graph.node
-            if node.op_type in _REMOVABLE_ACTIVATIONS and node.input and node.input[0] in calibrated
-            and node.output[0] in calibrated and readers.get(node.input[0]) == 1 and node.input[0] not in edges}
+    taken: dict[str, str] = {}
+    for node in graph.node:
+        if not node.input or not node.output:
+            continue
+        source, output = node.input[0], node.output[0]
+        if source not in calibrated or output not in calibrated:
+            continue
+        if (node.op_type in _REMOVABLE_ACTIVATIONS and not symmetric and readers.get(source) == 1
+                and source not in edges and source not in read):
+            taken[source] = output
+        elif node.op_type in _SAME_AS_INPUT and output not in read:
+            taken[output] = source
+    # A tensor may get its range from one that gets it from another (MaxPool after a ReLU).
+    for tensor in list(taken):
+        seen = {tensor}
+        while taken[tensor] in taken and taken[tensor] not in seen:
+            seen.add(taken[tensor])
+            taken[tensor] = taken[taken[tensor]]
+    return taken
 
 
-def _augmented_session(model_path: Path, mode: CalibrationMode, work_dir: Path, op_types, extra: dict):
+def _ranges_the_quantizer_reads(model, names: Sequence[str], symmetric: bool,
+                                excluded_nodes: Sequence[str]) -> set[str] | None:
+    """The calibrated tensors whose own range ``quantize_static`` would read, or None if unknown.
+
+    Runs the node pass of ONNX Runtime's QDQ quantizer (what ``quantize_model`` does before it
+    computes any parameter) on a copy of the graph, with placeholder ranges. It uses the
+    quantizer's internals, so any failure (another ONNX Runtime version) answers None and the
+    caller then collects every tensor.
+    """
+    import onnx
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization.calibrate import TensorData
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+    from onnxruntime.quantization.registry import CreateQDQQuantizer, QDQRegistry, QLinearOpsRegistry
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    placeholder = {name: TensorData(lowest=np.float32(0.0), highest=np.float32(1.0)) for name in names}
+    try:
+        quantizer = QDQQuantizer(copy, True, False, QuantType.QInt8, QuantType.QUInt8, placeholder, [],
+                                 list(excluded_nodes), sorted(set(QDQRegistry) | set(QLinearOpsRegistry)),
+                                 {"ActivationSymmetric": symmetric})
+        for node in quantizer.model.nodes():
+            if quantizer.should_quantize_node(node):
+                CreateQDQQuantizer(quantizer, node).quantize()
+        return {name for name, info in quantizer.tensors_to_quantize.items() if not info.is_shared}
+    except Exception:  # noqa: BLE001 -- an unknown quantizer: collect everything instead
+        return None
+
+
+def _augmented_session(model_path: Path, mode: CalibrationMode, work_dir: Path, excluded_nodes, extra: dict):
     """ORT's own augmented model (every calibrated tensor an output) and a session to run it.
 
     Returns the calibrator, the session, the tensors it outputs and the tensors whose ranges are
@@ -250,17 +310,17 @@ def _augmented_session(model_path: Path, mode: CalibrationMode, work_dir: Path, 
     augmented = work_dir / "augmented.onnx"
     bins = extra.get("num_bins") or DEFAULT_BINS
     if mode is CalibrationMode.PERCENTILE:
-        calibrator = PercentileCalibrater(model_path, op_types, str(augmented), symmetric=extra["symmetric"],
+        calibrator = PercentileCalibrater(model_path, [], str(augmented), symmetric=extra["symmetric"],
                                           num_bins=bins, percentile=extra["percentile"])
     else:
         # For `max` the entropy calibrator only provides the augmented graph; its tensor
         # selection is the base method every ORT calibrator uses.
-        calibrator = EntropyCalibrater(model_path, op_types, str(augmented), symmetric=extra["symmetric"],
+        calibrator = EntropyCalibrater(model_path, [], str(augmented), symmetric=extra["symmetric"],
                                        num_bins=bins, num_quantized_bins=QUANTIZED_BINS)
     calibrator.augment_graph()
     model = onnx.load(str(augmented))
     taken_over = ranges_taken_over(onnx.load(str(model_path), load_external_data=False),
-                                   calibrator.tensors_to_calibrate, extra["symmetric"])
+                                   calibrator.tensors_to_calibrate, extra["symmetric"], excluded_nodes)
     kept = [o for o in model.graph.output if o.name not in taken_over]
     del model.graph.output[:]
     model.graph.output.extend(kept)
@@ -273,13 +333,13 @@ def _augmented_session(model_path: Path, mode: CalibrationMode, work_dir: Path, 
 
 
 def compute_tensor_ranges(model_path: str | os.PathLike, source: CalibrationSource, mode: CalibrationMode,
-                          work_dir: str | os.PathLike, op_types: Sequence[str] | None = None,
+                          work_dir: str | os.PathLike, excluded_nodes: Sequence[str] = (),
                           symmetric: bool = False, percentile: float = 99.999, num_bins: int = 0,
                           progress: Callable[[int], None] | None = None):
     """Calibrate ``model_path`` on ``source``; return ONNX Runtime ``TensorsData`` for ``quantize_static``.
 
-    ``progress(n)`` is called after each image of each pass (2 passes for histogram methods).
-    The result equals what ``quantize_static``'s own calibrator computes on the same inputs.
+    ``excluded_nodes`` are the nodes ``quantize_static`` will leave in float. ``progress(n)`` is
+    called after each image of each pass (2 passes for histogram methods). The result equals what ``quantize_static``'s own calibrator computes on the same inputs.
     """
     from onnxruntime.quantization import TensorsData
     from onnxruntime.quantization.calibrate import HistogramCollector
@@ -289,7 +349,7 @@ def compute_tensor_ranges(model_path: str | os.PathLike, source: CalibrationSour
     if num_bins:
         extra["num_bins"] = num_bins
     calibrator, session, names, taken_over = _augmented_session(Path(model_path), mode, Path(work_dir),
-                                                                list(op_types or []), extra)
+                                                                list(excluded_nodes), extra)
     absolute = mode is CalibrationMode.PERCENTILE and symmetric
 
     # The first pass keeps the activations of its first images while they fit in KEPT_BYTES, so the

@@ -97,7 +97,7 @@ def _quantize_int8(source: Path, target: Path, config: BuildConfig, work: Path,
     source_data = CalibrationSource(images, config.preprocessor(), config.input_name)
     total = 2 * len(images) if quant.calibrate_mode.value != "max" else len(images)
     step = (lambda n: progress("calibrate", n, total)) if progress else None
-    ranges = compute_tensor_ranges(prepared, source_data, quant.calibrate_mode, work,
+    ranges = compute_tensor_ranges(prepared, source_data, quant.calibrate_mode, work, excluded_nodes=exclude,
                                    symmetric=quant.symmetric_activations, percentile=quant.percentile,
                                    num_bins=quant.num_bins, progress=step)
     cache = work / "calibration.json"
