@@ -26,13 +26,17 @@ $(PRETRAINED): bench/pretrained.py | $(STAMP)
 
 pretrained: $(PRETRAINED)
 
+# Test processes (pytest-xdist); a test file's tests stay in one process so module fixtures are built once.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+
 # Everything, as CI runs it.
 test: $(STAMP) $(PRETRAINED)
-	$(PY) -m pytest
+	$(PYTEST)
 
 # Everything but the tests marked slow (full-size models, the built wheel, long runs).
 test-fast: $(STAMP) $(PRETRAINED)
-	$(PY) -m pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 # The main job on the embedded default: synthetic data, the shipped demo checkpoint, every build.
 demo: $(STAMP)

@@ -4,9 +4,17 @@ against ONNX Runtime's stock ``quantize_static`` in the same run.
 Every build runs in its own process so its peak memory (max RSS) is its own.
 
     python bench/build.py [--calibration-images 50] [--arch isnet] [--stock/--no-stock] [--extra-images 500]
+    python bench/build.py --calibration-throughput [--throughput-images 10] [--before COMMIT]
 
 Prints one table: build time, peak memory, artifact size, fidelity vs fp32 on held-out images
 and single-image latency of each artifact.
+
+``--calibration-throughput`` prints the cost of calibration statistics instead: for the pretrained
+U^2-Netp (``bench/pretrained.py``) and the full-size ISNet (random weights) at 320x320, each mode's
+calibration time per image per pass next to one fp32 inference of the same prepared graph,
+measured in the same run. ``--before COMMIT`` adds the same rows for the calibration code of an
+older commit (checked out with ``git archive`` into a temporary folder and run in its own
+process), on the same prepared graph and images.
 """
 
 from __future__ import annotations
@@ -101,8 +109,114 @@ def _latency_ms(model_file: Path, size: int, runs: int = 20) -> float:
     return statistics.median(times)
 
 
+_CALIBRATE = """
+import json, resource, sys, time
+from pathlib import Path
+from isnet.build_in.calibration import CalibrationSource, compute_tensor_ranges
+from isnet.build_in.config import CalibrationMode
+from isnet.build_in.ops import Preprocessor, resolve_process_ops
+model, images, ops, mode, work = json.loads(sys.argv[1])
+source = CalibrationSource([Path(p) for p in images], Preprocessor.from_specs(resolve_process_ops(ops)))
+started = time.perf_counter()
+ranges = compute_tensor_ranges(model, source, CalibrationMode(mode), work)
+print(json.dumps({"seconds": time.perf_counter() - started, "tensors": len(ranges.data),
+                  "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2}))
+"""
+
+
+def _calibrate_in_child(code_root: Path | None, model: Path, images: list[str], ops, mode: str, work: Path) -> dict:
+    """``compute_tensor_ranges`` in a fresh process, from ``code_root``'s isnet (default: this checkout)."""
+    import os
+    import subprocess
+
+    env = dict(os.environ)
+    if code_root is not None:  # an older isnet first on the path, ahead of the installed one
+        env["PYTHONPATH"] = str(code_root)
+    work.mkdir(parents=True, exist_ok=True)
+    output = subprocess.run([sys.executable, "-c", _CALIBRATE, json.dumps([str(model), images, ops, mode, str(work)])],
+                            env=env, check=True, capture_output=True, text=True, cwd=work).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def _prepared(source: Path, images: list[str], ops, work: Path) -> tuple[Path, list]:
+    """The graph ``isnet build`` calibrates (source preparation, then ORT's pre-processing), and inputs."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from isnet.build_in.ops import Preprocessor, resolve_process_ops
+    from isnet.build_in.source_model import prepare_source
+
+    pre = Preprocessor.from_specs(resolve_process_ops(ops))
+    inputs = [pre.load(path)[0][None] for path in images]
+    work.mkdir(parents=True, exist_ok=True)
+    prepare_source(str(source), work / "fp32.onnx", tuple(inputs[0].shape[2:]), [x[0] for x in inputs[:2]])
+    quant_pre_process(str(work / "fp32.onnx"), str(work / "prepared.onnx"))
+    return work / "prepared.onnx", inputs
+
+
+def _inference_ms(model: Path, inputs: list) -> float:
+    """Median wall time of one fp32 inference of ``model`` over ``inputs`` (after a warm-up)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    session.run(None, {name: inputs[0]})
+    times = []
+    for x in inputs:
+        started = time.perf_counter()
+        session.run(None, {name: x})
+        times.append(1000 * (time.perf_counter() - started))
+    return statistics.median(times)
+
+
+def calibration_throughput(args) -> int:
+    """The --calibration-throughput table (see the module docstring)."""
+    import subprocess
+
+    from pretrained import fetch_u2netp
+
+    from isnet.build_in.imageio import list_images
+    from isnet.export.exporter import ExportRequest, export_model
+    from isnet.runtime import host_info
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="isnet-bench-calib-"))
+    images = [str(p) for p in list_images(ECSSD, ("jpg",))[: args.throughput_images]]
+    isnet = export_model(ExportRequest(weights="random", arch="isnet", size=(320, 320), output_dir=work / "isnet",
+                                       name="isnet", formats=("onnx",))).files["onnx"]
+    models = [("U2-Netp (pretrained)", fetch_u2netp(), "u2net"), ("ISNet (full size)", Path(isnet), "isnet-320")]
+    before = None
+    if args.before:
+        before = work / "before"
+        (before / "isnet").mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(Path(__file__).resolve().parents[1]), "archive", args.before],
+                                 check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(before / "isnet")], input=archive, check=True)
+    rows = []
+    for label, source, ops in models:
+        prepared, inputs = _prepared(source, images, ops, work / label.split()[0])
+        inference = _inference_ms(prepared, inputs)
+        for mode, passes in (("max", 1), ("percentile", 2), ("kl_divergence", 2)):
+            for code, root in (("before", before), ("now", None)) if before else (("now", None),):
+                print(f"calibrating {label}, {mode}, {code} ...", file=sys.stderr, flush=True)
+                result = _calibrate_in_child(root, prepared, images, ops, mode, work / "calib" / f"{label[:5]}-{mode}-{code}")
+                per_pass = 1000 * result["seconds"] / (len(images) * passes)
+                rows.append([label, mode, code, str(result["tensors"]), f"{inference:.0f}", f"{per_pass:.0f}",
+                             f"{per_pass / inference:.2f}x", f"{result['peak_gb']:.2f}"])
+    print(f"\ncalibration statistics vs inference, {len(images)} ECSSD images at 320x320; "
+          f"{host_info()['cpu']}, {host_info()['logical_cores']} threads, Python {platform.python_version()}")
+    header = ["model", "mode", "code", "tensors", "inference ms", "calibration ms / image / pass", "ratio",
+              "peak GB"]
+    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calibration-throughput", action="store_true",
+                        help="time calibration statistics against inference instead of building")
+    parser.add_argument("--throughput-images", type=int, default=10, help="images for --calibration-throughput")
+    parser.add_argument("--before", default=None, help="with --calibration-throughput: also the code of this commit")
     parser.add_argument("--calibration-images", type=int, default=50, help="calibration images (default 50)")
     parser.add_argument("--extra-images", type=int, default=0,
                         help="also calibrate ours (kl) on this many images to show memory stays flat")
@@ -114,6 +228,8 @@ def main() -> int:
     args = parser.parse_args()
     if not ECSSD.is_dir():
         raise SystemExit(f"ECSSD images not found at {ECSSD}")
+    if args.calibration_throughput:
+        return calibration_throughput(args)
 
     from isnet.build_in.imageio import list_images
     from isnet.export.exporter import ExportRequest, export_model

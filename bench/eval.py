@@ -3,19 +3,23 @@
     python bench/eval.py                          # ../shared/data/ECSSD next to the repository
     python bench/eval.py --dataset /path/to/ECSSD --limit 100
 
-Predictions are made once from the GT masks (blurred, scaled, with noise; seeded) and saved as
-PNG in a temporary folder. Every row then reads the same files with the same decoder and scores
-all 13 metrics: PySODMetrics steps its five metric classes (MAE, Fmeasure, Emeasure, Smeasure,
-WeightedFmeasure) per image in one process; ours runs ``evaluate_folders`` with one process (and
-OpenCV limited to one thread, so it is a one-core figure like the reference's) and with 2 worker
-processes. The last columns give the largest difference to the reference over the 13 metrics and
-the 4 curves. Other jobs on the machine slow every row; compare figures taken at a similar load.
+Two prediction sets are made once from the GT masks (seeded) and saved as PNG in a temporary
+folder: "plausible" (every map a blurred, noisy GT) and "mixed" (what a method's folder holds in
+practice: plausible, inverted and uniform-noise maps, maps of another size, constant maps; see
+``MIXED_KINDS``). Each row is a whole command timed from outside, start-up included, reading the
+same files: a PySODMetrics script stepping its five metric classes (MAE, Fmeasure, Emeasure,
+Smeasure, WeightedFmeasure) per image, and ``isnet eval`` with one process (OpenCV and OpenMP held
+to one thread: a one-core figure like the reference's) and with 2 worker processes. The last
+columns give the largest difference to the reference over the 13 metrics and the 4 curves. Other
+jobs on the machine slow every row; compare figures taken at a similar load.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +30,6 @@ import cv2
 import numpy as np
 
 from isnet.build_in.imageio import decode_mask, encode_png
-from isnet.eval import evaluate_folders
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ECSSD"
 
@@ -43,8 +46,43 @@ def make_predictions(gt_dir: Path, out_dir: Path, limit: int | None) -> list[str
     return names
 
 
+# The mixed set: what a method's folder looks like in practice besides good maps.
+MIXED_KINDS = ("blurred", "inverted", "noise", "other-size", "constant")
+
+
+def make_mixed_predictions(gt_dir: Path, out_dir: Path, limit: int | None) -> tuple[list[str], list[str]]:
+    """One prediction per GT mask, the kind cycling through ``MIXED_KINDS``; returns names and kinds.
+
+    blurred: the plausible map of :func:`make_predictions`; inverted: that map upside down in value;
+    noise: uniform noise; other-size: the plausible map at 320x320 (scored after a bilinear resize
+    to the GT, as PySODEvalToolkit does); constant: a single grey level (0, 128 or 255).
+    """
+    names = sorted(p.stem for p in gt_dir.glob("*.png"))[:limit]
+    kinds = [MIXED_KINDS[i % len(MIXED_KINDS)] for i in range(len(names))]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for i, (name, kind) in enumerate(zip(names, kinds)):
+        rng = np.random.default_rng(i)
+        gt = decode_mask(gt_dir / f"{name}.png").astype(np.float32)
+        plausible = np.clip(np.rint(cv2.GaussianBlur(gt, (0, 0), 3) * 0.9 + rng.normal(10, 12, gt.shape)), 0, 255)
+        if kind == "blurred":
+            pred = plausible
+        elif kind == "inverted":
+            pred = 255 - plausible
+        elif kind == "noise":
+            pred = rng.integers(0, 256, gt.shape)
+        elif kind == "other-size":
+            pred = cv2.resize(plausible.astype(np.uint8), (320, 320), interpolation=cv2.INTER_AREA)
+        else:
+            pred = np.full(gt.shape, (0, 128, 255)[(i // len(MIXED_KINDS)) % 3])
+        encode_png(out_dir / f"{name}.png", pred.astype(np.uint8))
+    return names, kinds
+
+
 def reference_run(pred_dir: Path, gt_dir: Path, names: list[str]) -> tuple[float, dict, dict]:
-    """PySODMetrics' five classes stepped per image; returns seconds, metrics and curves."""
+    """PySODMetrics' five classes stepped per image; returns seconds, metrics and curves.
+
+    A prediction of another size is resized to its GT bilinearly first, as PySODEvalToolkit does.
+    """
     import py_sod_metrics as sod
 
     start = time.perf_counter()
@@ -53,6 +91,8 @@ def reference_run(pred_dir: Path, gt_dir: Path, names: list[str]) -> tuple[float
         mae, fm, em, sm, wfm = sod.MAE(), sod.Fmeasure(), sod.Emeasure(), sod.Smeasure(), sod.WeightedFmeasure()
         for name in names:
             pred, gt = decode_mask(pred_dir / f"{name}.png"), decode_mask(gt_dir / f"{name}.png")
+            if pred.shape != gt.shape:
+                pred = cv2.resize(pred, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_LINEAR)
             for metric in (mae, fm, em, sm, wfm):
                 metric.step(pred, gt)
         f, e = fm.get_results(), em.get_results()["em"]
@@ -67,14 +107,56 @@ def reference_run(pred_dir: Path, gt_dir: Path, names: list[str]) -> tuple[float
     return seconds, metrics, curves
 
 
-def max_difference(result, metrics: dict, curves: dict) -> tuple[float, float]:
+def max_difference(metrics: dict, curves: dict, ref_metrics: dict, ref_curves: dict) -> tuple[float, float]:
     """Largest |ours - reference| over the metrics, and over the curve points."""
-    metric_diff = max(abs(result.metrics[key] - float(value)) for key, value in metrics.items())
-    curve_diff = max(float(np.abs(result.curves[name] - curve).max()) for name, curve in curves.items())
+    metric_diff = max(abs(metrics[key] - float(value)) for key, value in ref_metrics.items())
+    curve_diff = max(float(np.abs(curves[name] - curve).max()) for name, curve in ref_curves.items())
     return metric_diff, curve_diff
 
 
+def _reference_child(pred_dir: str, gt_dir: str, out: str) -> int:
+    """The reference as a whole command: imports, reading, scoring; results saved for the parent."""
+    names = sorted(p.stem for p in Path(gt_dir).glob("*.png") if (Path(pred_dir) / p.name).is_file())
+    _, metrics, curves = reference_run(Path(pred_dir), Path(gt_dir), names)
+    np.save(out, {"metrics": {k: float(v) for k, v in metrics.items()}, "curves": curves}, allow_pickle=True)
+    return 0
+
+
+def _timed(command: list[str], env: dict | None = None) -> float:
+    start = time.perf_counter()
+    subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def bench_set(label: str, pred_dir: Path, gt_dir: Path, workers: int, work: Path) -> tuple[list, bool]:
+    """Whole commands on one prediction folder: the reference script, ``isnet eval`` with 1 and ``workers``
+    processes. Returns table rows and whether every number matched."""
+    one_core = {**os.environ, "OMP_NUM_THREADS": "1", "OPENCV_FOR_THREADS_NUM": "1"}
+    ref_out = work / f"{label}-reference.npy"
+    ref_seconds = _timed([sys.executable, __file__, "--reference-child", str(pred_dir), str(gt_dir), str(ref_out)],
+                         env=one_core)
+    reference = np.load(ref_out, allow_pickle=True).item()
+    rows = [[label, "PySODMetrics (5 classes)", "1", f"{ref_seconds:.2f}", "1.0x", "(reference)", ""]]
+    isnet = str(Path(sys.executable).parent / "isnet")
+    numbers, matched = [], True
+    for processes in (1, workers):
+        record, curves_file = work / f"{label}-{processes}.json", work / f"{label}-{processes}-curves.npy"
+        seconds = _timed([isnet, "eval", "--pred-dir", str(pred_dir), "--gt-dir", str(gt_dir), "--name", "m",
+                          "--workers", str(processes), "--record-json", str(record), "--curves-npy", str(curves_file)],
+                         env=one_core if processes == 1 else None)
+        metrics = next(iter(json.loads(record.read_text()).values()))["m"]
+        curves = next(iter(np.load(curves_file, allow_pickle=True).item().values()))["m"]
+        numbers.append(metrics)
+        diffs = max_difference(metrics, curves, reference["metrics"], reference["curves"])
+        rows.append([label, "isnet eval", str(processes), f"{seconds:.2f}", f"{ref_seconds / seconds:.1f}x",
+                     f"{diffs[0]:.1e}", f"{diffs[1]:.1e}"])
+        matched = matched and diffs[0] <= 1e-6 and diffs[1] <= 1e-6
+    return rows, matched and numbers[0] == numbers[1]
+
+
 def main() -> int:
+    if len(sys.argv) == 5 and sys.argv[1] == "--reference-child":
+        return _reference_child(*sys.argv[2:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", type=Path, default=DEFAULT_DATA,
                         help=f"ECSSD folder with mask/ (default {DEFAULT_DATA})")
@@ -87,40 +169,28 @@ def main() -> int:
         print(f"bench/eval.py: no masks at {gt_dir}; pass --dataset", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="isnet-eval-bench-") as tmp:
-        pred_dir = Path(tmp) / "pred"
-        names = make_predictions(gt_dir, pred_dir, args.limit)
-        for name in names:  # warm the page cache so no row pays for the first read
-            (pred_dir / f"{name}.png").read_bytes(), (gt_dir / f"{name}.png").read_bytes()
-
-        print(f"isnet eval vs PySODMetrics 1.6.2: {len(names)} ECSSD pairs, all 13 metrics, "
+        work = Path(tmp)
+        names = make_predictions(gt_dir, work / "plausible", args.limit)
+        make_mixed_predictions(gt_dir, work / "mixed", args.limit)
+        for folder in (work / "plausible", work / "mixed", gt_dir):  # warm the page cache for every row
+            for path in folder.glob("*.png"):
+                path.read_bytes()
+        print(f"isnet eval vs PySODMetrics 1.6.2, whole commands: {len(names)} ECSSD pairs, all 13 metrics, "
               f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
-        ref_seconds, ref_metrics, ref_curves = reference_run(pred_dir, gt_dir, names)
-        rows = [("PySODMetrics (5 classes)", 1, ref_seconds, None)]
+        rows, ok = [], True
+        for label in ("plausible", "mixed"):
+            set_rows, matched = bench_set(label, work / label, gt_dir, args.workers, work)
+            rows += set_rows
+            ok = ok and matched
 
-        threads = cv2.getNumThreads()
-        cv2.setNumThreads(1)
-        start = time.perf_counter()
-        single = evaluate_folders(pred_dir, gt_dir, names, num_workers=1)
-        rows.append(("isnet eval", 1, time.perf_counter() - start, single))
-        cv2.setNumThreads(threads)
-        start = time.perf_counter()
-        parallel = evaluate_folders(pred_dir, gt_dir, names, num_workers=args.workers)
-        rows.append(("isnet eval", args.workers, time.perf_counter() - start, parallel))
-
-    print(f"{'implementation':<24} | {'processes':>9} | {'seconds':>7} | {'ms/pair':>7} | {'speed-up':>8} | "
+    print(f"{'set':<9} | {'implementation':<24} | {'processes':>9} | {'seconds':>7} | {'speed-up':>8} | "
           f"{'max |diff| metrics':>18} | {'max |diff| curves':>17}")
-    print(f"{'-' * 24}-+-{'-' * 9}-+-{'-' * 7}-+-{'-' * 7}-+-{'-' * 8}-+-{'-' * 18}-+-{'-' * 17}")
-    for label, processes, seconds, result in rows:
-        if result is None:
-            metric_diff, curve_diff = "(reference)", ""
-        else:
-            metric_diff, curve_diff = (f"{d:.1e}" for d in max_difference(result, ref_metrics, ref_curves))
-        print(f"{label:<24} | {processes:>9} | {seconds:>7.2f} | {1000 * seconds / len(names):>7.2f} | "
-              f"{ref_seconds / seconds:>7.1f}x | {metric_diff:>18} | {curve_diff:>17}")
-    identical = single.metrics == parallel.metrics
-    print(f"1 and {args.workers} processes give identical numbers: {'yes' if identical else 'NO'}")
-    worst = max(max_difference(single, ref_metrics, ref_curves))
-    return 0 if identical and worst <= 1e-6 else 1
+    print(f"{'-' * 9}-+-{'-' * 24}-+-{'-' * 9}-+-{'-' * 7}-+-{'-' * 8}-+-{'-' * 18}-+-{'-' * 17}")
+    for label, implementation, processes, seconds, speedup, metric_diff, curve_diff in rows:
+        print(f"{label:<9} | {implementation:<24} | {processes:>9} | {seconds:>7} | {speedup:>8} | "
+              f"{metric_diff:>18} | {curve_diff:>17}")
+    print(f"numbers equal the reference (<= 1e-6) and 1 and {args.workers} processes agree: {'yes' if ok else 'NO'}")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -230,6 +230,21 @@ def _block_ssim_from_pixels(pred: np.ndarray, gt: np.ndarray) -> float:
                        np.sum(dx * dy) / denominator)
 
 
+def _block_ssim_one_level(stats: PairStatistics, block, counts: np.ndarray) -> float:
+    """The score of a block of one grey level, as :func:`_block_ssim_from_pixels` computes it.
+
+    When the block's mean equals its value exactly (always for 0 and 1, which sums of equal
+    values reproduce exactly; otherwise checked on the pixels), every deviation is exactly 0, so
+    the covariance is 0 and the score is 1 if the GT block is uniform (its variance is then 0
+    too) and 0 if not. Only a mean that rounding moved needs the pixel-wise computation.
+    """
+    value = stats.table[np.flatnonzero(counts.sum(axis=0))[0]]
+    if value not in (0.0, 1.0) and stats.normalised_map[block].mean() != value:
+        return _block_ssim_from_pixels(stats.normalised_map[block], stats.fg[block])
+    background, foreground = counts.sum(axis=1)
+    return 1.0 if background == 0 or foreground == 0 else 0.0
+
+
 class SMeasure(_Metric):
     """Structure measure: alpha * object similarity + (1 - alpha) * region similarity.
 
@@ -280,7 +295,7 @@ class SMeasure(_Metric):
             if levels == 0:
                 continue  # empty block: weight 0, see the class docstring
             if levels == 1:
-                ssim = _block_ssim_from_pixels(stats.normalised_map[block], stats.fg[block])
+                ssim = _block_ssim_one_level(stats, block, counts)
             else:
                 ssim = _block_ssim_from_counts(counts, stats.table)
             score += ssim * weight

@@ -131,7 +131,10 @@ class PairStatistics:
     @cached_property
     def adaptive_threshold(self) -> float:
         """``min(2 * mean, 1)`` of the normalised map (Achanta et al.'s adaptive threshold)."""
-        threshold = min(2 * self.map_mean, 1.0)
+        doubled = 2 * self.map_mean
+        if doubled > 1.0 + 1e-9:
+            return 1.0  # clamped: the last bits of the mean cannot change it
+        threshold = min(doubled, 1.0)
         if np.any(np.abs(self.table[self.present_levels] - threshold) < 1e-9):
             # A grey level sits within rounding of the threshold: the histogram mean and the
             # reference's np.mean may differ in the last bit and flip ">=", so take the mean

@@ -18,7 +18,7 @@ from isnet.export.weights import save_checkpoint
 MAX_DIFF = {"fp32": 1e-5, "fp16": 1e-2, "int8": 0.1}
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", pytest.param("int8", marks=pytest.mark.slow)])
 def test_each_precision_builds_loads_and_runs(write_config, tmp_path, precision, calib_images):
     config = load_build_config(write_config({"name": f"tiny_{precision}", "backend": {"dtype": precision}}))
     result = build_artifact(config)
@@ -73,6 +73,7 @@ def test_exclude_nodes_keeps_side_head_in_float(write_config):
             "exclude_nodes": ["nothing_here"]}}})))
 
 
+@pytest.mark.slow
 def test_pytorch_frontend_exports_first_and_records_arch(write_config, tmp_path):
     torch.manual_seed(0)
     checkpoint = save_checkpoint(tmp_path / "lite.pth", ISNet("isnet-lite"))

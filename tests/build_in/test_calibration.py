@@ -70,6 +70,7 @@ def test_ranges_identical_to_stock_calibrator(prepared, source, tmp_path, mode, 
     assert len(steps) == (4 if mode is CalibrationMode.MAX else 8)
 
 
+@pytest.mark.slow
 def test_kl_histograms_match_the_stock_collection(prepared, source, tmp_path):
     # The stock entropy search takes minutes per tensor at 2048 bins, so compare what feeds it:
     # the collected histograms (and their min / max). OpenCV bins a value on an edge to the other
@@ -94,6 +95,7 @@ def test_kl_histograms_match_the_stock_collection(prepared, source, tmp_path):
     assert moved <= 1e-4 * total, (moved, total)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("symmetric, excluded_ops", [(False, ()), (True, ()), (False, ("MaxPool", "Resize", "Relu"))])
 def test_the_quantized_model_equals_the_one_stock_ranges_give(prepared, source, tmp_path, symmetric, excluded_ops):
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
@@ -181,6 +183,7 @@ def test_kl_threshold_is_the_minimum_of_ort_entropy_search():
     assert agree_with_ort >= 12
 
 
+@pytest.mark.slow
 def test_kl_clips_ranges_that_max_keeps(prepared, source, tmp_path):
     kl = compute_tensor_ranges(prepared, source, CalibrationMode.KL_DIVERGENCE, tmp_path)
     full = compute_tensor_ranges(prepared, source, CalibrationMode.MAX, tmp_path)

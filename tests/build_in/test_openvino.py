@@ -29,7 +29,7 @@ def ort_reference(lite_onnx, calib_images):
     return batch, OnnxRuntimeRunner(lite_onnx).infer({"input": batch})["output"]
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16", "int8"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16", pytest.param("int8", marks=pytest.mark.slow)])
 def test_openvino_precisions_agree_with_onnxruntime_fp32(write_config, ort_reference, precision):
     overrides = {"name": f"ov_{precision}", "backend": {"type": "openvino", "dtype": precision,
                                                         "quantize": {"calibrate_mode": "max"}}}
@@ -57,6 +57,7 @@ def test_kl_divergence_is_refused_for_openvino(write_config):
     assert not config.artifact_dir.exists()
 
 
+@pytest.mark.slow
 def test_exclude_nodes_map_to_ignored_scope(write_config):
     config = load_build_config(write_config({"backend": {"type": "openvino", "dtype": "int8", "quantize": {
         "calibrate_mode": "percentile", "exclude_nodes": ["side1"]}}}))

@@ -29,6 +29,7 @@ def official_export(tmp_path_factory):
     return result, model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(1, 3, 320, 320), (1, 3, 1024, 1024), (2, 3, 101, 77)])
 def test_official_onnx_and_torchscript_match_pytorch(official_export, shape):
     result, model = official_export
@@ -44,6 +45,7 @@ def test_official_onnx_and_torchscript_match_pytorch(official_export, shape):
     assert np.abs(got_ts - expected).max() <= TOL
 
 
+@pytest.mark.slow
 def test_onnx_graph_has_named_dynamic_io_and_no_side_heads(official_export):
     result, _ = official_export
     proto = onnx.load(str(result.files["onnx"]))
@@ -64,6 +66,7 @@ def test_onnx_graph_has_named_dynamic_io_and_no_side_heads(official_export):
     assert result.params_m == pytest.approx(44.05, abs=0.01)
 
 
+@pytest.mark.slow
 def test_static_export_fixes_the_shape(tmp_path):
     result = export_model(ExportRequest(weights="random", arch="isnet-lite", size=(96, 64), output_dir=tmp_path,
                                         name="static", formats=("onnx",), static=True))
@@ -72,6 +75,7 @@ def test_static_export_fixes_the_shape(tmp_path):
     assert session.get_outputs()[0].shape == [1, 1, 96, 64]
 
 
+@pytest.mark.slow
 def test_exported_program_accepts_other_sizes(tmp_path):
     result = export_model(ExportRequest(weights="random", arch="isnet-lite", size=(128, 96), output_dir=tmp_path,
                                         name="ep", formats=("exported-program",), seed=2))
@@ -109,6 +113,7 @@ def test_legacy_fallback_is_used_and_reported(tmp_path, monkeypatch):
     assert session.run(None, {"input": _inputs(2, 3, 33, 57).numpy()})[0].shape == (2, 1, 33, 57)
 
 
+@pytest.mark.slow
 def test_simplifier_failure_keeps_unsimplified_model(tmp_path, monkeypatch):
     import onnxsim
 
@@ -123,6 +128,7 @@ def test_simplifier_failure_keeps_unsimplified_model(tmp_path, monkeypatch):
     assert result.max_abs_diff["onnx"] <= TOL
 
 
+@pytest.mark.slow
 def test_verification_failure_writes_nothing(tmp_path, monkeypatch):
     import isnet.export.exporter as exporter
 
@@ -139,6 +145,7 @@ def test_non_positive_size_is_refused(tmp_path, size):
         export_model(ExportRequest(weights="random", size=size, output_dir=tmp_path, name="x"))
 
 
+@pytest.mark.slow
 def test_torchscript_deprecations_are_passed_on_as_notes(tmp_path, monkeypatch):
     # Python hides DeprecationWarnings raised in libraries; the exporter must not, whatever
     # PyTorch version says what (this one deprecates torch.jit itself).

@@ -86,6 +86,7 @@ def torch_threads():
     torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit's own deprecation notices
 def test_checkpoint_and_torchscript_match_onnx(lite_onnx, lite_model, tmp_path, torch_threads):
     checkpoint = save_checkpoint(tmp_path / "lite.pth", lite_model)

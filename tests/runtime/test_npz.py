@@ -14,6 +14,7 @@ from isnet.runtime import compare_npz, load_model, npz_from_images, png_from_npz
 from isnet.runtime.npz import read_npz_array
 
 
+@pytest.mark.slow
 def test_round_trip_equals_the_direct_run_bit_for_bit(run_isnet, lite_artifact, photo_folder, tmp_path):
     datalist = tmp_path / "datalist.txt"
     steps = [

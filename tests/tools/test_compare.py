@@ -36,12 +36,16 @@ def experiment(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_compare_writes_every_report_file_and_column(run_isnet, experiment):
     proc = run_isnet("compare", experiment, cwd=experiment.parent)
     assert proc.returncode == 0, proc.stderr
     report = experiment.parent / "report"
     assert {"report.md", "report.json", "tiny.png", "strip.png"} <= {p.name for p in report.iterdir()}
     header = next(line for line in proc.stdout.splitlines() if line.strip().startswith("build"))
+    spent = next(line for line in proc.stdout.splitlines() if line.startswith("time: "))
+    for stage in ("build", "run", "eval", "profile", "photos"):
+        assert f" {stage} " in spent, spent
     for column in COLUMNS:
         assert column in header
     markdown = (report / "report.md").read_text()
@@ -66,6 +70,7 @@ def test_compare_writes_every_report_file_and_column(run_isnet, experiment):
     assert "photographs without ground truth (grace_hopper.jpg)" in markdown
 
 
+@pytest.mark.slow
 def test_rerun_reuses_every_stage(run_isnet, experiment):
     first = run_isnet("compare", experiment, cwd=experiment.parent)
     assert first.returncode == 0, first.stderr
@@ -73,16 +78,21 @@ def test_rerun_reuses_every_stage(run_isnet, experiment):
     assert again.returncode == 0, again.stderr
     for name in ("fp32", "fp16", "int8"):
         assert f"{name}: reused build, masks, scores, profile" in again.stdout
+    # Reused stages do not run: no inference, scoring or profiling time.
+    spent = next(line for line in again.stdout.splitlines() if line.startswith("time: "))
+    assert not any(f" {stage} " in spent for stage in ("run", "eval", "profile")), spent
 
 
+@pytest.mark.slow
 def test_gate_fails_a_drifting_build_and_overlap_is_reported(run_isnet, experiment):
     root = experiment.parent
+    # Same report folder as the tests above: the export and the fp32 / fp16 stages are reused.
     proc = run_isnet("compare", experiment, "--max-delta", "drift=0", "--set", "calibration.path=eval/image",
-                     "--set", "report.path=gated", cwd=root)
+                     cwd=root)
     assert proc.returncode == 1, proc.stderr
     assert "FAIL int8: mean |diff| vs fp32" in proc.stdout
     assert "int8: 4 of the 6 evaluation images were also calibration images" in proc.stdout
-    payload = json.loads((root / "gated" / "report.json").read_text())
+    payload = json.loads((root / "report" / "report.json").read_text())
     assert payload["violations"] and payload["notes"]
 
 

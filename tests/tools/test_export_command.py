@@ -8,6 +8,7 @@ import torch
 from isnet.export.model import ISNet
 
 
+@pytest.mark.slow
 def test_export_writes_files_and_reports(run_isnet, tmp_path):
     proc = run_isnet("export", "--weights", "random", "--arch", "isnet-lite", "--size", "64", "48",
                      "--output-dir", tmp_path / "out", "--name", "lite")

@@ -47,6 +47,7 @@ def _losses(events):
     return [e.loss for e in events if e.kind == "step"]
 
 
+@pytest.mark.slow
 def test_loss_falls(tiny_set, tmp_path):
     events = []
     result = train_isnet(TrainConfig(tiny_set, tmp_path / "run", epochs=6, lr=3e-3, **TINY), progress=events.append)
@@ -61,6 +62,7 @@ def test_loss_falls(tiny_set, tmp_path):
     assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
 
 
+@pytest.mark.slow
 def test_resume_mid_epoch_equals_an_uninterrupted_run(tiny_set, tmp_path):
     settings = dict(epochs=2, batch_size=2, checkpoint_every=1, **{k: v for k, v in TINY.items() if k != "batch_size"})
     whole = train_isnet(TrainConfig(tiny_set, tmp_path / "whole", val_dir=tiny_set, **settings))
@@ -89,6 +91,7 @@ def test_resume_mid_epoch_equals_an_uninterrupted_run(tiny_set, tmp_path):
     assert [{k: v for k, v in h.items() if "seconds" not in k} for h in resumed.history] == strip
 
 
+@pytest.mark.slow
 def test_loader_workers_do_not_change_the_run(tiny_set, tmp_path):
     # Augmentation draws from (seed, epoch, index), never from a worker's random state.
     runs = [train_isnet(TrainConfig(tiny_set, tmp_path / f"w{w}", epochs=1, workers=w, **TINY)) for w in (0, 1)]
@@ -118,6 +121,7 @@ def test_gt_encoder_round_trips_masks(gt_encoder, tiny_set):
     assert gt_encoder.metrics["maxfmeasure"] > baseline["maxfmeasure"] + 0.5, (gt_encoder.metrics, baseline)
 
 
+@pytest.mark.slow
 def test_feature_sync_is_wired_and_only_trains_isnet(gt_encoder, tiny_set, tmp_path):
     encoder = load_gt_encoder(gt_encoder.model_path, arch="isnet-lite")
     encoder.requires_grad_(False)
@@ -166,6 +170,7 @@ def _masks(root: Path):
     return [decode_mask(p) for p in sorted((root / "mask").iterdir())]
 
 
+@pytest.mark.slow
 def test_shipped_checkpoint_meets_the_target_on_held_out_photographs(ecssd):
     assert SHIPPED.is_file(), f"{SHIPPED} is missing"
     assert SHIPPED.stat().st_size <= 8 * 1024 * 1024
@@ -199,6 +204,7 @@ def _assert_one_line_error(proc, *fragments):
         assert fragment in lines[0], lines[0]
 
 
+@pytest.mark.slow
 def test_commands_train_gt_encoder_then_isnet(run_isnet, tiny_set, tmp_path):
     common = ["--dataset", tiny_set, "--arch", "isnet-lite", "--train-size", 64, 64, "--epochs", 1, "--batch-size", 4,
               "--threads", 1]
@@ -214,6 +220,7 @@ def test_commands_train_gt_encoder_then_isnet(run_isnet, tiny_set, tmp_path):
     assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float16}
 
 
+@pytest.mark.slow
 def test_command_errors_are_one_line(run_isnet, tiny_set, tmp_path):
     (tmp_path / "nomask" / "image").mkdir(parents=True)
     (tmp_path / "nomask" / "mask").mkdir()

@@ -6,9 +6,11 @@ what did not change.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +36,24 @@ class CompareResult:
     violations: list[str]
     warnings: list[str]
     files: dict[str, Path]
+    # Wall seconds per stage of this run (export, build, run, eval, profile, drift, photos, report);
+    # a reused stage costs only its cache check.
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+class _StageClock:
+    """Wall time spent in each stage, summed over builds."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
 
 
 def _build_stage(entry: BuildEntry, force: bool, progress: Progress | None) -> tuple[dict, bool]:
@@ -145,8 +165,11 @@ def run_experiment(experiment: Experiment, force: bool = False, progress: Progre
     reports: list[BuildReport] = []
     mask_dirs: dict[str, Path] = {}
 
-    experiment = dataclasses.replace(experiment, builds=_export_once(experiment, cache, force))
-    infos = {entry.name: _build_stage(entry, force, progress) for entry in experiment.builds}
+    clock = _StageClock()
+    with clock("export"):
+        experiment = dataclasses.replace(experiment, builds=_export_once(experiment, cache, force))
+    with clock("build"):
+        infos = {entry.name: _build_stage(entry, force, progress) for entry in experiment.builds}
 
     for entry in experiment.builds:
         info, built_reused = infos[entry.name]
@@ -169,10 +192,11 @@ def run_experiment(experiment: Experiment, force: bool = False, progress: Progre
                 and (out / "maps" / entry.name).is_dir():
             reused.append("masks")
         else:
-            model = load_model(artifact, threads=run.threads)
-            step = (lambda n, total, name=entry.name: progress(f"{name} run", n, total)) if progress else None
-            result = run_folder(model, experiment.images, masks, batch=run.batch, io_threads=run.io_threads,
-                                progress=step, maps_dir=out / "maps" / entry.name, maps_for=drift_relatives)
+            with clock("run"):
+                model = load_model(artifact, threads=run.threads)
+                step = (lambda n, total, name=entry.name: progress(f"{name} run", n, total)) if progress else None
+                result = run_folder(model, experiment.images, masks, batch=run.batch, io_threads=run.io_threads,
+                                    progress=step, maps_dir=out / "maps" / entry.name, maps_for=drift_relatives)
             if result.failed:
                 raise IsnetError(f"{entry.name}: {result.failed} images failed; see {result.failures_path}")
             cache.put("run", entry.name, run_inputs, {"done": result.done, "seconds": result.seconds})
@@ -180,7 +204,8 @@ def run_experiment(experiment: Experiment, force: bool = False, progress: Progre
         eval_inputs = digest_of({"run": run_inputs, "masks": mask_key})
         scored = None if force else cache.get("eval", entry.name, eval_inputs)
         if scored is None:
-            result = evaluate_folders(masks, experiment.masks, progress=progress is not None)
+            with clock("eval"):
+                result = evaluate_folders(masks, experiment.masks, progress=progress is not None)
             scored = {"metrics": result.metrics, "curves": {k: v.tolist() for k, v in result.curves.items()}}
             cache.put("eval", entry.name, eval_inputs, scored)
         else:
@@ -198,9 +223,10 @@ def run_experiment(experiment: Experiment, force: bool = False, progress: Progre
                     progress(f"{name} profile", step, 100)
                     shown[0] += step
 
-            record = profile_model(artifact, batches=(profile.batch,), threads=run.threads,
-                                   duration=profile.seconds, iterations=None, image_dir=experiment.images,
-                                   progress=profiled_fraction if progress else None)[0]
+            with clock("profile"):
+                record = profile_model(artifact, batches=(profile.batch,), threads=run.threads,
+                                       duration=profile.seconds, iterations=None, image_dir=experiment.images,
+                                       progress=profiled_fraction if progress else None)[0]
             profiled = {"throughput_ips": record.throughput_ips, "p50_ms": record.latency_ms.p50}
             cache.put("profile", entry.name, profile_inputs, profiled)
         else:
@@ -227,7 +253,8 @@ def run_experiment(experiment: Experiment, force: bool = False, progress: Progre
                                   "images": image_list_key(images[: run.drift_images])})
         cached = None if force else cache.get("drift", report.name, drift_inputs)
         if cached is None:
-            cached = _drift(out / "maps" / reference.name, out / "maps" / report.name, drift_relatives)
+            with clock("drift"):
+                cached = _drift(out / "maps" / reference.name, out / "maps" / report.name, drift_relatives)
             if cached is None:
                 notes.append(f"{report.name}: input size differs from {experiment.reference}; no drift figure")
                 cached = {"mean_abs": None}
@@ -235,7 +262,9 @@ def run_experiment(experiment: Experiment, force: bool = False, progress: Progre
         report.drift_mean_abs = cached["mean_abs"]
         report.nonfinite = cached.get("nonfinite", 0)
 
-    photos, photo_masks = _photo_stage(experiment, infos, cache, force, progress)
+    with clock("photos"):
+        photos, photo_masks = _photo_stage(experiment, infos, cache, force, progress)
     violations = gate(reports, experiment.reference, experiment.max_delta)
-    files = write_report(experiment, reports, notes, violations, mask_dirs, images, photo_masks, photos)
-    return CompareResult(out, reports, experiment.reference, violations, notes, files)
+    with clock("report"):
+        files = write_report(experiment, reports, notes, violations, mask_dirs, images, photo_masks, photos)
+    return CompareResult(out, reports, experiment.reference, violations, notes, files, clock.seconds)
