@@ -115,8 +115,10 @@ from pathlib import Path
 from isnet.build_in.calibration import CalibrationSource, compute_tensor_ranges
 from isnet.build_in.config import CalibrationMode
 from isnet.build_in.ops import Preprocessor, resolve_process_ops
+import onnx
 model, images, ops, mode, work = json.loads(sys.argv[1])
-source = CalibrationSource([Path(p) for p in images], Preprocessor.from_specs(resolve_process_ops(ops)))
+input_name = onnx.load(model, load_external_data=False).graph.input[0].name
+source = CalibrationSource([Path(p) for p in images], Preprocessor.from_specs(resolve_process_ops(ops)), input_name)
 started = time.perf_counter()
 ranges = compute_tensor_ranges(model, source, CalibrationMode(mode), work)
 print(json.dumps({"seconds": time.perf_counter() - started, "tensors": len(ranges.data),

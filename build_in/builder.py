@@ -88,6 +88,41 @@ def _fidelity(reference: Path, artifact_runner, inputs: list[tuple[str, np.ndarr
             "mean_abs_diff": total.mean_abs, "max_abs_diff": total.max_abs, "nonfinite_values": total.nonfinite}
 
 
+# Mean |difference| of the output maps from fp32 (on the held-out images) past which a build of
+# that precision is reported as changing the masks. A good int8 build of an ISNet / U²-Net drifts
+# 5e-4 to 2e-3; the pretrained U²-Netp's broken int8 builds drift 0.05 (bench/README.md).
+DEFAULT_DRIFT_BOUNDS = {Precision.FP16: 0.002, Precision.BF16: 0.01, Precision.INT8: 0.01}
+
+
+def _check_drift(config: BuildConfig, fidelity: dict) -> dict:
+    """The drift bound that applies and its verdict; an error when ``backend.quantize.max_drift`` is exceeded.
+
+    Past the default bound the build still succeeds, with a warning in build.json (``fidelity.warning``)
+    that ``isnet build`` and ``isnet compare`` print.
+    """
+    precision = config.backend.dtype
+    strict = config.backend.quantize.max_drift.mean_abs if precision is Precision.INT8 else None
+    bound = strict if strict is not None else DEFAULT_DRIFT_BOUNDS.get(precision)
+    if bound is None:
+        return {}
+    drift = fidelity["mean_abs_diff"]
+    verdict = {"drift_bound": bound, "drift_bound_source": "backend.quantize.max_drift.mean_abs" if strict is not None
+               else "default", "within_bound": drift <= bound}
+    if drift <= bound:
+        return verdict
+    figure = (f"mean |diff| from fp32 {drift:.4f} on {len(fidelity['images'])} {fidelity['source']} is past "
+              f"{'backend.quantize.max_drift.mean_abs' if strict is not None else 'the ' + precision.value + ' bound'} "
+              f"{bound:g}")
+    if strict is not None:
+        raise IsnetError(f"{config.name}: {figure}; no artifact written. Try another calibrate_mode, keep the "
+                         "drifting layers in float (backend.quantize.exclude_nodes) or build a wider precision")
+    verdict["warning"] = (f"{figure}: this build changes the masks. Measure the accuracy cost with isnet compare "
+                          "(drift and metric columns); try another calibrate_mode or keep layers in float "
+                          "(backend.quantize.exclude_nodes); set backend.quantize.max_drift.mean_abs to make "
+                          "this an error")
+    return verdict
+
+
 def _versions(backend) -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -177,6 +212,7 @@ def build_artifact(config: BuildConfig, force: bool = False, progress: Progress 
                 raise IsnetError(f"the {config.backend.dtype.value} build produces {fidelity['nonfinite_values']} "
                                  f"NaN/inf values on {fidelity['source']}; keep more layers in float "
                                  "(backend.quantize.exclude_nodes) or use a wider precision")
+            fidelity.update(_check_drift(config, fidelity))
             model_files = sorted(p for p in out.iterdir() if p.is_file())
             calibration_items = [{"path": str(p), "sha256": sha256_file(p)} for p in calibration]
             info = {

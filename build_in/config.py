@@ -18,7 +18,7 @@ from pathlib import Path
 from isnet.build_in.imageio import list_images, parse_suffixes
 from isnet.build_in.ops import Preprocessor, default_process_ops, resolve_process_ops
 from isnet.build_in.source_model import OutputActivation, read_onnx_signature
-from isnet.core import IsnetError, apply_overrides, internal, load_dataclass, read_yaml_mapping, to_plain
+from isnet.core import IsnetError, apply_overrides, bounded, internal, load_dataclass, read_yaml_mapping, to_plain
 
 
 class FrontendType(str, enum.Enum):
@@ -80,6 +80,13 @@ class FrontendConfig:
 
 
 @dataclass(frozen=True)
+class DriftBudget:
+    """How far an int8 build's output maps may drift from fp32 before the build fails."""
+
+    mean_abs: float | None = bounded(None, minimum=0)  # mean |difference| of the maps on held-out images
+
+
+@dataclass(frozen=True)
 class QuantizeConfig:
     """int8 settings. Weights are symmetric int8 per channel by default, activations asymmetric uint8."""
 
@@ -92,6 +99,7 @@ class QuantizeConfig:
     symmetric_activations: bool = False
     exclude_nodes: tuple[str, ...] = ()
     num_bins: int = 0  # histogram bins; 0: 2048 (isnet.build_in.calibration.DEFAULT_BINS)
+    max_drift: DriftBudget = field(default_factory=DriftBudget)  # unset: a warning past DEFAULT_DRIFT_BOUNDS
 
 
 @dataclass(frozen=True)

@@ -44,8 +44,8 @@ def _check_complete(path: Path, data: np.ndarray) -> None:
         raise ImageDecodeError(f"{path}: truncated PNG (no IEND chunk)")
 
 
-def _decode(path: Path, flags: int) -> np.ndarray:
-    data = _read_bytes(path)
+def _decode(path: Path, flags: int, data: np.ndarray | None = None) -> np.ndarray:
+    data = _read_bytes(path) if data is None else data
     _check_complete(path, data)
     decoded = cv2.imdecode(data, flags)
     if decoded is None:
@@ -63,13 +63,19 @@ def decode_image(path: str | os.PathLike) -> np.ndarray:
     return cv2.cvtColor(_decode(Path(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
-def decode_mask(path: str | os.PathLike) -> np.ndarray:
+def decode_mask(path: str | os.PathLike, data: np.ndarray | None = None) -> np.ndarray:
     """Decode a mask or saliency map to ``uint8`` (H, W) exactly as ``cv2.imread(..., IMREAD_GRAYSCALE)``.
 
     RGB files are converted to luminance and 16-bit files scaled to 8 bits, as the reference
-    evaluation toolkit's reader does.
+    evaluation toolkit's reader does. ``data``: the file's bytes when the caller has read them
+    (``read_file_bytes``), so the file is not read twice.
     """
-    return _decode(Path(path), cv2.IMREAD_GRAYSCALE)
+    return _decode(Path(path), cv2.IMREAD_GRAYSCALE, data)
+
+
+def read_file_bytes(path: str | os.PathLike) -> np.ndarray:
+    """The bytes of an image file as a uint8 array; :class:`ImageDecodeError` if unreadable or empty."""
+    return _read_bytes(Path(path))
 
 
 def encode_png(path: str | os.PathLike, array: np.ndarray) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from isnet.build_in.imageio import IMAGE_SUFFIXES, decode_mask, list_images
+from isnet.build_in.imageio import IMAGE_SUFFIXES, decode_mask, list_images, read_file_bytes
 from isnet.core import IsnetError, did_you_mean
 
 _SOURCE_KEYS = ("path", "prefix", "suffix")
@@ -347,24 +347,20 @@ def plan_from_json(dataset_json: str | os.PathLike, method_jsons: Sequence[str |
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _check_png_layout(path: Path) -> None:
+def _check_png_layout(path: Path, data: np.ndarray) -> None:
     """Refuse PNG masks that the 8-bit grayscale reading of every SOD toolkit would silently spoil.
 
     Colour (RGB, RGBA, palette) masks whose channels differ would be turned into luminance, and
     16-bit masks holding values below 256 would be divided by 256 to all-black. Gray-looking colour
     files and full-range 16-bit files are read the toolkit's way.
     """
-    try:
-        with open(path, "rb") as file:
-            head = file.read(26)
-    except OSError:
-        return  # decode_mask reports unreadable files
+    head = data[:26].tobytes()
     if head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR":
         return
     bit_depth, colour_type = head[24], head[25]
     if bit_depth <= 8 and colour_type in (0, 4):
         return
-    image = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if image is None:
         return
     if image.ndim == 3 and image.shape[2] >= 3:
@@ -382,8 +378,9 @@ def _check_png_layout(path: Path) -> None:
 
 def read_mask(path: Path, is_gt: bool) -> np.ndarray:
     """Decode a prediction or GT mask to uint8 (H, W) the way PySODEvalToolkit reads it, refusing bad ones."""
-    _check_png_layout(path)
-    mask = decode_mask(path)
+    data = read_file_bytes(path)
+    _check_png_layout(path, data)
+    mask = decode_mask(path, data)
     if is_gt:
         peak = int(mask.max())
         if 0 < peak <= 128:

@@ -409,8 +409,8 @@ class WeightedFMeasure(_Metric):
             return 0.0
         fg = stats.fg
         # Everything the blur at foreground pixels can see lies within 3 px of the GT's bounding box.
-        rows = np.flatnonzero(fg.any(axis=1))
-        cols = np.flatnonzero(fg.any(axis=0))
+        rows = np.flatnonzero(stats.row_counts)
+        cols = np.flatnonzero(stats.col_counts)
         crop = (slice(max(rows[0] - _RADIUS, 0), rows[-1] + _RADIUS + 1),
                 slice(max(cols[0] - _RADIUS, 0), cols[-1] + _RADIUS + 1))
         fg_crop = fg[crop]
@@ -432,9 +432,8 @@ class WeightedFMeasure(_Metric):
             background_error = float(np.einsum("ij,ij->", stats.normalised_map,
                                                  self._importance[stats.squared_distance]))
         blurred = cv2.sepFilter2D(errors, cv2.CV_64F, _GAUSSIAN, _GAUSSIAN, borderType=cv2.BORDER_CONSTANT)
-        fg_errors = fg_error[fg_crop]
-        fg_blurred = blurred[fg_crop]
-        foreground_error = float(np.minimum(fg_blurred, fg_errors).sum())
+        # The smaller of blur and error at each foreground pixel, summed in row-major order.
+        foreground_error = float(np.minimum(blurred, fg_error, out=blurred)[fg_crop].sum())
 
         recall = 1 - foreground_error / fg_count
         tp = fg_count - foreground_error

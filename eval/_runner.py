@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 
+from isnet.core.memory import retain_freed_memory
 from isnet.eval._evaluator import METRIC_NAMES, EvalResult, SaliencyEvaluator, check_metric_names
 from isnet.eval._inputs import EvalTask, plan_from_folders, plan_from_json, read_pair
 
@@ -59,6 +60,7 @@ def evaluate_tasks(tasks: Sequence[EvalTask], *, metric_names: Iterable[str] = M
     from tqdm import tqdm
 
     names = check_metric_names(metric_names)
+    retain_freed_memory()  # every image allocates the same large arrays; see isnet.core.memory
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
     evaluators = [SaliencyEvaluator(names) for _ in tasks]

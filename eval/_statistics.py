@@ -87,13 +87,22 @@ class PairStatistics:
 
     def _centroid_split(self) -> tuple[int, int]:
         """1-based rounded GT centroid (row, col), as the S-measure's MATLAB code divides the map."""
-        rows = np.count_nonzero(self.fg, axis=1)
-        cols = np.count_nonzero(self.fg, axis=0)
+        rows, cols = self.row_counts, self.col_counts
         # Integer sums are exact; one correctly rounded division and a round-half-to-even give the
         # same centroid as the reference's np.argwhere(gt).mean(axis=0).round().
         cy = round(int(rows @ np.arange(self.height)) / self.fg_count)
         cx = round(int(cols @ np.arange(self.width)) / self.fg_count)
         return cy + 1, cx + 1
+
+    @cached_property
+    def row_counts(self) -> np.ndarray:
+        """GT foreground pixels per row."""
+        return np.count_nonzero(self.fg, axis=1)
+
+    @cached_property
+    def col_counts(self) -> np.ndarray:
+        """GT foreground pixels per column."""
+        return np.count_nonzero(self.fg, axis=0)
 
     def blocks(self) -> tuple[tuple[slice, slice], ...]:
         """The four S-measure blocks (top-left, top-right, bottom-left, bottom-right) as slices."""

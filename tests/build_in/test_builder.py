@@ -127,3 +127,36 @@ def test_model_input_name_must_match_config(write_config):
     with pytest.raises(IsnetError, match="input is named 'input', not 'image'"):
         load_build_config(write_config(), ["frontend.shape={image: [1, 3, 64, 64]}"])
     assert load_build_config(write_config(), ["frontend.shape=[1, 3, 64, 64]"]).input_name == "input"
+
+
+def test_drift_past_the_default_bound_is_a_warning_in_build_json(write_config, monkeypatch):
+    from isnet.build_in import builder
+    from isnet.build_in.config import Precision
+
+    within = build_artifact(load_build_config(write_config({"name": "fp16_ok", "backend": {"dtype": "fp16"}})))
+    fidelity = within.info["fidelity"]
+    assert fidelity["within_bound"] and fidelity["drift_bound"] == builder.DEFAULT_DRIFT_BOUNDS[Precision.FP16]
+    assert "warning" not in fidelity
+    # A bound below any real drift: the build succeeds and says so, naming the figure and the next steps.
+    monkeypatch.setitem(builder.DEFAULT_DRIFT_BOUNDS, Precision.FP16, 1e-12)
+    drifting = build_artifact(load_build_config(write_config({"name": "fp16_warned", "backend": {"dtype": "fp16"}})))
+    fidelity = drifting.info["fidelity"]
+    assert not fidelity["within_bound"] and fidelity["drift_bound_source"] == "default"
+    assert fidelity["warning"].startswith(f"mean |diff| from fp32 {fidelity['mean_abs_diff']:.4f} on 4 held-out images")
+    assert "isnet compare" in fidelity["warning"] and "max_drift" in fidelity["warning"]
+    assert drifting.artifact_dir.is_dir()
+
+
+def test_max_drift_makes_a_drifting_int8_build_fail_without_an_artifact(run_isnet, write_config, tmp_path):
+    config = write_config({"name": "strict", "backend": {"dtype": "int8", "quantize": {"calibrate_mode": "max"}}})
+    proc = run_isnet("build", config, "--set", "backend.quantize.max_drift.mean_abs=0")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert "strict: mean |diff| from fp32" in line and "past backend.quantize.max_drift.mean_abs 0" in line
+    assert "no artifact written" in line
+    assert not (tmp_path / "deploy" / "strict").exists()
+    proc = run_isnet("build", config, "--set", "backend.quantize.max_drift.mean_abs=1")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads((tmp_path / "deploy" / "strict" / "build.json").read_text())
+    assert info["fidelity"]["within_bound"] and info["fidelity"]["drift_bound"] == 1
+    assert info["fidelity"]["drift_bound_source"] == "backend.quantize.max_drift.mean_abs"

@@ -37,4 +37,6 @@ class BuildCommand:
               f"{info['build_seconds']:.1f} s{detail})")
         print(f"fidelity vs fp32 on {len(fidelity['images'])} {fidelity['source']}: "
               f"mean |diff| {fidelity['mean_abs_diff']:.2e}, max |diff| {fidelity['max_abs_diff']:.2e}")
+        if fidelity.get("warning"):
+            print(f"warning: {config.name}: {fidelity['warning']}")
         return 0

@@ -177,6 +177,9 @@ def run_experiment(experiment: Experiment, force: bool = False, progress: Progre
         reused = ["build"] if built_reused else []
         key = artifact_key(info)
 
+        warning = (info.get("fidelity") or {}).get("warning")
+        if warning:
+            notes.append(f"{entry.name}: {warning}")
         calibration = info.get("calibration") or {}
         overlap = sum(1 for item in calibration.get("images", []) if item["sha256"] in image_hashes)
         if overlap:
