@@ -195,10 +195,58 @@ def kl_threshold(hist: np.ndarray, edges: np.ndarray, low, high, num_quantized_b
     return (low if lowest < low else lowest), (high if highest > high else highest)
 
 
+def mse_range(hist: np.ndarray, edges: np.ndarray, low, high, levels: int = 256) -> tuple[float, float]:
+    """The clipping range of least expected squared quantization error on a ``levels``-step grid.
+
+    ``hist`` counts the tensor's values in bins ``edges`` (the symmetric fixed-range histogram of
+    pass 2, so 0 is an edge); ``low`` / ``high`` are the observed extremes. A candidate range
+    [lo, hi] runs from a bin edge at or below 0 to one at or above 0 (ONNX Runtime always keeps 0
+    inside the range, where it is exactly representable). Its expected error, with each value at
+    its bin's centre c:
+
+    - clipping: sum over bins outside of count * (lo - c)^2 or (c - hi)^2;
+    - rounding: for the values inside, count * step^2 / 12 with step = (hi - lo) / (levels - 1)
+      (uniform rounding error), except the bin starting at 0: ReLU and sigmoid outputs pile up at
+      exactly 0, which the grid represents exactly.
+
+    Non-negative tensors therefore get [0, hi] (asymmetric, all 256 codes on the values) and the
+    rest both ends searched; every pair of candidates is evaluated at once from prefix sums.
+    Returns ``(lo, hi)`` clipped to the observed extremes.
+    """
+    counts = np.asarray(hist, dtype=np.float64)
+    edges = np.asarray(edges, dtype=np.float64)
+    centres = (edges[:-1] + edges[1:]) / 2
+    zero = int(np.argmin(np.abs(edges)))
+    first = int(np.searchsorted(edges, low, side="right")) - 1 if low < 0 else zero
+    last = int(np.searchsorted(edges, high, side="left")) if high > 0 else zero
+    first, last = max(min(first, zero), 0), min(max(last, zero), edges.size - 1)
+
+    def prefix(values):
+        return np.concatenate([[0.0], np.cumsum(values)])
+
+    n, s1, s2 = prefix(counts), prefix(counts * centres), prefix(counts * centres ** 2)
+    lo_index = np.arange(first, zero + 1)
+    hi_index = np.arange(zero, last + 1)
+    lo, hi = edges[lo_index], edges[hi_index]
+    # Bins k < i lie below lo = edges[i]; bins k >= j above hi = edges[j].
+    below = lo ** 2 * n[lo_index] - 2 * lo * s1[lo_index] + s2[lo_index]
+    above = (s2[-1] - s2[hi_index]) - 2 * hi * (s1[-1] - s1[hi_index]) + hi ** 2 * (n[-1] - n[hi_index])
+    inside = n[hi_index][None, :] - n[lo_index][:, None]
+    if zero < counts.size:
+        inside = inside - counts[zero] * (hi_index[None, :] > zero)
+    step = (hi[None, :] - lo[:, None]) / (levels - 1)
+    error = below[:, None] + above[None, :] + inside * step ** 2 / 12
+    error[hi[None, :] - lo[:, None] <= 0] = np.inf  # an empty range represents nothing
+    if not np.isfinite(error).any():
+        return float(low), float(high)
+    i, j = np.unravel_index(np.argmin(error), error.shape)
+    return float(max(lo[i], low)), float(min(hi[j], high))
+
+
 def _ort_method(mode: CalibrationMode):
     from onnxruntime.quantization import CalibrationMethod
 
-    return {CalibrationMode.KL_DIVERGENCE: CalibrationMethod.Entropy,
+    return {CalibrationMode.MSE: CalibrationMethod.Entropy, CalibrationMode.KL_DIVERGENCE: CalibrationMethod.Entropy,
             CalibrationMode.MAX: CalibrationMethod.MinMax,
             CalibrationMode.PERCENTILE: CalibrationMethod.Percentile}[mode]
 
@@ -442,6 +490,12 @@ def compute_tensor_ranges(model_path: str | os.PathLike, source: CalibrationSour
             edges.setdefault(name, edge)
 
     each_image(second_pass(), accumulate)
+    if mode is CalibrationMode.MSE:
+        found = {}
+        for name in names:
+            lo, hi = mse_range(counts[name], edges[name], float(lows[name]), float(highs[name]))
+            found[name] = (np.float32(lo), np.float32(hi), counts[name], edges[name])
+        return TensorsData(_ort_method(mode), _with_taken_over(found, taken_over))
     if mode is CalibrationMode.KL_DIVERGENCE:
         # One threshold search per tensor; numpy releases the GIL in them, so threads share the cores.
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:

@@ -50,6 +50,7 @@ class CalibrationMode(str, enum.Enum):
     KL_DIVERGENCE = "kl_divergence"
     MAX = "max"
     PERCENTILE = "percentile"
+    MSE = "mse"  # the range of least expected quantization error (isnet.build_in.calibration.mse_range)
 
 
 class QuantType(str, enum.Enum):

@@ -133,9 +133,10 @@ def _nncf_parameters(config: BuildConfig):
 
     quant = config.backend.quantize
     key = "backend.quantize"
-    if quant.calibrate_mode is CalibrationMode.KL_DIVERGENCE:
-        raise IsnetError(f"{key}.calibrate_mode: NNCF has no KL-divergence calibration; use 'max' (min/max over "
-                         "the calibration set) or 'percentile' with backend.type openvino")
+    if quant.calibrate_mode in (CalibrationMode.KL_DIVERGENCE, CalibrationMode.MSE):
+        raise IsnetError(f"{key}.calibrate_mode: {quant.calibrate_mode.value} is calibrated by isnet's own "
+                         "histograms for ONNX Runtime; NNCF's range estimators are 'max' (min/max over the "
+                         "calibration set) and 'percentile' with backend.type openvino")
     if quant.weight_type is not QuantType.INT8 or quant.activation_type is not QuantType.UINT8:
         raise IsnetError(f"{key}: NNCF picks int8 weights and u8/i8 activations itself; leave weight_type and "
                          "activation_type at their defaults (int8, uint8) with backend.type openvino")

@@ -192,3 +192,61 @@ def test_kl_clips_ranges_that_max_keeps(prepared, source, tmp_path):
     assert all(k <= f * (1 + 1e-6) for k, f in widths)
     # KL must actually clip: with 2048 bins it finds thresholds inside the min/max range.
     assert sum(k < 0.9 * f for k, f in widths) >= len(widths) // 10
+
+
+def _brute_force_mse_range(hist, edges, low, high, levels=256):
+    """Every candidate (lo, hi) pair, the error summed bin by bin as the docstring states it."""
+    centres = (edges[:-1] + edges[1:]) / 2
+    zero = int(np.argmin(np.abs(edges)))
+    best, best_error = None, np.inf
+    for i in range(zero + 1):
+        for j in range(zero, edges.size):
+            lo, hi = edges[i], edges[j]
+            if (low >= 0 and i != zero) or (high <= 0 and j != zero) or hi <= lo:
+                continue
+            if lo < low and i < zero and edges[i + 1] <= low or hi > high and j > zero and edges[j - 1] >= high:
+                continue  # a candidate beyond the first edge past the observed extreme
+            step = (hi - lo) / (levels - 1)
+            error = 0.0
+            for k, (count, centre) in enumerate(zip(hist, centres)):
+                if k < i:
+                    error += count * (lo - centre) ** 2
+                elif k >= j:
+                    error += count * (centre - hi) ** 2
+                elif k != zero:
+                    error += count * step ** 2 / 12
+            if error < best_error:
+                best, best_error = (max(lo, low), min(hi, high)), error
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_mse_range_is_the_brute_force_minimum(seed):
+    from isnet.build_in.calibration import mse_range
+
+    rng = np.random.default_rng(seed)
+    bound = 4.0
+    edges = np.linspace(-bound, bound, 33)
+    if seed % 2:  # a post-ReLU tensor: a spike at 0 and a long tail of rare large values
+        values = np.concatenate([np.zeros(400), rng.exponential(0.4, 600), rng.uniform(2.5, 3.9, 3)])
+    else:  # signed, with outliers on both sides
+        values = np.concatenate([rng.normal(0, 0.5, 1000), [-3.7, 3.2]])
+    hist, _ = np.histogram(values, bins=edges)
+    # A coarse grid (8 levels) makes clipping and rounding trade off within this small histogram.
+    got = mse_range(hist, edges, values.min(), values.max(), levels=8)
+    assert got == pytest.approx(_brute_force_mse_range(hist, edges, values.min(), values.max(), levels=8))
+    if seed % 2:
+        assert got[0] == 0.0 and got[1] < values.max()  # asymmetric, the rare tail clipped
+
+
+def test_mse_ranges_sit_inside_the_observed_ones(prepared, source, tmp_path):
+    mse = compute_tensor_ranges(prepared, source, CalibrationMode.MSE, tmp_path)
+    full = compute_tensor_ranges(prepared, source, CalibrationMode.MAX, tmp_path)
+    assert set(mse.keys()) == set(full.keys())
+    clipped = 0
+    for name in full.keys():
+        low, high = (float(np.asarray(v).ravel()[0]) for v in full[name].range_value)
+        got_low, got_high = (float(np.asarray(v).ravel()[0]) for v in mse[name].range_value)
+        assert low <= got_low <= 0 <= got_high <= high or low >= 0 and got_low == low, name
+        clipped += got_high < high
+    assert clipped > 0

@@ -54,6 +54,7 @@ PRESETS: dict[str, dict] = {
     "int8_kl": {"backend": {"dtype": "int8", "quantize": {"calibrate_mode": "kl_divergence"}}},
     "int8_max": {"backend": {"dtype": "int8", "quantize": {"calibrate_mode": "max"}}},
     "int8_percentile": {"backend": {"dtype": "int8", "quantize": {"calibrate_mode": "percentile"}}},
+    "int8_mse": {"backend": {"dtype": "int8", "quantize": {"calibrate_mode": "mse"}}},
     "ov_fp32": {"backend": {"type": "openvino", "dtype": "fp32"}},
     "ov_fp16": {"backend": {"type": "openvino", "dtype": "fp16"}},
     "ov_bf16": {"backend": {"type": "openvino", "dtype": "bf16"}},
