@@ -243,6 +243,31 @@ def mse_range(hist: np.ndarray, edges: np.ndarray, low, high, levels: int = 256)
     return float(max(lo[i], low)), float(min(hi[j], high))
 
 
+def outlier_channels(channel_ranges: dict[str, tuple[np.ndarray, np.ndarray]], ratio: float = 8.0) -> list[dict]:
+    """Tensors one of whose channels spans far more than the others: per-tensor int8 ranges fail there.
+
+    For each tensor, each channel's reach is max(|min|, |max|) over the calibration images; a
+    tensor is listed when its widest channel reaches ``ratio`` times the median channel or more.
+    ``near_constant`` counts the channels among those above the median whose values stay within
+    5% of their reach (a "high-bias" channel, Nagel et al. 2019). Sorted widest first.
+    """
+    found = []
+    for name, (low, high) in channel_ranges.items():
+        reach = np.maximum(np.abs(low), np.abs(high)).astype(np.float64)
+        if reach.size < 2 or not np.isfinite(reach).all():
+            continue
+        median = float(np.median(reach))
+        widest = int(np.argmax(reach))
+        if median <= 0 or reach[widest] < ratio * median:
+            continue
+        wide = reach > median
+        constant = wide & ((high - low) <= 0.05 * reach)
+        found.append({"tensor": name, "channel": widest, "reach": float(reach[widest]), "median_reach": median,
+                      "ratio": float(reach[widest] / median), "near_constant": int(constant.sum()),
+                      "channels": int(reach.size)})
+    return sorted(found, key=lambda item: -item["ratio"])
+
+
 def _ort_method(mode: CalibrationMode):
     from onnxruntime.quantization import CalibrationMethod
 
@@ -383,11 +408,15 @@ def _augmented_session(model_path: Path, mode: CalibrationMode, work_dir: Path, 
 def compute_tensor_ranges(model_path: str | os.PathLike, source: CalibrationSource, mode: CalibrationMode,
                           work_dir: str | os.PathLike, excluded_nodes: Sequence[str] = (),
                           symmetric: bool = False, percentile: float = 99.999, num_bins: int = 0,
-                          progress: Callable[[int], None] | None = None):
+                          progress: Callable[[int], None] | None = None,
+                          channel_ranges: dict[str, tuple[np.ndarray, np.ndarray]] | None = None):
     """Calibrate ``model_path`` on ``source``; return ONNX Runtime ``TensorsData`` for ``quantize_static``.
 
     ``excluded_nodes`` are the nodes ``quantize_static`` will leave in float. ``progress(n)`` is
-    called after each image of each pass (2 passes for histogram methods). The result equals what ``quantize_static``'s own calibrator computes on the same inputs.
+    called after each image of each pass (2 passes for histogram methods). The result equals what
+    ``quantize_static``'s own calibrator computes on the same inputs. A ``channel_ranges`` dict is
+    filled with each measured 4-D tensor's per-channel (min, max) over the images, from the same
+    reductions that give its range (see :func:`outlier_channels`).
     """
     from onnxruntime.quantization import TensorsData
     from onnxruntime.quantization.calibrate import HistogramCollector
@@ -449,7 +478,16 @@ def compute_tensor_ranges(model_path: str | os.PathLike, source: CalibrationSour
 
     def track_range(outputs: dict[str, np.ndarray]) -> None:
         for name, value in outputs.items():
-            low, high = np.nanmin(value), np.nanmax(value)
+            if channel_ranges is not None and value.ndim == 4:
+                # Per channel first; min and max are exact in any order, so the tensor's range is the same.
+                channel_low, channel_high = np.nanmin(value, axis=(0, 2, 3)), np.nanmax(value, axis=(0, 2, 3))
+                if name in channel_ranges:
+                    channel_low = np.fmin(channel_ranges[name][0], channel_low)
+                    channel_high = np.fmax(channel_ranges[name][1], channel_high)
+                channel_ranges[name] = (channel_low, channel_high)
+                low, high = np.nanmin(channel_low), np.nanmax(channel_high)
+            else:
+                low, high = np.nanmin(value), np.nanmax(value)
             lows[name] = low if name not in lows else min(lows[name], low)
             highs[name] = high if name not in highs else max(highs[name], high)
             if absolute:

@@ -101,6 +101,9 @@ class QuantizeConfig:
     exclude_nodes: tuple[str, ...] = ()
     num_bins: int = 0  # histogram bins; 0: 2048 (isnet.build_in.calibration.DEFAULT_BINS)
     max_drift: DriftBudget = field(default_factory=DriftBudget)  # unset: a warning past DEFAULT_DRIFT_BOUNDS
+    # A tensor whose widest channel reaches this many times its median channel stays in float
+    # (ONNX Runtime; isnet.build_in.calibration.outlier_channels); null quantizes it anyway.
+    outlier_channel_ratio: float | None = bounded(10.0, above=1)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ class StageBars:
 
         if stage not in self._bars and total > 1:
             self._bars[stage] = tqdm(total=total, desc=f"{self.prefix}{stage}", unit=self.unit,
-                                     dynamic_ncols=True, leave=False)
+                                     dynamic_ncols=True, leave=False, disable=None)  # None: only on a terminal
         bar = self._bars.get(stage)
         if bar is not None and advance:
             bar.update(advance)

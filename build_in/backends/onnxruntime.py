@@ -12,7 +12,7 @@ from pathlib import Path
 import onnx
 
 from isnet.build_in.backends.onnxruntime_runner import OnnxRuntimeRunner
-from isnet.build_in.calibration import CalibrationSource, compute_tensor_ranges
+from isnet.build_in.calibration import CalibrationSource, compute_tensor_ranges, outlier_channels
 from isnet.build_in.config import BuildConfig, Precision, QuantType
 from isnet.core import IsnetError
 
@@ -96,10 +96,26 @@ def _quantize_int8(source: Path, target: Path, config: BuildConfig, work: Path,
     images = config.calibration_images()
     source_data = CalibrationSource(images, config.preprocessor(), config.input_name)
     total = 2 * len(images) if quant.calibrate_mode.value != "max" else len(images)
-    step = (lambda n: progress("calibrate", n, total)) if progress else None
-    ranges = compute_tensor_ranges(prepared, source_data, quant.calibrate_mode, work, excluded_nodes=exclude,
-                                   symmetric=quant.symmetric_activations, percentile=quant.percentile,
-                                   num_bins=quant.num_bins, progress=step)
+
+    def calibrate(excluded: list[str], stage: str, channel_ranges: dict | None = None):
+        step = (lambda n: progress(stage, n, total)) if progress else None
+        return compute_tensor_ranges(prepared, source_data, quant.calibrate_mode, work, excluded_nodes=excluded,
+                                     symmetric=quant.symmetric_activations, percentile=quant.percentile,
+                                     num_bins=quant.num_bins, progress=step, channel_ranges=channel_ranges)
+
+    channel_ranges: dict = {}
+    ranges = calibrate(exclude, "calibrate", channel_ranges)
+    # Tensors with an outlier channel (one per-tensor range for 0..228 leaves a dozen levels to the
+    # other channels) stay float: the nodes producing and reading them are left out of quantization.
+    # Which tensors the quantizer reads depends on the excluded nodes, so calibration runs again.
+    outliers = outlier_channels(channel_ranges, quant.outlier_channel_ratio or 10.0)
+    kept_float = []
+    if quant.outlier_channel_ratio is not None and outliers:
+        kept_float = _nodes_touching(onnx.load(str(prepared), load_external_data=False),
+                                     {item["tensor"] for item in outliers}, exclude)
+        if kept_float:
+            exclude = exclude + kept_float
+            ranges = calibrate(exclude, "calibrate (outliers in float)")
     cache = work / "calibration.json"
     save_tensors_data(ranges, cache)
 
@@ -118,7 +134,14 @@ def _quantize_int8(source: Path, target: Path, config: BuildConfig, work: Path,
                                        "CalibTensorRangeSymmetric": quant.symmetric_activations})
     finally:
         root.setLevel(level)
-    return {"excluded_nodes": exclude, "calibrated_tensors": len(ranges.data)}
+    return {"excluded_nodes": exclude, "calibrated_tensors": len(ranges.data),
+            "outlier_tensors": outliers[:10], "outlier_nodes_in_float": kept_float}
+
+
+def _nodes_touching(model: onnx.ModelProto, tensors: set[str], already: list[str]) -> list[str]:
+    """Names of the nodes that produce or read any of ``tensors``, not in ``already``, in graph order."""
+    return [node.name for node in model.graph.node
+            if node.name not in already and (set(node.output) | set(node.input)) & tensors]
 
 
 def compile_model(source: Path, config: BuildConfig, out_dir: Path, work: Path,

@@ -61,8 +61,10 @@ def test_fp16_keeps_fp32_io_and_converts_weights(write_config):
 
 
 def test_exclude_nodes_keeps_side_head_in_float(write_config):
+    # Outlier-channel tensors of this random network would add float nodes of their own.
     config = load_build_config(write_config({"backend": {"quantize": {"calibrate_mode": "max",
-                                                                      "exclude_nodes": ["side1"]}}}))
+                                                                      "exclude_nodes": ["side1"]}}}),
+                               ["backend.quantize.outlier_channel_ratio=null"])
     result = build_artifact(config)
     model = onnx.load(str(result.artifact_dir / "model.onnx"))
     side_conv = next(n for n in model.graph.node if n.op_type == "Conv" and any("side1" in i for i in n.input))
@@ -150,8 +152,8 @@ def test_drift_past_the_default_bound_is_a_warning_in_build_json(write_config, m
 def test_max_drift_makes_a_drifting_int8_build_fail_without_an_artifact(run_isnet, write_config, tmp_path):
     config = write_config({"name": "strict", "backend": {"dtype": "int8", "quantize": {"calibrate_mode": "max"}}})
     proc = run_isnet("build", config, "--set", "backend.quantize.max_drift.mean_abs=0")
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    (line,) = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()  # no progress bars either: stderr is not a terminal
     assert "strict: mean |diff| from fp32" in line and "past backend.quantize.max_drift.mean_abs 0" in line
     assert "no artifact written" in line
     assert not (tmp_path / "deploy" / "strict").exists()
@@ -160,3 +162,45 @@ def test_max_drift_makes_a_drifting_int8_build_fail_without_an_artifact(run_isne
     info = json.loads((tmp_path / "deploy" / "strict" / "build.json").read_text())
     assert info["fidelity"]["within_bound"] and info["fidelity"]["drift_bound"] == 1
     assert info["fidelity"]["drift_bound_source"] == "backend.quantize.max_drift.mean_abs"
+
+
+def _with_outlier_channel(lite_onnx, path):
+    """The lite model with one channel of an early Conv + Relu lifted to a near-constant 200 ("high bias")."""
+    from onnx import numpy_helper
+
+    model = onnx.load(str(lite_onnx))
+    initializers = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:
+        readers = [n for n in model.graph.node if node.output[0] in n.input]
+        if node.op_type == "Conv" and len(node.input) > 2 and readers and all(r.op_type == "Relu" for r in readers):
+            bias = numpy_helper.to_array(initializers[node.input[2]]).copy()
+            bias[0] += 200.0
+            initializers[node.input[2]].CopyFrom(numpy_helper.from_array(bias, node.input[2]))
+            onnx.save(model, str(path))
+            return readers[0].output[0]
+    raise AssertionError("no Conv followed by a Relu")
+
+
+def test_a_tensor_with_an_outlier_channel_stays_float_and_the_build_drifts_less(write_config, lite_onnx, tmp_path):
+    from isnet.build_in.calibration import outlier_channels
+
+    lifted = _with_outlier_channel(lite_onnx, tmp_path / "lifted.onnx")
+    config = write_config({"frontend": {"checkpoint": str(tmp_path / "lifted.onnx")},
+                           "backend": {"quantize": {"calibrate_mode": "max"}}})
+    guarded = build_artifact(load_build_config(config, ["name=guarded"]))
+    plain = build_artifact(load_build_config(config, ["name=plain", "backend.quantize.outlier_channel_ratio=null"]))
+    details = guarded.info["backend_details"]
+    assert details["outlier_tensors"][0]["ratio"] >= 10 and details["outlier_nodes_in_float"]
+    # The lifted tensor is no longer quantized: no QuantizeLinear reads it.
+    model = onnx.load(str(guarded.artifact_dir / "model.onnx"))
+    assert not any(n.op_type == "QuantizeLinear" and lifted in n.input for n in model.graph.node)
+    plain_model = onnx.load(str(plain.artifact_dir / "model.onnx"))
+    assert any(n.op_type == "QuantizeLinear" and lifted in n.input for n in plain_model.graph.node)
+    assert plain.info["backend_details"]["outlier_nodes_in_float"] == []
+    assert guarded.info["fidelity"]["mean_abs_diff"] < plain.info["fidelity"]["mean_abs_diff"]
+    # The detector itself: one channel 20x the median reach, near-constant.
+    low, high = np.zeros(8, np.float32), np.full(8, 2.0, np.float32)
+    low[3], high[3] = 39.5, 40.0
+    (found,) = outlier_channels({"t": (low, high)})
+    assert found["channel"] == 3 and found["ratio"] == pytest.approx(20.0) and found["near_constant"] == 1
+    assert outlier_channels({"t": (np.zeros(8), np.full(8, 2.0))}) == []

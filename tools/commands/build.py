@@ -37,6 +37,12 @@ class BuildCommand:
               f"{info['build_seconds']:.1f} s{detail})")
         print(f"fidelity vs fp32 on {len(fidelity['images'])} {fidelity['source']}: "
               f"mean |diff| {fidelity['mean_abs_diff']:.2e}, max |diff| {fidelity['max_abs_diff']:.2e}")
+        details = info.get("backend_details") or {}
+        if details.get("outlier_nodes_in_float"):
+            widest = details["outlier_tensors"][0]
+            print(f"kept {len(details['outlier_nodes_in_float'])} nodes in float around "
+                  f"{len(details['outlier_tensors'])} tensors with an outlier channel (widest: "
+                  f"{widest['ratio']:.1f}x the median channel; backend.quantize.outlier_channel_ratio)")
         if fidelity.get("warning"):
             print(f"warning: {config.name}: {fidelity['warning']}")
         return 0
