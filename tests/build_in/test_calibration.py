@@ -250,3 +250,15 @@ def test_mse_ranges_sit_inside_the_observed_ones(prepared, source, tmp_path):
         assert low <= got_low <= 0 <= got_high <= high or low >= 0 and got_low == low, name
         clipped += got_high < high
     assert clipped > 0
+
+
+def test_asymmetric_percentile_keeps_non_negative_tensors_at_zero(prepared, source, tmp_path):
+    # ONNX Runtime's percentile calibrator is symmetric by default: a ReLU output would get
+    # [-x, x] and waste half of the 256 codes. Ours is asymmetric unless asked: [>= 0, x].
+    ranges = compute_tensor_ranges(prepared, source, CalibrationMode.PERCENTILE, tmp_path)
+    full = compute_tensor_ranges(prepared, source, CalibrationMode.MAX, tmp_path)
+    non_negative = [name for name in full.keys() if float(np.asarray(full[name].range_value[0]).ravel()[0]) >= 0]
+    assert len(non_negative) > 10
+    for name in non_negative:
+        low, high = (float(np.asarray(v).ravel()[0]) for v in ranges[name].range_value)
+        assert low >= 0 and high > 0, name
