@@ -195,6 +195,9 @@ def kl_threshold(hist: np.ndarray, edges: np.ndarray, low, high, num_quantized_b
     return (low if lowest < low else lowest), (high if highest > high else highest)
 
 
+MSE_MAX_BINS = 4096
+
+
 def mse_range(hist: np.ndarray, edges: np.ndarray, low, high, levels: int = 256) -> tuple[float, float]:
     """The clipping range of least expected squared quantization error on a ``levels``-step grid.
 
@@ -215,6 +218,8 @@ def mse_range(hist: np.ndarray, edges: np.ndarray, low, high, levels: int = 256)
     """
     counts = np.asarray(hist, dtype=np.float64)
     edges = np.asarray(edges, dtype=np.float64)
+    if counts.size > MSE_MAX_BINS:  # the search holds (bins / 2)^2 candidates at once
+        raise ValueError(f"mse calibration searches at most {MSE_MAX_BINS} bins, got {counts.size}")
     centres = (edges[:-1] + edges[1:]) / 2
     zero = int(np.argmin(np.abs(edges)))
     first = int(np.searchsorted(edges, low, side="right")) - 1 if low < 0 else zero
@@ -243,11 +248,17 @@ def mse_range(hist: np.ndarray, edges: np.ndarray, low, high, levels: int = 256)
     return float(max(lo[i], low)), float(min(hi[j], high))
 
 
-def outlier_channels(channel_ranges: dict[str, tuple[np.ndarray, np.ndarray]], ratio: float = 8.0) -> list[dict]:
+# Widest channel / median channel past which a tensor counts as having an outlier channel.
+OUTLIER_RATIO = 10.0
+
+
+def outlier_channels(channel_ranges: dict[str, tuple[np.ndarray, np.ndarray]],
+                     ratio: float = OUTLIER_RATIO) -> list[dict]:
     """Tensors one of whose channels spans far more than the others: per-tensor int8 ranges fail there.
 
     For each tensor, each channel's reach is max(|min|, |max|) over the calibration images; a
-    tensor is listed when its widest channel reaches ``ratio`` times the median channel or more.
+    tensor is listed when its widest channel reaches ``ratio`` times the median live channel
+    (reach > 0: dead ReLU channels would drag the median down) or more.
     ``near_constant`` counts the channels among those above the median whose values stay within
     5% of their reach (a "high-bias" channel, Nagel et al. 2019). Sorted widest first.
     """
@@ -256,7 +267,8 @@ def outlier_channels(channel_ranges: dict[str, tuple[np.ndarray, np.ndarray]], r
         reach = np.maximum(np.abs(low), np.abs(high)).astype(np.float64)
         if reach.size < 2 or not np.isfinite(reach).all():
             continue
-        median = float(np.median(reach))
+        live = reach[reach > 0]
+        median = float(np.median(live)) if live.size >= 2 else 0.0
         widest = int(np.argmax(reach))
         if median <= 0 or reach[widest] < ratio * median:
             continue

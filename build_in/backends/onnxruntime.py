@@ -12,8 +12,9 @@ from pathlib import Path
 import onnx
 
 from isnet.build_in.backends.onnxruntime_runner import OnnxRuntimeRunner
-from isnet.build_in.calibration import CalibrationSource, compute_tensor_ranges, outlier_channels
-from isnet.build_in.config import BuildConfig, Precision, QuantType
+from isnet.build_in.calibration import (MSE_MAX_BINS, OUTLIER_RATIO, CalibrationSource, compute_tensor_ranges,
+                                        outlier_channels)
+from isnet.build_in.config import BuildConfig, CalibrationMode, Precision, QuantType
 from isnet.core import IsnetError
 
 MODEL_FILE = "model.onnx"
@@ -76,6 +77,13 @@ def _quantize_int8(source: Path, target: Path, config: BuildConfig, work: Path,
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     quant = config.backend.quantize
+    if quant.calibrate_mode is CalibrationMode.MSE:
+        if quant.symmetric_activations:
+            raise IsnetError("backend.quantize.calibrate_mode: mse searches asymmetric ranges; "
+                             "it does not combine with symmetric_activations: true")
+        if quant.num_bins and (quant.num_bins % 2 or quant.num_bins > MSE_MAX_BINS):
+            raise IsnetError(f"backend.quantize.num_bins: mse needs an even number of bins up to {MSE_MAX_BINS}, "
+                             f"got {quant.num_bins}")
     prepared = work / "prepared.onnx"
     # ORT recommends its pre-processing (symbolic shape inference, basic fusions) before
     # quantization; calibration must run on the very graph that gets quantized. On failure its
@@ -108,11 +116,11 @@ def _quantize_int8(source: Path, target: Path, config: BuildConfig, work: Path,
     # Tensors with an outlier channel (one per-tensor range for 0..228 leaves a dozen levels to the
     # other channels) stay float: the nodes producing and reading them are left out of quantization.
     # Which tensors the quantizer reads depends on the excluded nodes, so calibration runs again.
-    outliers = outlier_channels(channel_ranges, quant.outlier_channel_ratio or 10.0)
+    outliers = outlier_channels(channel_ranges, quant.outlier_channel_ratio or OUTLIER_RATIO)
     kept_float = []
     if quant.outlier_channel_ratio is not None and outliers:
-        kept_float = _nodes_touching(onnx.load(str(prepared), load_external_data=False),
-                                     {item["tensor"] for item in outliers}, exclude)
+        graph = onnx.load(str(prepared), load_external_data=False).graph
+        kept_float = _nodes_touching(graph, _carriers(graph, {item["tensor"] for item in outliers}), exclude)
         if kept_float:
             exclude = exclude + kept_float
             ranges = calibrate(exclude, "calibrate (outliers in float)")
@@ -138,10 +146,40 @@ def _quantize_int8(source: Path, target: Path, config: BuildConfig, work: Path,
             "outlier_tensors": outliers[:10], "outlier_nodes_in_float": kept_float}
 
 
-def _nodes_touching(model: onnx.ModelProto, tensors: set[str], already: list[str]) -> list[str]:
-    """Names of the nodes that produce or read any of ``tensors``, not in ``already``, in graph order."""
-    return [node.name for node in model.graph.node
-            if node.name not in already and (set(node.output) | set(node.input)) & tensors]
+# Ops through which a channel's values pass unchanged or shifted/scaled per channel: a tensor on either
+# side of one carries the same outlier channel (the pre-activation of a ReLU, the output of a MaxPool).
+_CHANNEL_PRESERVING = ("Relu", "Clip", "MaxPool", "AveragePool", "Resize", "Reshape", "Transpose", "Squeeze",
+                       "Unsqueeze", "Flatten", "Slice")
+
+
+def _carriers(graph, tensors: set[str]) -> set[str]:
+    """``tensors`` and every tensor joined to one of them through channel-preserving ops.
+
+    Only the tensors whose own range the quantizer reads were measured; the quantizer would
+    quantize these neighbours on their own once the measured ones are left in float.
+    """
+    carriers = set(tensors)
+    changed = True
+    while changed:
+        changed = False
+        for node in graph.node:
+            if node.op_type not in _CHANNEL_PRESERVING or not node.input or not node.output:
+                continue
+            source, output = node.input[0], node.output[0]
+            if (source in carriers) != (output in carriers):
+                carriers |= {source, output}
+                changed = True
+    return carriers
+
+
+def _nodes_touching(graph, tensors: set[str], already: list[str]) -> list[str]:
+    """Names of the nodes that produce or read any of ``tensors``, not in ``already``, in graph order.
+
+    Nodes without a name cannot be excluded by name (ONNX Runtime matches ``nodes_to_exclude`` by
+    name, and every unnamed node would match ""), so they are left out.
+    """
+    return [node.name for node in graph.node
+            if node.name and node.name not in already and (set(node.output) | set(node.input)) & tensors]
 
 
 def compile_model(source: Path, config: BuildConfig, out_dir: Path, work: Path,

@@ -153,7 +153,8 @@ def test_max_drift_makes_a_drifting_int8_build_fail_without_an_artifact(run_isne
     config = write_config({"name": "strict", "backend": {"dtype": "int8", "quantize": {"calibrate_mode": "max"}}})
     proc = run_isnet("build", config, "--set", "backend.quantize.max_drift.mean_abs=0")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    (line,) = proc.stderr.strip().splitlines()  # no progress bars either: stderr is not a terminal
+    line = proc.stderr.strip().splitlines()[-1]  # no progress bars either: stderr is not a terminal
+    assert line.startswith("isnet build: error: ")
     assert "strict: mean |diff| from fp32" in line and "past backend.quantize.max_drift.mean_abs 0" in line
     assert "no artifact written" in line
     assert not (tmp_path / "deploy" / "strict").exists()
@@ -177,23 +178,25 @@ def _with_outlier_channel(lite_onnx, path):
             bias[0] += 200.0
             initializers[node.input[2]].CopyFrom(numpy_helper.from_array(bias, node.input[2]))
             onnx.save(model, str(path))
-            return readers[0].output[0]
+            return readers[0].output[0], node.output[0]
     raise AssertionError("no Conv followed by a Relu")
 
 
 def test_a_tensor_with_an_outlier_channel_stays_float_and_the_build_drifts_less(write_config, lite_onnx, tmp_path):
     from isnet.build_in.calibration import outlier_channels
 
-    lifted = _with_outlier_channel(lite_onnx, tmp_path / "lifted.onnx")
+    lifted, pre_activation = _with_outlier_channel(lite_onnx, tmp_path / "lifted.onnx")
     config = write_config({"frontend": {"checkpoint": str(tmp_path / "lifted.onnx")},
                            "backend": {"quantize": {"calibrate_mode": "max"}}})
     guarded = build_artifact(load_build_config(config, ["name=guarded"]))
     plain = build_artifact(load_build_config(config, ["name=plain", "backend.quantize.outlier_channel_ratio=null"]))
     details = guarded.info["backend_details"]
-    assert details["outlier_tensors"][0]["ratio"] >= 10 and details["outlier_nodes_in_float"]
-    # The lifted tensor is no longer quantized: no QuantizeLinear reads it.
+    lifted_entry = next(item for item in details["outlier_tensors"] if item["tensor"] == lifted)
+    assert lifted_entry["channel"] == 0 and lifted_entry["ratio"] >= 10 and lifted_entry["near_constant"] == 1
+    # The lifted tensor and the Conv output before its ReLU (same channel) are no longer quantized.
     model = onnx.load(str(guarded.artifact_dir / "model.onnx"))
-    assert not any(n.op_type == "QuantizeLinear" and lifted in n.input for n in model.graph.node)
+    for tensor in (lifted, pre_activation):
+        assert not any(n.op_type == "QuantizeLinear" and tensor in n.input for n in model.graph.node), tensor
     plain_model = onnx.load(str(plain.artifact_dir / "model.onnx"))
     assert any(n.op_type == "QuantizeLinear" and lifted in n.input for n in plain_model.graph.node)
     assert plain.info["backend_details"]["outlier_nodes_in_float"] == []

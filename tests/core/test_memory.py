@@ -1,5 +1,6 @@
 """retain_freed_memory: large arrays freed and allocated again stop faulting pages in."""
 
+import platform
 import subprocess
 import sys
 
@@ -23,7 +24,15 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def _transparent_huge_pages_always() -> bool:
+    try:
+        return "[always]" in open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
+@pytest.mark.skipif(_transparent_huge_pages_always(), reason="huge pages fault 2 MB at a time")
 def test_freed_arrays_are_reused_instead_of_faulted_in_again():
     faults = {mode: int(subprocess.run([sys.executable, "-c", CHILD, mode], capture_output=True, text=True,
                                        check=True).stdout) for mode in ("default", "retain")}

@@ -36,8 +36,9 @@ class CompareResult:
     violations: list[str]
     warnings: list[str]
     files: dict[str, Path]
-    # Wall seconds per stage of this run (export, build, run, eval, profile, drift, photos, report);
-    # a reused stage costs only its cache check.
+    # Wall seconds per stage of this run (export, build, run, eval, profile, drift, photos, report).
+    # export, build, photos and report are always timed (a reused one costs its cache check); run,
+    # eval, profile and drift appear only when they ran.
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
