@@ -149,6 +149,7 @@ def test_drift_past_the_default_bound_is_a_warning_in_build_json(write_config, m
     assert drifting.artifact_dir.is_dir()
 
 
+@pytest.mark.slow
 def test_max_drift_makes_a_drifting_int8_build_fail_without_an_artifact(run_isnet, write_config, tmp_path):
     config = write_config({"name": "strict", "backend": {"dtype": "int8", "quantize": {"calibrate_mode": "max"}}})
     proc = run_isnet("build", config, "--set", "backend.quantize.max_drift.mean_abs=0")
