@@ -280,6 +280,31 @@ def outlier_channels(channel_ranges: dict[str, tuple[np.ndarray, np.ndarray]],
     return sorted(found, key=lambda item: -item["ratio"])
 
 
+def outlier_float_nodes(graph, outliers: Iterable[dict], already: Sequence[str]) -> list[str]:
+    """The nodes to leave in float so that the ``outliers`` tensors (:func:`outlier_channels`) stay float.
+
+    An outlier channel passes unchanged through the ops the quantizer gives a neighbour's range
+    (ReLU, pooling, resizing, reshaping), so the tensors joined to an outlier tensor through them
+    carry it too; once the measured tensor is left in float the quantizer would quantize those on
+    their own. Returns the nodes producing or reading any of them, not in ``already``, in graph
+    order. Nodes without a name are left out: ONNX Runtime matches ``nodes_to_exclude`` by name,
+    and every unnamed node would match "".
+    """
+    carriers = {item["tensor"] for item in outliers}
+    changed = True
+    while changed:
+        changed = False
+        for node in graph.node:
+            if node.op_type not in _CHANNEL_PRESERVING or not node.input or not node.output:
+                continue
+            source, output = node.input[0], node.output[0]
+            if (source in carriers) != (output in carriers):
+                carriers |= {source, output}
+                changed = True
+    return [node.name for node in graph.node
+            if node.name and node.name not in already and (set(node.output) | set(node.input)) & carriers]
+
+
 def _ort_method(mode: CalibrationMode):
     from onnxruntime.quantization import CalibrationMethod
 
@@ -297,6 +322,8 @@ _REMOVABLE_ACTIVATIONS = ("Relu", "Clip")
 # Ops whose output the QDQ quantizer quantizes with their input's parameters ("direct 8-bit" ops).
 _SAME_AS_INPUT = ("MaxPool", "Resize", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "AveragePool",
                   "Slice", "TopK")
+# Ops a channel's values pass through unchanged (TopK reorders along an axis, so it does not count).
+_CHANNEL_PRESERVING = _REMOVABLE_ACTIVATIONS + tuple(op for op in _SAME_AS_INPUT if op != "TopK")
 
 
 def ranges_taken_over(model, names: Sequence[str], symmetric: bool,
@@ -402,10 +429,13 @@ def _augmented_session(model_path: Path, mode: CalibrationMode, work_dir: Path, 
         # selection is the base method every ORT calibrator uses.
         calibrator = EntropyCalibrater(model_path, [], str(augmented), symmetric=extra["symmetric"],
                                        num_bins=bins, num_quantized_bins=QUANTIZED_BINS)
+    # The graph as loaded (and shape-inferred) by the calibrator, before augment_graph adds every
+    # calibrated tensor to its outputs in place (and saves it), so neither file is read again.
+    original = onnx.ModelProto()
+    original.CopyFrom(calibrator.model)
     calibrator.augment_graph()
-    model = onnx.load(str(augmented))
-    taken_over = ranges_taken_over(onnx.load(str(model_path), load_external_data=False),
-                                   calibrator.tensors_to_calibrate, extra["symmetric"], excluded_nodes)
+    model = calibrator.model
+    taken_over = ranges_taken_over(original, calibrator.tensors_to_calibrate, extra["symmetric"], excluded_nodes)
     kept = [o for o in model.graph.output if o.name not in taken_over]
     del model.graph.output[:]
     model.graph.output.extend(kept)

@@ -13,7 +13,7 @@ import onnx
 
 from isnet.build_in.backends.onnxruntime_runner import OnnxRuntimeRunner
 from isnet.build_in.calibration import (MSE_MAX_BINS, OUTLIER_RATIO, CalibrationSource, compute_tensor_ranges,
-                                        outlier_channels)
+                                        outlier_channels, outlier_float_nodes)
 from isnet.build_in.config import BuildConfig, CalibrationMode, Precision, QuantType
 from isnet.core import IsnetError
 
@@ -119,8 +119,7 @@ def _quantize_int8(source: Path, target: Path, config: BuildConfig, work: Path,
     outliers = outlier_channels(channel_ranges, quant.outlier_channel_ratio or OUTLIER_RATIO)
     kept_float = []
     if quant.outlier_channel_ratio is not None and outliers:
-        graph = onnx.load(str(prepared), load_external_data=False).graph
-        kept_float = _nodes_touching(graph, _carriers(graph, {item["tensor"] for item in outliers}), exclude)
+        kept_float = outlier_float_nodes(onnx.load(str(prepared), load_external_data=False).graph, outliers, exclude)
         if kept_float:
             exclude = exclude + kept_float
             ranges = calibrate(exclude, "calibrate (outliers in float)")
@@ -144,42 +143,6 @@ def _quantize_int8(source: Path, target: Path, config: BuildConfig, work: Path,
         root.setLevel(level)
     return {"excluded_nodes": exclude, "calibrated_tensors": len(ranges.data),
             "outlier_tensors": outliers[:10], "outlier_nodes_in_float": kept_float}
-
-
-# Ops through which a channel's values pass unchanged or shifted/scaled per channel: a tensor on either
-# side of one carries the same outlier channel (the pre-activation of a ReLU, the output of a MaxPool).
-_CHANNEL_PRESERVING = ("Relu", "Clip", "MaxPool", "AveragePool", "Resize", "Reshape", "Transpose", "Squeeze",
-                       "Unsqueeze", "Flatten", "Slice")
-
-
-def _carriers(graph, tensors: set[str]) -> set[str]:
-    """``tensors`` and every tensor joined to one of them through channel-preserving ops.
-
-    Only the tensors whose own range the quantizer reads were measured; the quantizer would
-    quantize these neighbours on their own once the measured ones are left in float.
-    """
-    carriers = set(tensors)
-    changed = True
-    while changed:
-        changed = False
-        for node in graph.node:
-            if node.op_type not in _CHANNEL_PRESERVING or not node.input or not node.output:
-                continue
-            source, output = node.input[0], node.output[0]
-            if (source in carriers) != (output in carriers):
-                carriers |= {source, output}
-                changed = True
-    return carriers
-
-
-def _nodes_touching(graph, tensors: set[str], already: list[str]) -> list[str]:
-    """Names of the nodes that produce or read any of ``tensors``, not in ``already``, in graph order.
-
-    Nodes without a name cannot be excluded by name (ONNX Runtime matches ``nodes_to_exclude`` by
-    name, and every unnamed node would match ""), so they are left out.
-    """
-    return [node.name for node in graph.node
-            if node.name and node.name not in already and (set(node.output) | set(node.input)) & tensors]
 
 
 def compile_model(source: Path, config: BuildConfig, out_dir: Path, work: Path,
