@@ -23,12 +23,14 @@ def evaluation_start(weights) -> int:
     return DEMO_HELD_OUT_FROM if Path(str(weights)).resolve() == DEMO_WEIGHTS.resolve() else 50
 
 
-def split_ecssd(work: Path, calibration: int = 50, evaluate_from: int | None = None) -> tuple[Path, Path]:
+def split_ecssd(work: Path, calibration: int = 50, evaluate_from: int | None = None,
+                count: int | None = None) -> tuple[Path, Path]:
     """Link ECSSD into ``work``: the first ``calibration`` images for calibration, from ``evaluate_from``
-    (default: right after them) on to evaluate.
+    (default: right after them) on to evaluate, at most ``count`` of them (default: all).
 
     Returns (calibration image folder, evaluation set in ECSSD layout). The two never overlap, so
-    int8 scores are not flattered by their own calibration images.
+    int8 scores are not flattered by their own calibration images. Links a previous split left
+    that this one does not want are removed.
     """
     evaluate_from = calibration if evaluate_from is None else evaluate_from
     from isnet.eval import ecssd_pairs
@@ -36,15 +38,19 @@ def split_ecssd(work: Path, calibration: int = 50, evaluate_from: int | None = N
     if not (ECSSD / "image").is_dir():
         raise SystemExit(f"ECSSD not found at {ECSSD}")
     calib, evaluation = work / "calib" / "image", work / "eval"
-    for folder in (calib, evaluation / "image", evaluation / "mask"):
+    pairs = ecssd_pairs(ECSSD)
+    start = max(evaluate_from, calibration)
+    evaluated = pairs[start:] if count is None else pairs[start:start + count]
+    wanted = {calib: {image.name: image for _, image, _ in pairs[:calibration]},
+              evaluation / "image": {image.name: image for _, image, _ in evaluated},
+              evaluation / "mask": {mask.name: mask for _, _, mask in evaluated}}
+    for folder, links in wanted.items():
         folder.mkdir(parents=True, exist_ok=True)
-    for index, (_, image, mask) in enumerate(ecssd_pairs(ECSSD)):
-        links = [(calib / image.name, image)] if index < calibration else []
-        if index >= max(evaluate_from, calibration):
-            links += [(evaluation / "image" / image.name, image), (evaluation / "mask" / mask.name, mask)]
-        for link, target in links:
-            if not link.exists():
-                os.symlink(target, link)
+        for stale in set(p.name for p in folder.iterdir()) - set(links):
+            (folder / stale).unlink()
+        for name, target in links.items():
+            if not (folder / name).exists():
+                os.symlink(target, folder / name)
     return calib, evaluation
 
 

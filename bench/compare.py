@@ -16,7 +16,6 @@ time spent outside build, inference and profiling.
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import shutil
 import sys
@@ -24,29 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import ECSSD, markdown
+from _common import ECSSD, markdown, split_ecssd
 from pretrained import fetch_u2netp
 
 BUILDS = "fp32,fp16,int8_kl,int8_max,int8_percentile,ov_bf16,ov_int8_max"
 # Stages doing the work a comparison is for; everything else is overhead.
 WORK_STAGES = ("build", "run", "profile", "photos")
-
-
-def _split(work: Path, count: int, calibration: int = 50) -> tuple[Path, Path]:
-    """Link the first ``calibration`` ECSSD pictures for calibration and the next ``count`` to evaluate."""
-    from isnet.eval import ecssd_pairs
-
-    calib, evaluation = work / "calib", work / "eval"
-    shutil.rmtree(work, ignore_errors=True)
-    for folder in (calib, evaluation / "image", evaluation / "mask"):
-        folder.mkdir(parents=True)
-    for index, (_, image, mask) in enumerate(ecssd_pairs(ECSSD)[: calibration + count]):
-        if index < calibration:
-            os.symlink(image, calib / image.name)
-        else:
-            os.symlink(image, evaluation / "image" / image.name)
-            os.symlink(mask, evaluation / "mask" / mask.name)
-    return calib, evaluation
 
 
 def main() -> int:
@@ -64,7 +46,8 @@ def main() -> int:
         print(f"bench/compare.py: ECSSD not found at {ECSSD}", file=sys.stderr)
         return 2
     model = fetch_u2netp()
-    calib, evaluation = _split(args.work, args.images)
+    shutil.rmtree(args.work / "report", ignore_errors=True)  # nothing reused
+    calib, evaluation = split_ecssd(args.work, count=args.images)
     count = len(list((evaluation / "image").iterdir()))
     experiment = load_experiment({
         "name": "bench-compare", "model": str(model), "process_ops": "u2net", "dataset": {"path": str(evaluation)},

@@ -16,14 +16,12 @@ build did before the fallback.
 from __future__ import annotations
 
 import argparse
-import os
 import platform
-import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-from _common import ECSSD, DEMO_HELD_OUT_FROM, DEMO_WEIGHTS, markdown
+from _common import ECSSD, DEMO_HELD_OUT_FROM, DEMO_WEIGHTS, markdown, split_ecssd
 from pretrained import fetch_u2netp
 
 BUILDS = "fp32,int8_max,int8_max_no_fallback,int8_kl,int8_percentile,int8_mse,ov_int8_max"
@@ -45,24 +43,6 @@ def _builds(names: list[str]) -> dict:
     return builds
 
 
-def _split(work: Path, evaluate_from: int, count: int | None) -> tuple[Path, Path]:
-    from isnet.eval import ecssd_pairs
-
-    calib, evaluation = work / "calib", work / "eval"
-    shutil.rmtree(calib, ignore_errors=True)
-    shutil.rmtree(evaluation, ignore_errors=True)
-    for folder in (calib, evaluation / "image", evaluation / "mask"):
-        folder.mkdir(parents=True)
-    pairs = ecssd_pairs(ECSSD)
-    for _, image, _ in pairs[:50]:
-        os.symlink(image, calib / image.name)
-    chosen = pairs[evaluate_from:]
-    for _, image, mask in chosen[:count] if count else chosen:
-        os.symlink(image, evaluation / "image" / image.name)
-        os.symlink(mask, evaluation / "mask" / mask.name)
-    return calib, evaluation
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None, help="ONNX or .pth (default: the pretrained U^2-Netp)")
@@ -78,7 +58,7 @@ def main() -> int:
         return 2
     model = args.model.resolve() if args.model else fetch_u2netp()
     demo = model == DEMO_WEIGHTS.resolve()
-    calib, evaluation = _split(args.work, DEMO_HELD_OUT_FROM if demo else 100, args.images)
+    calib, evaluation = split_ecssd(args.work, evaluate_from=DEMO_HELD_OUT_FROM if demo else 100, count=args.images)
     names = [n.strip() for n in args.builds.split(",") if n.strip()]
     spec = {"name": "fidelity", "model": str(model), "dataset": {"path": str(evaluation)},
             "calibration": {"path": str(calib), "count": 50}, "builds": _builds(names), "reference": names[0],

@@ -24,7 +24,8 @@ class ImageDecodeError(IsnetError):
     """An image file that cannot be decoded (corrupt, truncated or not an image)."""
 
 
-def _read_bytes(path: Path) -> np.ndarray:
+def read_file_bytes(path: str | os.PathLike) -> np.ndarray:
+    """The bytes of an image file as a uint8 array; :class:`ImageDecodeError` if unreadable or empty."""
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as exc:
@@ -45,7 +46,7 @@ def _check_complete(path: Path, data: np.ndarray) -> None:
 
 
 def _decode(path: Path, flags: int, data: np.ndarray | None = None) -> np.ndarray:
-    data = _read_bytes(path) if data is None else data
+    data = read_file_bytes(path) if data is None else data
     _check_complete(path, data)
     decoded = cv2.imdecode(data, flags)
     if decoded is None:
@@ -72,10 +73,6 @@ def decode_mask(path: str | os.PathLike, data: np.ndarray | None = None) -> np.n
     """
     return _decode(Path(path), cv2.IMREAD_GRAYSCALE, data)
 
-
-def read_file_bytes(path: str | os.PathLike) -> np.ndarray:
-    """The bytes of an image file as a uint8 array; :class:`ImageDecodeError` if unreadable or empty."""
-    return _read_bytes(Path(path))
 
 
 def encode_png(path: str | os.PathLike, array: np.ndarray) -> None:
