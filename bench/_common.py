@@ -25,8 +25,10 @@ def evaluation_start(weights) -> int:
 
 def split_ecssd(work: Path, calibration: int = 50, evaluate_from: int | None = None,
                 count: int | None = None) -> tuple[Path, Path]:
-    """Link ECSSD into ``work``: the first ``calibration`` images for calibration, from ``evaluate_from``
-    (default: right after them) on to evaluate, at most ``count`` of them (default: all).
+    """Link ECSSD into ``work``: the first ``evaluate_from`` images (default ``calibration``) into the
+    calibration folder, with their masks beside it (a budgeted build validates on those after the
+    first ``calibration``), and from ``evaluate_from`` on to evaluate, at most ``count`` of them
+    (default: all).
 
     Returns (calibration image folder, evaluation set in ECSSD layout). The two never overlap, so
     int8 scores are not flattered by their own calibration images. Links a previous split left
@@ -41,7 +43,8 @@ def split_ecssd(work: Path, calibration: int = 50, evaluate_from: int | None = N
     pairs = ecssd_pairs(ECSSD)
     start = max(evaluate_from, calibration)
     evaluated = pairs[start:] if count is None else pairs[start:start + count]
-    wanted = {calib: {image.name: image for _, image, _ in pairs[:calibration]},
+    wanted = {calib: {image.name: image for _, image, _ in pairs[:start]},
+              calib.parent / "mask": {mask.name: mask for _, _, mask in pairs[:start]},
               evaluation / "image": {image.name: image for _, image, _ in evaluated},
               evaluation / "mask": {mask.name: mask for _, _, mask in evaluated}}
     for folder, links in wanted.items():

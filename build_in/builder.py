@@ -25,6 +25,7 @@ import numpy as np
 from isnet.build_in.artifact import BUILD_JSON, FORMAT_VERSION
 from isnet.build_in.backends import get_backend
 from isnet.build_in.backends.onnxruntime_runner import OnnxRuntimeRunner
+from isnet.build_in.budget import DriftJudge, MaskScorer
 from isnet.build_in.config import BuildConfig, FrontendType, Precision
 from isnet.build_in.difference import DifferenceAccumulator
 from isnet.build_in.ops import Preprocessor
@@ -134,9 +135,12 @@ def _versions(backend) -> dict:
             "opencv": cv2.__version__, **backend.versions()}
 
 
-def _compile(backend, reference: Path, config: BuildConfig, out: Path, work: Path, progress: Progress | None) -> dict:
+def _compile(backend, reference: Path, config: BuildConfig, out: Path, work: Path, progress: Progress | None,
+             judge: DriftJudge | None) -> dict:
     """The backend's compile step; a library failure on an unusual graph becomes one line naming the build."""
     try:
+        if judge is not None:
+            return backend.compile_model(reference, config, out, work, progress, judge=judge)
         return backend.compile_model(reference, config, out, work, progress)
     except (IsnetError, KeyboardInterrupt):
         raise
@@ -162,8 +166,12 @@ def _load_check(backend, model_file: Path, runtime_options: dict, config: BuildC
                          f"runtime cannot load or run, so nothing was written: {first_line(exc, 300)}") from None
 
 
-def build_artifact(config: BuildConfig, force: bool = False, progress: Progress | None = None) -> BuildResult:
+def build_artifact(config: BuildConfig, force: bool = False, progress: Progress | None = None,
+                   scorer: MaskScorer | None = None) -> BuildResult:
     """Compile ``config`` into ``<workspace>/<name>/``; return the folder and its ``build.json`` contents.
+
+    ``scorer`` scores masks for an int8 build with a metric budget (``backend.quantize.max_drift``
+    with ``validation``; see :mod:`isnet.build_in.budget`): ``isnet.eval.mask_scores``.
 
     Raises IsnetError for user-fixable problems (existing artifact without ``force``, a model that
     does not match the config, a backend that is not installed, non-finite outputs).
@@ -200,8 +208,11 @@ def build_artifact(config: BuildConfig, force: bool = False, progress: Progress 
         prepared = prepare_source(source, reference, size, [tensor for _, tensor in samples],
                                   output=config.frontend.output, activation=config.frontend.output_activation)
         step()
+        judge = None
+        if config.backend.dtype is Precision.INT8 and config.backend.quantize.validation.path is not None:
+            judge = DriftJudge(config, reference, scorer, backend.open_runner, progress)
         with atomic_dir(target, replace=force) as out:
-            compiled = _compile(backend, reference, config, out, work, progress)
+            compiled = _compile(backend, reference, config, out, work, progress, judge)
             step()
             runner = _load_check(backend, out / compiled["model_file"], compiled["runtime_options"], config,
                                  samples[0][1])

@@ -280,17 +280,19 @@ def outlier_channels(channel_ranges: dict[str, tuple[np.ndarray, np.ndarray]],
     return sorted(found, key=lambda item: -item["ratio"])
 
 
-def outlier_float_nodes(graph, outliers: Iterable[dict], already: Sequence[str]) -> list[str]:
-    """The nodes to leave in float so that the ``outliers`` tensors (:func:`outlier_channels`) stay float.
+def float_tensor_nodes(graph, tensors: Iterable[str], already: Sequence[str]) -> list[str]:
+    """The nodes to leave in float so that ``tensors`` stay float (outliers, the budget's choices).
 
-    An outlier channel passes unchanged through the ops the quantizer gives a neighbour's range
+    Excluding only the node that computes or reads a tensor is not enough: the quantizer still
+    quantizes the tensor for its other readers (on the pretrained U²-Netp, leaving one Conv in
+    float that way drifts 10x more than quantizing it). An outlier channel passes unchanged through the ops the quantizer gives a neighbour's range
     (ReLU, pooling, resizing, reshaping), so the tensors joined to an outlier tensor through them
     carry it too; once the measured tensor is left in float the quantizer would quantize those on
     their own. Returns the nodes producing or reading any of them, not in ``already``, in graph
     order. Nodes without a name are left out: ONNX Runtime matches ``nodes_to_exclude`` by name,
     and every unnamed node would match "".
     """
-    carriers = {item["tensor"] for item in outliers}
+    carriers = set(tensors)
     changed = True
     while changed:
         changed = False
@@ -407,7 +409,8 @@ def _ranges_the_quantizer_reads(model, names: Sequence[str], symmetric: bool,
         return None
 
 
-def _augmented_session(model_path: Path, mode: CalibrationMode, work_dir: Path, excluded_nodes, extra: dict):
+def _augmented_session(model_path: Path, mode: CalibrationMode, work_dir: Path, excluded_nodes, extra: dict,
+                       every_tensor: bool = False):
     """ORT's own augmented model (every calibrated tensor an output) and a session to run it.
 
     Returns the calibrator, the session, the tensors it outputs and the tensors whose ranges are
@@ -435,7 +438,8 @@ def _augmented_session(model_path: Path, mode: CalibrationMode, work_dir: Path, 
     original.CopyFrom(calibrator.model)
     calibrator.augment_graph()
     model = calibrator.model
-    taken_over = ranges_taken_over(original, calibrator.tensors_to_calibrate, extra["symmetric"], excluded_nodes)
+    taken_over = {} if every_tensor else ranges_taken_over(original, calibrator.tensors_to_calibrate,
+                                                           extra["symmetric"], excluded_nodes)
     kept = [o for o in model.graph.output if o.name not in taken_over]
     del model.graph.output[:]
     model.graph.output.extend(kept)
@@ -451,14 +455,17 @@ def compute_tensor_ranges(model_path: str | os.PathLike, source: CalibrationSour
                           work_dir: str | os.PathLike, excluded_nodes: Sequence[str] = (),
                           symmetric: bool = False, percentile: float = 99.999, num_bins: int = 0,
                           progress: Callable[[int], None] | None = None,
-                          channel_ranges: dict[str, tuple[np.ndarray, np.ndarray]] | None = None):
+                          channel_ranges: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+                          every_tensor: bool = False):
     """Calibrate ``model_path`` on ``source``; return ONNX Runtime ``TensorsData`` for ``quantize_static``.
 
     ``excluded_nodes`` are the nodes ``quantize_static`` will leave in float. ``progress(n)`` is
     called after each image of each pass (2 passes for histogram methods). The result equals what
     ``quantize_static``'s own calibrator computes on the same inputs. A ``channel_ranges`` dict is
     filled with each measured 4-D tensor's per-channel (min, max) over the images, from the same
-    reductions that give its range (see :func:`outlier_channels`).
+    reductions that give its range (see :func:`outlier_channels`). ``every_tensor`` measures every
+    tensor the quantizer might read, not only those it reads with ``excluded_nodes`` in float, so the
+    ranges stay exact when more nodes are left out later (the budgeted build's search).
     """
     from onnxruntime.quantization import TensorsData
     from onnxruntime.quantization.calibrate import HistogramCollector
@@ -468,7 +475,7 @@ def compute_tensor_ranges(model_path: str | os.PathLike, source: CalibrationSour
     if num_bins:
         extra["num_bins"] = num_bins
     calibrator, session, names, taken_over = _augmented_session(Path(model_path), mode, Path(work_dir),
-                                                                list(excluded_nodes), extra)
+                                                                list(excluded_nodes), extra, every_tensor)
     absolute = mode is CalibrationMode.PERCENTILE and symmetric
 
     # The first pass keeps the activations of its first images while they fit in KEPT_BYTES, so the

@@ -80,11 +80,33 @@ class FrontendConfig:
     output_activation: OutputActivation = OutputActivation.AUTO
 
 
+# The metric keys of a drift budget: |metric of the int8 build - metric of fp32| on validation images.
+BUDGET_METRICS = ("mae", "sm", "maxfmeasure")
+
+
 @dataclass(frozen=True)
 class DriftBudget:
-    """How far an int8 build's output maps may drift from fp32 before the build fails."""
+    """How far an int8 build may drift from fp32: past it the build fails, or with ``validation``
+    keeps layers in float until it holds (:mod:`isnet.build_in.budget`)."""
 
-    mean_abs: float | None = bounded(None, minimum=0)  # mean |difference| of the maps on held-out images
+    mean_abs: float | None = bounded(None, minimum=0)  # mean |difference| of the maps
+    mae: float | None = bounded(None, minimum=0)  # the metrics' |change| on the validation images
+    sm: float | None = bounded(None, minimum=0)
+    maxfmeasure: float | None = bounded(None, minimum=0)
+
+    def metric_bounds(self) -> dict[str, float]:
+        """The metric keys that are set ({"mae": 0.0005, ...})."""
+        return {key: getattr(self, key) for key in BUDGET_METRICS if getattr(self, key) is not None}
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """Images with masks on which an int8 build checks its drift budget: neither calibration nor
+    evaluation images. ``path`` is a folder in ECSSD layout (``image/``, ``mask/``) or an image
+    folder with a sibling ``mask/`` folder; calibration images in it are skipped."""
+
+    path: Path | None = None
+    count: int = bounded(50, minimum=1)
 
 
 @dataclass(frozen=True)
@@ -101,6 +123,7 @@ class QuantizeConfig:
     exclude_nodes: tuple[str, ...] = ()
     num_bins: int = 0  # histogram bins; 0: 2048 (isnet.build_in.calibration.DEFAULT_BINS)
     max_drift: DriftBudget = field(default_factory=DriftBudget)  # unset: a warning past DEFAULT_DRIFT_BOUNDS
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
     # A tensor whose widest channel reaches this many times its median channel stays in float
     # (ONNX Runtime; isnet.build_in.calibration.outlier_channels); null quantizes it anyway.
     outlier_channel_ratio: float | None = bounded(10.0, above=1)
@@ -325,6 +348,15 @@ def _check_semantics(config: BuildConfig, source: str) -> None:
     if tuple(size) != tuple(shape[2:]):
         raise fail("dataset.process_ops", f"Resize.size {list(size)} does not match the model's input "
                                           f"{list(shape)} (H, W = {list(shape[2:])})")
+    budget = quant.max_drift.metric_bounds()
+    if config.backend.dtype is Precision.INT8 and budget and quant.validation.path is None:
+        raise fail(f"backend.quantize.max_drift.{next(iter(budget))}", "a metric budget is checked on images with "
+                   "masks: give backend.quantize.validation.path (neither calibration nor evaluation images)")
+    if quant.validation.path is not None and not budget and quant.max_drift.mean_abs is None:
+        raise fail("backend.quantize.validation", "checks a drift budget; set backend.quantize.max_drift "
+                   "(mae, sm, maxfmeasure, mean_abs)")
+    if quant.validation.path is not None and not quant.validation.path.is_dir():
+        raise fail("backend.quantize.validation.path", f"folder not found: {quant.validation.path}")
     dataset = config.dataset
     if config.backend.dtype is Precision.INT8 and dataset is None:
         raise fail("dataset", "int8 builds need a calibration dataset (dataset.path with images)")

@@ -119,3 +119,28 @@ def list_images(root: str | os.PathLike, suffixes: Iterable[str] | None = None,
                 yield Path(entry.path)
 
     return sorted(walk(root), key=lambda p: p.relative_to(root).as_posix())
+
+
+def pair_images_with_masks(image_dir: Path, mask_dir: Path) -> list[tuple[str, Path, Path]]:
+    """``(stem, image, mask)`` for every image of ``image_dir``, sorted by stem; masks paired by file stem.
+
+    Every image needs a mask with the same stem (a PNG mask wins over another format), and stems
+    must be unique; either problem is an IsnetError.
+    """
+    images = list_images(image_dir, recursive=False)
+    masks: dict[str, Path] = {}
+    for path in list_images(mask_dir, recursive=False):
+        if path.stem not in masks or path.suffix.lower() == ".png":
+            masks[path.stem] = path
+    if not images:
+        raise IsnetError(f"no images in {image_dir}")
+    stems = [p.stem for p in images]
+    if len(set(stems)) != len(stems):
+        twice = sorted({s for s in stems if stems.count(s) > 1})
+        raise IsnetError(f"{image_dir}: several images share a file stem ({', '.join(twice[:3])}); "
+                         "masks are paired by stem, so stems must be unique")
+    unpaired = [p.name for p in images if p.stem not in masks]
+    if unpaired:
+        raise IsnetError(f"{len(unpaired)} of {len(images)} images in {image_dir} have no mask in {mask_dir} "
+                         f"(e.g. {unpaired[0]}); every image needs a mask with the same stem")
+    return [(p.stem, p, masks[p.stem]) for p in images]

@@ -27,7 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from isnet.build_in.imageio import IMAGE_SUFFIXES, decode_mask, list_images, read_file_bytes
+from isnet.build_in.imageio import IMAGE_SUFFIXES, decode_mask, pair_images_with_masks, read_file_bytes
 from isnet.core import IsnetError, did_you_mean
 
 _SOURCE_KEYS = ("path", "prefix", "suffix")
@@ -184,24 +184,7 @@ def ecssd_pairs(root: str | os.PathLike, what: str = "dataset") -> list[tuple[st
     Every image needs a mask with the same stem (a PNG mask wins over another format), and stems
     must be unique; either problem is an IsnetError.
     """
-    image_dir, mask_dir = ecssd_folders(root, what)
-    images = list_images(image_dir, recursive=False)
-    masks: dict[str, Path] = {}
-    for path in list_images(mask_dir, recursive=False):
-        if path.stem not in masks or path.suffix.lower() == ".png":
-            masks[path.stem] = path
-    if not images:
-        raise IsnetError(f"no images in {image_dir}")
-    stems = [p.stem for p in images]
-    if len(set(stems)) != len(stems):
-        twice = sorted({s for s in stems if stems.count(s) > 1})
-        raise IsnetError(f"{image_dir}: several images share a file stem ({', '.join(twice[:3])}); "
-                         "masks are paired by stem, so stems must be unique")
-    unpaired = [p.name for p in images if p.stem not in masks]
-    if unpaired:
-        raise IsnetError(f"{len(unpaired)} of {len(images)} images in {image_dir} have no mask in {mask_dir} "
-                         f"(e.g. {unpaired[0]}); every image needs a mask with the same stem")
-    return [(p.stem, p, masks[p.stem]) for p in images]
+    return pair_images_with_masks(*ecssd_folders(root, what))
 
 
 def _folders_from_json(path: Path, name: str | None) -> tuple[Path, Path]:

@@ -82,6 +82,28 @@ def lite_onnx(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def lifted_onnx(lite_onnx, tmp_path_factory) -> tuple[Path, str, str]:
+    """The lite model with one channel of an early Conv + Relu lifted to a near-constant 2000 ("high
+    bias"): (its file, the lifted ReLU output, the Conv output before it)."""
+    import onnx
+    from onnx import numpy_helper
+
+    path = tmp_path_factory.mktemp("lifted") / "lifted.onnx"
+
+    model = onnx.load(str(lite_onnx))
+    initializers = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:
+        readers = [n for n in model.graph.node if node.output[0] in n.input]
+        if node.op_type == "Conv" and len(node.input) > 2 and readers and all(r.op_type == "Relu" for r in readers):
+            bias = numpy_helper.to_array(initializers[node.input[2]]).copy()
+            bias[0] += 2000.0
+            initializers[node.input[2]].CopyFrom(numpy_helper.from_array(bias, node.input[2]))
+            onnx.save(model, str(path))
+            return path, readers[0].output[0], node.output[0]
+    raise AssertionError("no Conv followed by a Relu")
+
+
+@pytest.fixture(scope="session")
 def calib_images(tmp_path_factory) -> Path:
     """Eight synthetic photos (ECSSD layout); the image folder is returned."""
     from isnet.tools.synth import generate_dataset

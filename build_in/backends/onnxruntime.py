@@ -12,12 +12,16 @@ from pathlib import Path
 import onnx
 
 from isnet.build_in.backends.onnxruntime_runner import OnnxRuntimeRunner
+from isnet.build_in.budget import MAX_FLOAT_SHARE, DriftJudge, search_float_nodes
 from isnet.build_in.calibration import (MSE_MAX_BINS, OUTLIER_RATIO, CalibrationSource, compute_tensor_ranges,
-                                        outlier_channels, outlier_float_nodes)
+                                        float_tensor_nodes, outlier_channels)
 from isnet.build_in.config import BuildConfig, CalibrationMode, Precision, QuantType
+from isnet.build_in.layer_drift import float_candidates, measure_layer_drift
 from isnet.core import IsnetError
 
 MODEL_FILE = "model.onnx"
+# Validation images the layer-wise drift of a budgeted build is measured on (the ranking, not the verdict).
+DRIFT_IMAGES = 8
 PRECISIONS = (Precision.FP32, Precision.FP16, Precision.INT8)
 
 
@@ -71,7 +75,7 @@ def resolve_exclude_nodes(model: onnx.ModelProto, patterns: tuple[str, ...]) -> 
 
 
 def _quantize_int8(source: Path, target: Path, config: BuildConfig, work: Path,
-                   progress: Callable[[str, int, int], None] | None) -> dict:
+                   progress: Callable[[str, int, int], None] | None, judge: DriftJudge | None) -> dict:
     from onnxruntime.quantization import QuantFormat, QuantType as OrtQuantType, quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -99,7 +103,9 @@ def _quantize_int8(source: Path, target: Path, config: BuildConfig, work: Path,
             except Exception:  # noqa: BLE001 -- the last attempt's error is raised below
                 if "skip_symbolic_shape" in options:
                     raise
-    exclude = resolve_exclude_nodes(onnx.load(str(prepared), load_external_data=False), quant.exclude_nodes)
+    model = onnx.load(str(prepared), load_external_data=False)
+    graph = model.graph
+    exclude = resolve_exclude_nodes(model, quant.exclude_nodes)
 
     images = config.calibration_images()
     source_data = CalibrationSource(images, config.preprocessor(), config.input_name)
@@ -109,45 +115,70 @@ def _quantize_int8(source: Path, target: Path, config: BuildConfig, work: Path,
         step = (lambda n: progress(stage, n, total)) if progress else None
         return compute_tensor_ranges(prepared, source_data, quant.calibrate_mode, work, excluded_nodes=excluded,
                                      symmetric=quant.symmetric_activations, percentile=quant.percentile,
-                                     num_bins=quant.num_bins, progress=step, channel_ranges=channel_ranges)
+                                     num_bins=quant.num_bins, progress=step, channel_ranges=channel_ranges,
+                                     every_tensor=judge is not None)
 
     channel_ranges: dict = {}
     ranges = calibrate(exclude, "calibrate", channel_ranges)
     # Tensors with an outlier channel (one per-tensor range for 0..228 leaves a dozen levels to the
     # other channels) stay float: the nodes producing and reading them are left out of quantization.
-    # Which tensors the quantizer reads depends on the excluded nodes, so calibration runs again.
+    # Which tensors the quantizer reads depends on the excluded nodes, so calibration runs again
+    # (unless it measured every tensor, as it does for a budgeted build).
     outliers = outlier_channels(channel_ranges, quant.outlier_channel_ratio or OUTLIER_RATIO)
     kept_float = []
     if quant.outlier_channel_ratio is not None and outliers:
-        kept_float = outlier_float_nodes(onnx.load(str(prepared), load_external_data=False).graph, outliers, exclude)
+        kept_float = float_tensor_nodes(graph, [item["tensor"] for item in outliers], exclude)
         if kept_float:
             exclude = exclude + kept_float
-            ranges = calibrate(exclude, "calibrate (outliers in float)")
+            if judge is None:
+                ranges = calibrate(exclude, "calibrate (outliers in float)")
     cache = work / "calibration.json"
     save_tensors_data(ranges, cache)
 
     types = {QuantType.INT8: OrtQuantType.QInt8, QuantType.UINT8: OrtQuantType.QUInt8}
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # quantize_static logs a pre-processing hint we already followed
-    try:
-        quantize_static(str(prepared), str(target), calibration_data_reader=None,
-                        quant_format=QuantFormat.QDQ, per_channel=quant.quantize_per_channel,
-                        activation_type=types[quant.activation_type], weight_type=types[quant.weight_type],
-                        calibrate_method=ranges.calibration_method, nodes_to_exclude=exclude,
-                        calibration_cache_path=str(cache),
-                        extra_options={"ActivationSymmetric": quant.symmetric_activations,
-                                       "WeightSymmetric": quant.symmetric_weights,
-                                       "CalibTensorRangeSymmetric": quant.symmetric_activations})
-    finally:
-        root.setLevel(level)
-    return {"excluded_nodes": exclude, "calibrated_tensors": len(ranges.data),
-            "outlier_tensors": outliers[:10], "outlier_nodes_in_float": kept_float}
+
+    def quantize(extra_float: list[str]) -> Path:
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # quantize_static logs a pre-processing hint we already followed
+        try:
+            quantize_static(str(prepared), str(target), calibration_data_reader=None,
+                            quant_format=QuantFormat.QDQ, per_channel=quant.quantize_per_channel,
+                            activation_type=types[quant.activation_type], weight_type=types[quant.weight_type],
+                            calibrate_method=ranges.calibration_method, nodes_to_exclude=exclude + extra_float,
+                            calibration_cache_path=str(cache),
+                            extra_options={"ActivationSymmetric": quant.symmetric_activations,
+                                           "WeightSymmetric": quant.symmetric_weights,
+                                           "CalibTensorRangeSymmetric": quant.symmetric_activations})
+        finally:
+            root.setLevel(level)
+        return target
+
+    details = {"excluded_nodes": exclude, "calibrated_tensors": len(ranges.data),
+               "outlier_tensors": outliers[:10], "outlier_nodes_in_float": kept_float}
+    if judge is None:
+        quantize([])
+        return details
+
+    def candidates() -> list[tuple[str, ...]]:
+        # Ranked on the model quantize([]) just wrote: the tensors whose quantization adds the most
+        # error first, each with the nodes that keep it float.
+        drifts = measure_layer_drift(prepared, target, judge.inputs(DRIFT_IMAGES))
+        ranked = float_candidates(drifts, max(1, int(len(drifts) * MAX_FLOAT_SHARE)))
+        groups = [tuple(float_tensor_nodes(graph, [tensor], exclude)) for tensor in ranked]
+        return list(dict.fromkeys(group for group in groups if group))  # tensors joined by a ReLU share one
+
+    result = search_float_nodes(quantize, judge, candidates)
+    details["budget"] = judge.summary(result)
+    return details
 
 
 def compile_model(source: Path, config: BuildConfig, out_dir: Path, work: Path,
-                  progress: Callable[[str, int, int], None] | None = None) -> dict:
-    """Compile the fp32 ONNX ``source`` into ``out_dir/model.onnx``; return backend details for build.json."""
+                  progress: Callable[[str, int, int], None] | None = None, judge: DriftJudge | None = None) -> dict:
+    """Compile the fp32 ONNX ``source`` into ``out_dir/model.onnx``; return backend details for build.json.
+
+    With a ``judge`` (an int8 build with an accuracy budget), layers stay in float until it holds.
+    """
     precision = config.backend.dtype
     if precision not in PRECISIONS:
         raise IsnetError(f"backend.dtype: onnxruntime builds {', '.join(p.value for p in PRECISIONS)}, "
@@ -159,5 +190,5 @@ def compile_model(source: Path, config: BuildConfig, out_dir: Path, work: Path,
     elif precision is Precision.FP16:
         _convert_fp16(source, target, config.backend.keep_io_types)
     else:
-        details = _quantize_int8(source, target, config, work, progress)
+        details = _quantize_int8(source, target, config, work, progress, judge)
     return {"model_file": MODEL_FILE, "runtime_options": {}, "details": details}

@@ -195,9 +195,13 @@ class _Reiterable:
 
 
 def compile_model(source: Path, config: BuildConfig, out_dir: Path, work: Path,
-                  progress: Callable[[str, int, int], None] | None = None) -> dict:
+                  progress: Callable[[str, int, int], None] | None = None, judge=None) -> dict:
     """Convert the fp32 ONNX ``source`` to an IR in ``out_dir``; return backend details for build.json."""
     import openvino as ov
+
+    if judge is not None:
+        raise IsnetError("backend.quantize.validation: the budgeted int8 build (layers kept in float until "
+                         "max_drift holds) is ONNX Runtime only so far; use backend.type: onnxruntime")
 
     precision = config.backend.dtype
     hint = config.backend.performance_hint.upper()

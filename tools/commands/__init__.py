@@ -2,6 +2,7 @@
 
 from isnet.tools.commands.build import BuildCommand
 from isnet.tools.commands.compare import CompareCommand
+from isnet.tools.commands.drift import DriftCommand
 from isnet.tools.commands.eval import EvalCommand
 from isnet.tools.commands.export import ExportCommand
 from isnet.tools.commands.npz import Image2NpzCommand, Npz2PngCommand, NpzCompareCommand, NpzRunCommand
@@ -10,7 +11,7 @@ from isnet.tools.commands.run import RunCommand
 from isnet.tools.commands.synth import SynthCommand
 from isnet.tools.commands.train import TrainCommand, TrainGtEncoderCommand
 
-COMMANDS = [ExportCommand, BuildCommand, RunCommand, Image2NpzCommand, NpzRunCommand, Npz2PngCommand,
+COMMANDS = [ExportCommand, BuildCommand, DriftCommand, RunCommand, Image2NpzCommand, NpzRunCommand, Npz2PngCommand,
             NpzCompareCommand, ProfileCommand, EvalCommand, CompareCommand, SynthCommand, TrainGtEncoderCommand,
             TrainCommand]
 

@@ -23,11 +23,12 @@ class BuildCommand:
 
     def run(self, args: argparse.Namespace) -> int:
         from isnet.build_in import build_artifact, load_build_config
+        from isnet.eval import mask_scores
         from isnet.tools.progress import StageBars
 
         config = load_build_config(args.config, args.overrides)
         with StageBars(prefix=f"{config.name}: ") as bars:
-            result = build_artifact(config, force=args.force, progress=bars)
+            result = build_artifact(config, force=args.force, progress=bars, scorer=mask_scores)
         info = result.info
         fidelity = info["fidelity"]
         size_mb = sum((result.artifact_dir / name).stat().st_size for name in info["artifact_sha256"]) / 1e6
@@ -43,6 +44,14 @@ class BuildCommand:
             print(f"kept {len(details['outlier_nodes_in_float'])} nodes in float around "
                   f"{len(details['outlier_tensors'])} tensors with an outlier channel (widest: "
                   f"{widest['ratio']:.1f}x the median channel; backend.quantize.outlier_channel_ratio)")
+        budget = details.get("budget")
+        if budget:
+            drift = ", ".join(f"{key} {budget['drift'][key]:.4f} (<= {bound:g})" for key, bound in budget["bounds"].items())
+            kept = (f"kept {len(budget['float_nodes'])} more nodes in float "
+                    f"(estimated speed cost {budget['estimated_speed_cost']:.0%})" if budget["float_nodes"]
+                    else "no layer needed to stay in float")
+            print(f"budget met on {budget['validation']['images']} validation images: {drift}; {kept}; "
+                  f"{len(budget['trials'])} trials")
         if fidelity.get("warning"):
             print(f"warning: {config.name}: {fidelity['warning']}")
         return 0

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from isnet.build_in import read_build_info
-from isnet.build_in.config import BuildConfig, load_build_config, validate_build_config
+from isnet.build_in.config import BUDGET_METRICS, BuildConfig, load_build_config, validate_build_config
 from isnet.build_in.ops import resolve_process_ops
 from isnet.core import (IsnetError, apply_overrides, bounded, did_you_mean, load_dataclass, read_yaml_mapping,
                         resolve_path)
@@ -55,6 +55,9 @@ PRESETS: dict[str, dict] = {
     "int8_max": {"backend": {"dtype": "int8", "quantize": {"calibrate_mode": "max"}}},
     "int8_percentile": {"backend": {"dtype": "int8", "quantize": {"calibrate_mode": "percentile"}}},
     "int8_mse": {"backend": {"dtype": "int8", "quantize": {"calibrate_mode": "mse"}}},
+    # Budgeted: max_drift from the experiment's max_delta, validated on calibration-folder images
+    # the calibration does not use (see BUDGETED_PRESETS).
+    "int8_auto": {"backend": {"dtype": "int8", "quantize": {"calibrate_mode": "max"}}},
     "ov_fp32": {"backend": {"type": "openvino", "dtype": "fp32"}},
     "ov_fp16": {"backend": {"type": "openvino", "dtype": "fp16"}},
     "ov_bf16": {"backend": {"type": "openvino", "dtype": "bf16"}},
@@ -62,6 +65,9 @@ PRESETS: dict[str, dict] = {
     "ov_int8_percentile": {"backend": {"type": "openvino", "dtype": "int8",
                                        "quantize": {"calibrate_mode": "percentile"}}},
 }
+# Presets that get an accuracy budget: backend.quantize.max_drift from max_delta (mae, sm,
+# maxfmeasure) and backend.quantize.validation from the calibration folder.
+BUDGETED_PRESETS = ("int8_auto",)
 
 
 @dataclass(frozen=True)
@@ -291,8 +297,10 @@ def load_experiment(data: Mapping, source: str, base: Path, overrides: Sequence[
             raise IsnetError(f"{source}: {exc}") from None
     base_config = {"frontend": frontend, "backend": {"type": "onnxruntime"}, "dataset": dataset,
                    "workspace": {"path": str(output / "artifacts")}}
+    specs = {name: _with_budget(name, build, spec, calibration_dir, images, source)
+             for name, build in spec.builds.items()}
     builds = tuple(_build_entry(name, build, base_config, source, base, frozenset(overridden))
-                   for name, build in spec.builds.items())
+                   for name, build in specs.items())
     names = [b.name for b in builds]
     reference = spec.reference or next((b.name for b in builds if b.config is not None
                                         and b.config.backend.dtype.value == "fp32"), names[0])
@@ -306,6 +314,26 @@ def load_experiment(data: Mapping, source: str, base: Path, overrides: Sequence[
                       builds=builds, reference=reference, output=output, run=spec.run, profile=spec.profile,
                       max_delta=dict(spec.max_delta), strip_images=spec.report.strip_images, photos=photos,
                       notes=tuple(notes))
+
+
+def _with_budget(name: str, build, spec: ExperimentFile, calibration_dir: Path, images: Path, source: str):
+    """A budgeted preset (:data:`BUDGETED_PRESETS`) with its max_drift and validation filled in."""
+    if name not in BUDGETED_PRESETS or not isinstance(build, Mapping):
+        return build
+    quantize = dict(build.get("backend", {}).get("quantize", {}))
+    budget = {key: spec.max_delta[key] for key in BUDGET_METRICS if key in spec.max_delta}
+    if "max_drift" not in quantize:
+        if not budget:
+            raise IsnetError(f"{source}: builds.{name}: the budget comes from max_delta; give max_delta.mae, .sm "
+                             f"or .maxfmeasure, or builds.{name}.backend.quantize.max_drift")
+        quantize["max_drift"] = budget
+    if "validation" not in quantize:
+        if calibration_dir.resolve() == images.resolve():
+            raise IsnetError(f"{source}: builds.{name}: validates on calibration-folder images the calibration "
+                             "does not use, and calibration.path is the evaluation set; give calibration.path "
+                             "(a folder with a mask/ folder beside it, or in ECSSD layout)")
+        quantize["validation"] = {"path": str(calibration_dir)}
+    return _merge(dict(build), {"backend": {"quantize": quantize}})
 
 
 def _photos(entries: Sequence[str], base: Path, source: str) -> tuple[tuple[Path, ...], list[str]]:

@@ -1,0 +1,202 @@
+"""An int8 build that meets an accuracy budget by itself.
+
+``backend.quantize.max_drift`` (``mae``, ``sm``, ``maxfmeasure``, ``mean_abs``) with
+``backend.quantize.validation`` (images with masks, neither calibration nor evaluation images):
+the quantized model's masks are scored against the fp32 model's on the validation images
+(:class:`DriftJudge`); while the budget does not hold, layers stay in float, fewest first
+(:func:`search_float_nodes`). Candidates come from the layer-wise drift
+(:func:`isnet.build_in.layer_drift.float_candidates`): the tensors whose quantization adds the
+most error first, each kept float with every node computing or reading it.
+
+The metrics live in ``isnet.eval``, a later stage; the caller hands them in as a
+:data:`MaskScorer` (``isnet build`` and ``isnet compare`` pass ``isnet.eval.mask_scores``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from isnet.build_in.config import BuildConfig
+from isnet.build_in.difference import DifferenceAccumulator
+from isnet.build_in.imageio import pair_images_with_masks
+from isnet.build_in.ops import Preprocessor, map_to_uint8
+from isnet.core import IsnetError
+
+# (masks as uint8 at their image's size, GT mask files) -> {"mae": ..., "sm": ..., "maxfmeasure": ...}
+MaskScorer = Callable[[list[np.ndarray], list[Path]], dict[str, float]]
+# Past this share of the quantized activations kept in float, int8 buys little: the search stops there.
+MAX_FLOAT_SHARE = 0.25
+
+
+def validation_pairs(config: BuildConfig) -> list[tuple[str, Path, Path]]:
+    """``(stem, image, mask)`` of ``backend.quantize.validation``, calibration images left out."""
+    validation = config.backend.quantize.validation
+    root = validation.path
+    image_dir, mask_dir = (root / "image", root / "mask") if (root / "image").is_dir() else (root, root.parent / "mask")
+    where = "backend.quantize.validation.path"
+    if not mask_dir.is_dir():
+        raise IsnetError(f"{where}: {root} needs masks: an image/ and mask/ folder inside it, or a mask/ folder "
+                         "beside it")
+    calibration = {p.resolve() for p in config.calibration_images()}
+    try:
+        pairs = [pair for pair in pair_images_with_masks(image_dir, mask_dir) if pair[1].resolve() not in calibration]
+    except IsnetError as exc:
+        raise IsnetError(f"{where}: {exc}") from None
+    if not pairs:
+        raise IsnetError(f"{where}: every image in {image_dir} is a calibration image; validation needs others")
+    return pairs[: validation.count]
+
+
+@dataclass(frozen=True)
+class BudgetCheck:
+    """One candidate model scored on the validation images."""
+
+    within: bool
+    drift: dict[str, float]  # |metric change| per budget key, and mean_abs
+    images_per_second: float
+
+
+class DriftJudge:
+    """Scores candidate models against the fp32 model's masks on the validation images."""
+
+    def __init__(self, config: BuildConfig, reference: Path, scorer: MaskScorer | None,
+                 open_runner: Callable[[Path], object], progress: Callable[[str, int, int], None] | None = None):
+        quant = config.backend.quantize
+        self.bounds = quant.max_drift.metric_bounds()
+        if quant.max_drift.mean_abs is not None:
+            self.bounds["mean_abs"] = quant.max_drift.mean_abs
+        if set(self.bounds) - {"mean_abs"} and scorer is None:
+            raise IsnetError("backend.quantize.max_drift: metric budgets are scored with isnet.eval; build with "
+                             "`isnet build` (or pass scorer=isnet.eval.mask_scores to build_artifact)")
+        self.pairs = validation_pairs(config)
+        self.preprocessor = config.preprocessor()
+        self.scorer = scorer
+        self.open_runner = open_runner
+        self.progress = progress
+        self.stage = "validate fp32"
+        self.trials = 0
+        self.masks = [mask for _, _, mask in self.pairs]
+        self.fp32_maps, fp32_masks, _ = self._run(open_runner(reference))
+        self.fp32_scores = scorer(fp32_masks, self.masks) if set(self.bounds) - {"mean_abs"} else {}
+
+    def _inputs(self):
+        for _, image, _ in self.pairs:
+            yield self.preprocessor.load(image)
+
+    def _run(self, runner) -> tuple[list[np.ndarray], list[np.ndarray], float]:
+        maps, masks, seconds = [], [], 0.0
+        for tensor, geometry in self._inputs():
+            started = time.perf_counter()
+            output = runner.infer({runner.input_name: tensor[None]})[runner.output_name]
+            seconds += time.perf_counter() - started
+            maps.append(output)
+            masks.append(map_to_uint8(Preprocessor.restore(output[0, 0], geometry)))
+            if self.progress:
+                self.progress(self.stage, 1, len(self.pairs))
+        return maps, masks, len(maps) / seconds if seconds > 0 else float("inf")
+
+    def inputs(self, count: int) -> list[np.ndarray]:
+        """The first ``count`` validation inputs, pre-processed (for the layer-wise drift)."""
+        return [tensor for tensor, _ in (self.preprocessor.load(image) for _, image, _ in self.pairs[:count])]
+
+    def __call__(self, model_file: Path) -> BudgetCheck:
+        self.trials += 1
+        self.stage = f"validate int8 ({self.trials})"
+        maps, masks, speed = self._run(self.open_runner(model_file))
+        drift: dict[str, float] = {}
+        if self.fp32_scores:
+            scores = self.scorer(masks, self.masks)
+            drift.update({key: abs(scores[key] - self.fp32_scores[key]) for key in self.bounds if key in scores})
+        difference = DifferenceAccumulator()
+        for expected, got in zip(self.fp32_maps, maps):
+            difference.add(expected, got)
+        drift["mean_abs"] = difference.total().mean_abs
+        within = all(drift[key] <= bound for key, bound in self.bounds.items())
+        return BudgetCheck(within, drift, speed)
+
+
+    def summary(self, result: "SearchResult") -> dict:
+        """The search as build.json records it."""
+        first, final = result.first.images_per_second, result.check.images_per_second
+        return {"bounds": self.bounds, "validation": {"path": str(self.pairs[0][1].parent), "images": len(self.pairs)},
+                "drift": result.check.drift, "drift_all_int8": result.first.drift,
+                "fp32_scores": self.fp32_scores, "float_nodes": result.float_nodes,
+                "images_per_second": {"all_int8": round(first, 2), "final": round(final, 2)},
+                "estimated_speed_cost": round(1 - final / first, 3) if first else None,
+                "trials": result.trials}
+
+
+@dataclass
+class SearchResult:
+    """What the search kept in float and what it measured."""
+
+    float_nodes: list[str]
+    check: BudgetCheck
+    first: BudgetCheck
+    trials: list[dict] = field(default_factory=list)
+
+
+def search_float_nodes(quantize: Callable[[list[str]], Path], judge: DriftJudge,
+                       candidates: Callable[[], Sequence[tuple[str, ...]]],
+                       progress: Callable[[int], None] | None = None) -> SearchResult:
+    """The fewest leading ``candidates`` to keep in float for ``judge``'s budget to hold.
+
+    ``quantize(nodes)`` writes the model with ``nodes`` (beyond the build's own exclusions) in
+    float and returns its file. Tries the model as it is, then the first 1, 2, 4, ... candidates
+    until the budget holds, then bisects down to the fewest (the error of a layer mostly adds up,
+    so more float layers rarely drift more). ``candidates()`` is called only if the first try
+    fails. IsnetError when even all candidates in float miss the budget.
+    """
+    trials: list[dict] = []
+
+    def attempt(count: int, ranked: Sequence[tuple[str, ...]]) -> BudgetCheck:
+        nodes = list(dict.fromkeys(n for group in ranked[:count] for n in group))
+        check = judge(quantize(nodes))
+        trials.append({"float_candidates": count, "float_nodes": len(nodes), "drift": check.drift,
+                       "within": check.within})
+        if progress:
+            progress(len(trials))
+        return check
+
+    first = attempt(0, [])
+    if first.within:
+        return SearchResult([], first, first, trials)
+    ranked = list(candidates())
+    if not ranked:
+        raise IsnetError(_unreachable(judge, first, 0))
+    failing, count, checks = 0, 1, {}
+    while True:
+        count = min(count, len(ranked))
+        checks[count] = attempt(count, ranked)
+        if checks[count].within:
+            break
+        if count == len(ranked):
+            raise IsnetError(_unreachable(judge, checks[count], count))
+        failing, count = count, count * 2
+    passing = count
+    while passing - failing > 1:
+        middle = (passing + failing) // 2
+        checks[middle] = attempt(middle, ranked)
+        if checks[middle].within:
+            passing = middle
+        else:
+            failing = middle
+    nodes = list(dict.fromkeys(n for group in ranked[:passing] for n in group))
+    if trials[-1]["float_candidates"] != passing:
+        quantize(nodes)  # the file on disk must be the passing model
+    return SearchResult(nodes, checks[passing], first, trials)
+
+
+def _unreachable(judge: DriftJudge, check: BudgetCheck, count: int) -> str:
+    misses = ", ".join(f"{key} {check.drift[key]:.4g} > {bound:g}" for key, bound in judge.bounds.items()
+                       if check.drift[key] > bound)
+    return (f"backend.quantize.max_drift cannot be met: with the {count} most damaging layers in float "
+            f"(the limit is {MAX_FLOAT_SHARE:.0%} of the quantized activations) the drift on "
+            f"{len(judge.pairs)} validation images is {misses}; no artifact written. Loosen the budget, "
+            "try another calibrate_mode or build fp16/bf16")
+
