@@ -125,8 +125,11 @@ class QuantizeConfig:
     max_drift: DriftBudget = field(default_factory=DriftBudget)  # unset: a warning past DEFAULT_DRIFT_BOUNDS
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     # A tensor whose widest channel reaches this many times its median channel stays in float
-    # (ONNX Runtime; isnet.build_in.calibration.outlier_channels); null quantizes it anyway.
+    # (isnet.build_in.calibration.outlier_channels); null quantizes it anyway.
     outlier_channel_ratio: float | None = bounded(10.0, above=1)
+    # Fold each quantized Conv's mean output shift into its bias (ONNX Runtime;
+    # isnet.build_in.bias_correction).
+    bias_correction: bool = False
 
 
 @dataclass(frozen=True)

@@ -111,20 +111,17 @@ def _group(node: onnx.NodeProto, weights: set[str]) -> str:
     return node.name or node.op_type
 
 
-def _with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> bytes:
+def session_with_outputs(model: onnx.ModelProto, names: Iterable[str]):
+    """An ONNX Runtime session of ``model`` (left unchanged) with the float tensors ``names`` as outputs too."""
+    import onnxruntime as ort
+
     model = onnx.ModelProto.FromString(model.SerializeToString())
     present = {o.name for o in model.graph.output}
     model.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
                               for name in names if name not in present)
-    return model.SerializeToString()
-
-
-def _session(serialized: bytes):
-    import onnxruntime as ort
-
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    return ort.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 def measure_layer_drift(reference: str | os.PathLike, quantized: str | os.PathLike,
@@ -143,8 +140,8 @@ def measure_layer_drift(reference: str | os.PathLike, quantized: str | os.PathLi
     if not matched:
         raise ValueError(f"{quantized} has no quantized activation that {reference} computes (is it a QDQ model "
                          "built from it?)")
-    fp32 = _session(_with_outputs(reference_model, matched))
-    qdq = _session(_with_outputs(quantized_model, [pairs[t] for t in matched]))
+    fp32 = session_with_outputs(reference_model, matched)
+    qdq = session_with_outputs(quantized_model, [pairs[t] for t in matched])
     fp32_input = fp32.get_inputs()[0].name
     qdq_input = qdq.get_inputs()[0].name
 

@@ -9,9 +9,11 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from isnet.build_in.backends.onnxruntime_runner import OnnxRuntimeRunner
+from isnet.build_in.bias_correction import conv_weight_error_shifts, correct_biases
 from isnet.build_in.budget import MAX_FLOAT_SHARE, DriftJudge, search_float_nodes
 from isnet.build_in.calibration import (MSE_MAX_BINS, OUTLIER_RATIO, CalibrationSource, compute_tensor_ranges,
                                         float_tensor_nodes, outlier_channels)
@@ -22,6 +24,8 @@ from isnet.core import IsnetError
 MODEL_FILE = "model.onnx"
 # Validation images the layer-wise drift of a budgeted build is measured on (the ranking, not the verdict).
 DRIFT_IMAGES = 8
+# Calibration images bias correction measures the shifts on.
+BIAS_CORRECTION_IMAGES = 16
 PRECISIONS = (Precision.FP32, Precision.FP16, Precision.INT8)
 
 
@@ -136,13 +140,14 @@ def _quantize_int8(source: Path, target: Path, config: BuildConfig, work: Path,
     save_tensors_data(ranges, cache)
 
     types = {QuantType.INT8: OrtQuantType.QInt8, QuantType.UINT8: OrtQuantType.QUInt8}
+    float_model = prepared  # what gets quantized: the prepared graph, or it with corrected biases
 
     def quantize(extra_float: list[str]) -> Path:
         root = logging.getLogger()
         level = root.level
         root.setLevel(logging.ERROR)  # quantize_static logs a pre-processing hint we already followed
         try:
-            quantize_static(str(prepared), str(target), calibration_data_reader=None,
+            quantize_static(str(float_model), str(target), calibration_data_reader=None,
                             quant_format=QuantFormat.QDQ, per_channel=quant.quantize_per_channel,
                             activation_type=types[quant.activation_type], weight_type=types[quant.weight_type],
                             calibrate_method=ranges.calibration_method, nodes_to_exclude=exclude + extra_float,
@@ -156,6 +161,9 @@ def _quantize_int8(source: Path, target: Path, config: BuildConfig, work: Path,
 
     details = {"excluded_nodes": exclude, "calibrated_tensors": len(ranges.data),
                "outlier_tensors": outliers[:10], "outlier_nodes_in_float": kept_float}
+    if quant.bias_correction:
+        float_model = work / "bias_corrected.onnx"
+        details["bias_correction"] = _correct_biases(prepared, float_model, quantize, source_data, progress)
     if judge is None:
         quantize([])
         return details
@@ -171,6 +179,24 @@ def _quantize_int8(source: Path, target: Path, config: BuildConfig, work: Path,
     result = search_float_nodes(quantize, judge, candidates)
     details["budget"] = judge.summary(result)
     return details
+
+
+def _correct_biases(prepared: Path, corrected: Path, quantize: Callable[[list[str]], Path],
+                    source_data: CalibrationSource, progress) -> dict:
+    """:mod:`isnet.build_in.bias_correction` on the calibration images: quantize ``corrected`` (what
+    ``quantize`` reads, a copy of ``prepared`` at first), measure, and write the corrected graph there."""
+    model = onnx.load(str(prepared))
+    onnx.save(model, str(corrected))
+    count = min(BIAS_CORRECTION_IMAGES, len(source_data))
+    if progress:
+        progress("bias correction", 0, 1)
+    shifts = conv_weight_error_shifts(prepared, quantize([]), (feed for feed, _ in zip(source_data, range(count))))
+    corrected_convs = correct_biases(model, shifts)
+    onnx.save(model, str(corrected))
+    if progress:
+        progress("bias correction", 1, 1)
+    return {"images": count, "convs": corrected_convs,
+            "mean_abs_shift": float(np.mean([np.abs(s).mean() for s in shifts.values()])) if shifts else 0.0}
 
 
 def compile_model(source: Path, config: BuildConfig, out_dir: Path, work: Path,

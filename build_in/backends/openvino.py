@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from isnet.build_in.calibration import CalibrationSource
+from isnet.build_in.calibration import CalibrationSource, compute_tensor_ranges, float_tensor_nodes, outlier_channels
 from isnet.build_in.config import BuildConfig, CalibrationMode, Precision, QuantType
 from isnet.core import IsnetError, first_line
 
@@ -160,13 +160,45 @@ def _nncf_parameters(config: BuildConfig):
     return preset, advanced
 
 
-def _quantize_int8(model, config: BuildConfig, progress: Callable[[str, int, int], None] | None):
+def _outlier_ops(model, source_onnx: Path, config: BuildConfig, source: CalibrationSource, work: Path,
+                 progress: Callable[[str, int, int], None] | None) -> tuple[list[dict], list[str]]:
+    """Tensors with an outlier channel and the OpenVINO ops to leave out of quantization so they stay float.
+
+    The per-channel ranges come from a min/max pass of ONNX Runtime over the fp32 ONNX graph the IR
+    was converted from (the statistics the ONNX Runtime backend takes); the ONNX nodes keeping a
+    tensor float (:func:`float_tensor_nodes`) map to the ops OpenVINO made of them, which carry
+    the node's name (``Conv_787``, ``Conv_787/WithoutBiases``).
+    """
+    import onnx
+
+    ratio = config.backend.quantize.outlier_channel_ratio
+    if ratio is None:
+        return [], []
+    channel_ranges: dict = {}
+    step = (lambda n: progress("outlier channels", n, len(source))) if progress else None
+    compute_tensor_ranges(source_onnx, source, CalibrationMode.MAX, work, progress=step, channel_ranges=channel_ranges)
+    outliers = outlier_channels(channel_ranges, ratio)
+    if not outliers:
+        return [], []
+    graph = onnx.load(str(source_onnx), load_external_data=False).graph
+    nodes = set(float_tensor_nodes(graph, [item["tensor"] for item in outliers], []))
+    ops = [op.get_friendly_name() for op in model.get_ops()
+           if op.get_type_name() not in ("Constant", "Parameter", "Result")
+           and op.get_friendly_name().split("/", 1)[0] in nodes]
+    return outliers, ops
+
+
+def _quantize_int8(model, source_onnx: Path, config: BuildConfig, work: Path,
+                   progress: Callable[[str, int, int], None] | None):
     import nncf
 
     preset, advanced = _nncf_parameters(config)
     images = config.calibration_images()
     source = CalibrationSource(images, config.preprocessor(), config.input_name)
     ignored = resolve_ignored_names(model, config.backend.quantize.exclude_nodes)
+    # Tensors with an outlier channel stay float, as in ONNX Runtime builds.
+    outliers, outlier_ops = _outlier_ops(model, source_onnx, config, source, work, progress)
+    ignored += [name for name in outlier_ops if name not in ignored]
 
     def counted():
         for item in source:
@@ -181,7 +213,8 @@ def _quantize_int8(model, config: BuildConfig, progress: Callable[[str, int, int
         quantized = nncf.quantize(model, dataset, preset=preset, subset_size=len(images), target_device=nncf.TargetDevice.CPU,
                                   ignored_scope=nncf.IgnoredScope(names=ignored) if ignored else None,
                                   advanced_parameters=advanced)
-    return quantized, {"ignored_ops": ignored, "calibration_images": len(images)}
+    return quantized, {"ignored_ops": ignored, "calibration_images": len(images), "outlier_tensors": outliers[:10],
+                       "outlier_nodes_in_float": outlier_ops}
 
 
 class _Reiterable:
@@ -210,7 +243,7 @@ def compile_model(source: Path, config: BuildConfig, out_dir: Path, work: Path,
     model = ov.convert_model(str(source))
     details: dict = {}
     if precision is Precision.INT8:
-        model, details = _quantize_int8(model, config, progress)
+        model, details = _quantize_int8(model, source, config, work, progress)
     ov.save_model(model, str(out_dir / MODEL_FILE), compress_to_fp16=precision is Precision.FP16)
     options = {"inference_precision": _INFERENCE_PRECISION[precision], "performance_hint": hint}
     return {"model_file": MODEL_FILE, "runtime_options": options, "details": details}
