@@ -14,7 +14,7 @@ import onnx
 
 from isnet.build_in.backends.onnxruntime_runner import OnnxRuntimeRunner
 from isnet.build_in.bias_correction import conv_weight_error_shifts, correct_biases
-from isnet.build_in.budget import MAX_FLOAT_SHARE, DriftJudge, search_float_nodes
+from isnet.build_in.budget import MAX_FLOAT_SHARE, DriftJudge, rank_by_effect, search_float_nodes
 from isnet.build_in.calibration import (MSE_MAX_BINS, OUTLIER_RATIO, CalibrationSource, compute_tensor_ranges,
                                         float_tensor_nodes, outlier_channels)
 from isnet.build_in.config import BuildConfig, CalibrationMode, Precision, QuantType
@@ -22,8 +22,10 @@ from isnet.build_in.layer_drift import float_candidates, measure_layer_drift
 from isnet.core import IsnetError
 
 MODEL_FILE = "model.onnx"
-# Validation images the layer-wise drift of a budgeted build is measured on (the ranking, not the verdict).
+# A budgeted build's ranking: validation images the layer-wise drift and the effect of each leading
+# candidate are measured on, and how many leading candidates are measured (budget.rank_by_effect).
 DRIFT_IMAGES = 8
+MEASURED_CANDIDATES = 32
 # Calibration images bias correction measures the shifts on.
 BIAS_CORRECTION_IMAGES = 16
 PRECISIONS = (Precision.FP32, Precision.FP16, Precision.INT8)
@@ -174,7 +176,10 @@ def _quantize_int8(source: Path, target: Path, config: BuildConfig, work: Path,
         drifts = measure_layer_drift(prepared, target, judge.inputs(DRIFT_IMAGES))
         ranked = float_candidates(drifts, max(1, int(len(drifts) * MAX_FLOAT_SHARE)))
         groups = [tuple(float_tensor_nodes(graph, [tensor], exclude)) for tensor in ranked]
-        return list(dict.fromkeys(group for group in groups if group))  # tensors joined by a ReLU share one
+        groups = list(dict.fromkeys(group for group in groups if group))  # tensors joined by a ReLU share one
+        step = (lambda n, total: progress("rank layers", 1, total)) if progress else None
+        return rank_by_effect(groups[:MEASURED_CANDIDATES], quantize, judge, DRIFT_IMAGES, step) + \
+            groups[MEASURED_CANDIDATES:]
 
     result = search_float_nodes(quantize, judge, candidates)
     details["budget"] = judge.summary(result)

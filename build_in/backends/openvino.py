@@ -14,6 +14,7 @@ import fnmatch
 import io
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -183,13 +184,18 @@ def _outlier_ops(model, source_onnx: Path, config: BuildConfig, source: Calibrat
     graph = onnx.load(str(source_onnx), load_external_data=False).graph
     nodes = set(float_tensor_nodes(graph, [item["tensor"] for item in outliers], []))
     ops = [op.get_friendly_name() for op in model.get_ops()
-           if op.get_type_name() not in ("Constant", "Parameter", "Result")
-           and op.get_friendly_name().split("/", 1)[0] in nodes]
+           if op.get_type_name() not in ("Constant", "Parameter", "Result") and _made_from(op.get_friendly_name(), nodes)]
     return outliers, ops
 
 
+def _made_from(op_name: str, nodes: set[str]) -> bool:
+    """Whether an OpenVINO op comes from one of the ONNX ``nodes``: it has the node's name, or the name
+    and a suffix (``Conv_787/WithoutBiases``; torch names hold slashes themselves, ``/stage1/.../Conv``)."""
+    return op_name in nodes or any(op_name.startswith(f"{node}/") for node in nodes)
+
+
 def _quantize_int8(model, source_onnx: Path, config: BuildConfig, work: Path,
-                   progress: Callable[[str, int, int], None] | None):
+                   progress: Callable[[str, int, int], None] | None, judge=None):
     import nncf
 
     preset, advanced = _nncf_parameters(config)
@@ -209,12 +215,46 @@ def _quantize_int8(model, source_onnx: Path, config: BuildConfig, work: Path,
     dataset = nncf.Dataset(_Reiterable(counted))
     # NNCF logs through the "nncf" logger and prints its own progress bars; keep ours.
     logging.getLogger("nncf").setLevel(logging.ERROR)
+    scope = nncf.IgnoredScope(names=ignored) if ignored else None
+    details = {"ignored_ops": ignored, "calibration_images": len(images), "outlier_tensors": outliers[:10],
+               "outlier_nodes_in_float": outlier_ops}
     with contextlib.redirect_stdout(io.StringIO()):
-        quantized = nncf.quantize(model, dataset, preset=preset, subset_size=len(images), target_device=nncf.TargetDevice.CPU,
-                                  ignored_scope=nncf.IgnoredScope(names=ignored) if ignored else None,
-                                  advanced_parameters=advanced)
-    return quantized, {"ignored_ops": ignored, "calibration_images": len(images), "outlier_tensors": outliers[:10],
-                       "outlier_nodes_in_float": outlier_ops}
+        if judge is None:
+            quantized = nncf.quantize(model, dataset, preset=preset, subset_size=len(images),
+                                      target_device=nncf.TargetDevice.CPU, ignored_scope=scope,
+                                      advanced_parameters=advanced)
+        else:
+            started = time.perf_counter()
+            quantized = _quantize_with_accuracy_control(model, dataset, len(images), judge, preset, scope, advanced)
+            details["accuracy_control_seconds"] = round(time.perf_counter() - started, 1)
+    return quantized, details
+
+
+def _quantize_with_accuracy_control(model, dataset, subset_size: int, judge, preset, scope, advanced):
+    """NNCF's accuracy control with the budget as its one metric: 1 minus the largest share of a bound
+    the masks use (:meth:`DriftJudge.budget_used`), so fp32 scores 1 and ``max_drop`` 1 is the budget
+    (not 0 for fp32: NNCF divides by it for its relative drop, even when asked for the absolute one).
+
+    NNCF quantizes, and while the metric drops past ``max_drop`` it returns the layers it ranks most
+    sensitive to float, as :mod:`isnet.build_in.budget` does for ONNX Runtime.
+    """
+    import nncf
+
+    from isnet.build_in.ops import Preprocessor, map_to_uint8
+
+    def validate(compiled, items) -> float:
+        maps, masks = [], []
+        for tensor, geometry in items:
+            output = np.asarray(compiled(tensor[None])[0], dtype=np.float32)
+            maps.append(output)
+            masks.append(map_to_uint8(Preprocessor.restore(output[0, 0], geometry)))
+        return 1.0 - judge.budget_used(judge.check(maps, masks))
+
+    validation = nncf.Dataset(judge.validation_items(), lambda item: item[0][None])
+    return nncf.quantize_with_accuracy_control(
+        model, dataset, validation, validate, max_drop=1.0, drop_type=nncf.DropType.ABSOLUTE, preset=preset,
+        target_device=nncf.TargetDevice.CPU, subset_size=subset_size, ignored_scope=scope,
+        advanced_quantization_parameters=advanced)
 
 
 class _Reiterable:
@@ -227,15 +267,28 @@ class _Reiterable:
         return iter(self.factory())
 
 
+def _budget_record(judge, model_file: Path, seconds: float) -> dict:
+    """Check what accuracy control returned against the budget ourselves; build.json's record of it."""
+    check = judge(model_file)
+    if not check.within:
+        misses = ", ".join(f"{key} {check.drift[key]:.4g} > {bound:g}" for key, bound in judge.bounds.items()
+                           if check.drift[key] > bound)
+        raise IsnetError(f"backend.quantize.max_drift cannot be met: after NNCF's accuracy control the drift on "
+                         f"{len(judge.pairs)} validation images is {misses}; no artifact written. Loosen the budget "
+                         "or build fp16/bf16")
+    return {"bounds": judge.bounds, "validation": {"path": str(judge.pairs[0][1].parent), "images": len(judge.pairs)},
+            "drift": check.drift, "fp32_scores": judge.fp32_scores, "method": "nncf.quantize_with_accuracy_control",
+            "accuracy_control_seconds": seconds, "images_per_second": {"final": round(check.images_per_second, 2)}}
+
+
 def compile_model(source: Path, config: BuildConfig, out_dir: Path, work: Path,
                   progress: Callable[[str, int, int], None] | None = None, judge=None) -> dict:
     """Convert the fp32 ONNX ``source`` to an IR in ``out_dir``; return backend details for build.json."""
     import openvino as ov
 
-    if judge is not None:
-        raise IsnetError("backend.quantize.validation: the budgeted int8 build (layers kept in float until "
-                         "max_drift holds) is ONNX Runtime only so far; use backend.type: onnxruntime")
-
+    if config.backend.quantize.bias_correction:
+        raise IsnetError("backend.quantize.bias_correction: OpenVINO builds always get NNCF's fast bias "
+                         "correction (NNCF's default); the setting is for ONNX Runtime builds")
     precision = config.backend.dtype
     hint = config.backend.performance_hint.upper()
     if hint not in PERFORMANCE_HINTS:
@@ -243,7 +296,9 @@ def compile_model(source: Path, config: BuildConfig, out_dir: Path, work: Path,
     model = ov.convert_model(str(source))
     details: dict = {}
     if precision is Precision.INT8:
-        model, details = _quantize_int8(model, source, config, work, progress)
+        model, details = _quantize_int8(model, source, config, work, progress, judge)
     ov.save_model(model, str(out_dir / MODEL_FILE), compress_to_fp16=precision is Precision.FP16)
+    if judge is not None and precision is Precision.INT8:
+        details["budget"] = _budget_record(judge, out_dir / MODEL_FILE, details.pop("accuracy_control_seconds"))
     options = {"inference_precision": _INFERENCE_PRECISION[precision], "performance_hint": hint}
     return {"model_file": MODEL_FILE, "runtime_options": options, "details": details}

@@ -2,7 +2,6 @@
 
 import numpy as np
 import onnx
-import pytest
 
 from isnet.build_in import build_artifact, load_build_config, open_artifact
 from isnet.build_in.bias_correction import correct_biases

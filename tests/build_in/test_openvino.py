@@ -60,7 +60,8 @@ def test_kl_divergence_is_refused_for_openvino(write_config):
 @pytest.mark.slow
 def test_exclude_nodes_map_to_ignored_scope(write_config):
     config = load_build_config(write_config({"backend": {"type": "openvino", "dtype": "int8", "quantize": {
-        "calibrate_mode": "percentile", "exclude_nodes": ["side1"]}}}))
+        "calibrate_mode": "percentile", "exclude_nodes": ["side1"]}}}),
+        ["backend.quantize.outlier_channel_ratio=null"])  # outlier ops of the random network would add others
     result = build_artifact(config)
     ignored = result.info["backend_details"]["ignored_ops"]
     assert len(ignored) >= 1 and all("conv" in name.lower() for name in ignored)
@@ -70,4 +71,31 @@ def test_missing_extra_names_it(monkeypatch, write_config):
     monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
     config = load_build_config(write_config({"backend": {"type": "openvino", "dtype": "fp32"}}))
     with pytest.raises(IsnetError, match=r"pip install 'isnet\[openvino\]'"):
+        build_artifact(config)
+
+
+@pytest.mark.slow
+def test_openvino_int8_keeps_outlier_tensors_float_and_meets_a_budget(write_config, lifted_onnx, calib_images):
+    from isnet.eval import mask_scores
+
+    source, lifted, _ = lifted_onnx
+    budget = {"max_drift": {"mae": 0.05, "mean_abs": 0.05}, "validation": {"path": str(calib_images.parent)}}
+    config = load_build_config(write_config({"frontend": {"checkpoint": str(source)}, "backend": {
+        "type": "openvino", "dtype": "int8", "quantize": {"calibrate_mode": "max", **budget}}}))
+    result = build_artifact(config, scorer=mask_scores)
+    details = result.info["backend_details"]
+    assert any(item["tensor"] == lifted for item in details["outlier_tensors"])
+    # The ops OpenVINO made of the lifted Conv, its ReLU and its readers carry their ONNX node names.
+    assert any(name.startswith("/stage1/rebnconvin/conv_s1/Conv") for name in details["outlier_nodes_in_float"])
+    assert set(details["outlier_nodes_in_float"]) <= set(details["ignored_ops"])
+    record = details["budget"]
+    assert record["method"] == "nncf.quantize_with_accuracy_control" and record["accuracy_control_seconds"] > 0
+    assert record["drift"]["mae"] <= 0.05 and record["drift"]["mean_abs"] <= 0.05
+    assert record["validation"]["images"] == 3
+
+
+def test_bias_correction_is_refused_for_openvino(write_config):
+    config = load_build_config(write_config({"backend": {"type": "openvino", "dtype": "int8", "quantize": {
+        "calibrate_mode": "max", "bias_correction": True}}}))
+    with pytest.raises(IsnetError, match="NNCF's fast bias correction"):
         build_artifact(config)

@@ -170,3 +170,22 @@ def test_renamed_keys_and_empty_sections(experiment):
         read_experiment(experiment, ["run.workers=2"])
     loaded = read_experiment(experiment, ["run=", "max_delta="])  # empty sections mean the defaults
     assert loaded.run.batch == 1 and loaded.max_delta == {}
+
+
+def test_int8_auto_takes_its_budget_from_max_delta_and_validates_on_the_calibration_folder(experiment):
+    from isnet.core import IsnetError
+    from isnet.tools.compare import read_experiment
+
+    loaded = read_experiment(experiment, ["builds=[fp32, int8_auto]", "calibration.count=2",
+                                          "max_delta.mae=0.001", "max_delta.sm=0.002", "max_delta.wfm=0.01"])
+    quantize = loaded.builds[1].config.backend.quantize
+    assert quantize.max_drift.metric_bounds() == {"mae": 0.001, "sm": 0.002}  # wfm is not a budget key
+    assert quantize.validation.path == experiment.parent / "calib" / "image"
+    # The build's own setting wins over the experiment's.
+    mine = read_experiment(experiment, ["builds=[int8_auto]", "max_delta.mae=0.001",
+                                        "builds.int8_auto.backend.quantize.max_drift.maxfmeasure=0.004"])
+    assert mine.builds[0].config.backend.quantize.max_drift.metric_bounds() == {"maxfmeasure": 0.004}
+    with pytest.raises(IsnetError, match="the budget comes from max_delta"):
+        read_experiment(experiment, ["builds=[int8_auto]"])
+    with pytest.raises(IsnetError, match="calibration.path is the evaluation set"):
+        read_experiment(experiment, ["builds=[int8_auto]", "max_delta.mae=0.001", "calibration.path="])

@@ -47,11 +47,14 @@ class BuildCommand:
         budget = details.get("budget")
         if budget:
             drift = ", ".join(f"{key} {budget['drift'][key]:.4f} (<= {bound:g})" for key, bound in budget["bounds"].items())
-            kept = (f"kept {len(budget['float_nodes'])} more nodes in float "
-                    f"(estimated speed cost {budget['estimated_speed_cost']:.0%})" if budget["float_nodes"]
-                    else "no layer needed to stay in float")
-            print(f"budget met on {budget['validation']['images']} validation images: {drift}; {kept}; "
-                  f"{len(budget['trials'])} trials")
+            if "trials" not in budget:  # OpenVINO: NNCF's accuracy control
+                how = f"{budget['method']} took {budget['accuracy_control_seconds']:.0f} s"
+            elif budget["float_nodes"]:
+                how = (f"kept {len(budget['float_nodes'])} more nodes in float (estimated speed cost "
+                       f"{budget['estimated_speed_cost']:.0%}); {len(budget['trials'])} trials")
+            else:
+                how = "no layer needed to stay in float"
+            print(f"budget met on {budget['validation']['images']} validation images: {drift}; {how}")
         if fidelity.get("warning"):
             print(f"warning: {config.name}: {fidelity['warning']}")
         return 0

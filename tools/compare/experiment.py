@@ -18,11 +18,13 @@ An experiment (YAML or JSON; every key can also come from flags or ``--set``)::
     run: {batch: 1, io_threads: null, threads: null, drift_images: 100}
     profile: {seconds: 3, batch: 1}
     max_delta: {mae: 0.002, sm: 0.003, maxfmeasure: 0.005}
-    report: {path: report, strip_images: 4, photos: ["matplotlib:mpl-data/sample_data/grace_hopper.jpg"]}
+    report: {path: report, strip_images: 4, photos: ["matplotlib:mpl-data/sample_data/grace_hopper.jpg"],
+             notes: ["int8_kl is the reference recipe's mode, shown for comparison"]}
 
 ``report.photos`` are extra pictures without ground truth, each a file or ``package:path`` inside an
 installed Python package (entries whose package is not installed are left out with a note):
-every build runs on them too, and they join the strip of masks. ``builds`` may also be a list (or comma-separated string) of preset names (:data:`PRESETS`).
+every build runs on them too, and they join the strip of masks. ``report.notes`` are lines for the
+report's Notes. ``builds`` may also be a list (or comma-separated string) of preset names (:data:`PRESETS`).
 Unknown keys anywhere are refused with the key, the file and a did-you-mean; wrong value types
 are one-line errors. Relative paths resolve against the experiment file's folder, paths given
 with ``--set`` against the current folder.
@@ -64,10 +66,11 @@ PRESETS: dict[str, dict] = {
     "ov_int8_max": {"backend": {"type": "openvino", "dtype": "int8", "quantize": {"calibrate_mode": "max"}}},
     "ov_int8_percentile": {"backend": {"type": "openvino", "dtype": "int8",
                                        "quantize": {"calibrate_mode": "percentile"}}},
+    "ov_int8_auto": {"backend": {"type": "openvino", "dtype": "int8", "quantize": {"calibrate_mode": "max"}}},
 }
 # Presets that get an accuracy budget: backend.quantize.max_drift from max_delta (mae, sm,
 # maxfmeasure) and backend.quantize.validation from the calibration folder.
-BUDGETED_PRESETS = ("int8_auto",)
+BUDGETED_PRESETS = ("int8_auto", "ov_int8_auto")
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,7 @@ class ReportSection:
     path: Path | None = None
     strip_images: int = bounded(4, minimum=0)
     photos: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()  # lines for the report's Notes, e.g. why a build that drifts is shown
 
 
 @dataclass(frozen=True)
@@ -313,7 +317,7 @@ def load_experiment(data: Mapping, source: str, base: Path, overrides: Sequence[
     return Experiment(name=spec.name, model=spec.model, input_size=input_size, images=images, masks=masks,
                       builds=builds, reference=reference, output=output, run=spec.run, profile=spec.profile,
                       max_delta=dict(spec.max_delta), strip_images=spec.report.strip_images, photos=photos,
-                      notes=tuple(notes))
+                      notes=tuple(spec.report.notes) + tuple(notes))
 
 
 def _with_budget(name: str, build, spec: ExperimentFile, calibration_dir: Path, images: Path, source: str):
