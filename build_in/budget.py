@@ -237,3 +237,16 @@ def _unreachable(judge: DriftJudge, check: BudgetCheck, count: int) -> str:
             f"{len(judge.pairs)} validation images is {misses}; no artifact written. Loosen the budget, "
             "try another calibrate_mode or build fp16/bf16")
 
+
+
+def describe_budget(record: dict) -> str:
+    """One line for a ``build.json`` budget record (``backend_details.budget``)."""
+    drift = ", ".join(f"{key} {record['drift'][key]:.4f} (<= {bound:g})" for key, bound in record["bounds"].items())
+    if "trials" not in record:  # OpenVINO: NNCF's accuracy control
+        how = f"{record['method']} took {record['accuracy_control_seconds']:.0f} s"
+    elif record["float_nodes"]:
+        how = (f"kept {len(record['float_nodes'])} more nodes in float (estimated speed cost "
+               f"{record['estimated_speed_cost']:.0%}); {len(record['trials'])} trials")
+    else:
+        how = "no layer needed to stay in float"
+    return f"budget met on {record['validation']['images']} validation images: {drift}; {how}"

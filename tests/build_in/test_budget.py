@@ -58,6 +58,7 @@ def test_stage_names_follow_the_module_paths():
     assert stage_of("1967") is None and stage_of("Conv_787") is None
 
 
+@pytest.mark.slow
 def test_budgeted_build_keeps_the_blamed_tensor_float_until_the_budget_holds(lifted_config, capsys):
     config_path, lifted = lifted_config
     plain = build_artifact(config_path({"mean_abs": 1.0}, "loose"), scorer=mask_scores)
@@ -78,6 +79,7 @@ def test_budgeted_build_keeps_the_blamed_tensor_float_until_the_budget_holds(lif
     assert all(name in {n.name for n in model.graph.node} for name in record["float_nodes"])
 
 
+@pytest.mark.slow
 def test_an_impossible_budget_fails_cleanly_and_writes_nothing(lifted_config, run_isnet, tmp_path):
     config_path, _ = lifted_config
     run = run_isnet("build", config_path({"mean_abs": 0.0}).config_path, "--set", NO_GUARD)
@@ -85,6 +87,9 @@ def test_an_impossible_budget_fails_cleanly_and_writes_nothing(lifted_config, ru
     assert "max_drift cannot be met" in run.stderr and "Traceback" not in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "deploy" / "budgeted").exists()
+    met = run_isnet("build", config_path({"mean_abs": 1.0}, "loose").config_path, "--set", NO_GUARD)
+    assert met.returncode == 0, met.stderr
+    assert "budget met on 3 validation images: mean_abs" in met.stdout and "no layer needed" in met.stdout
 
 
 def test_budget_config_errors_are_one_line(write_config, calib_images):

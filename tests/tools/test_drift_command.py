@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 from isnet.build_in import build_artifact, load_build_config
 
 
+@pytest.mark.slow  # three builds and two command runs
 def test_drift_command_ranks_the_lifted_tensor_first_and_writes_json_and_plot(write_config, lifted_onnx,
                                                                               calib_images, run_isnet, tmp_path):
     source, lifted, _ = lifted_onnx

@@ -23,6 +23,7 @@ class BuildCommand:
 
     def run(self, args: argparse.Namespace) -> int:
         from isnet.build_in import build_artifact, load_build_config
+        from isnet.build_in.budget import describe_budget
         from isnet.eval import mask_scores
         from isnet.tools.progress import StageBars
 
@@ -44,17 +45,8 @@ class BuildCommand:
             print(f"kept {len(details['outlier_nodes_in_float'])} nodes in float around "
                   f"{len(details['outlier_tensors'])} tensors with an outlier channel (widest: "
                   f"{widest['ratio']:.1f}x the median channel; backend.quantize.outlier_channel_ratio)")
-        budget = details.get("budget")
-        if budget:
-            drift = ", ".join(f"{key} {budget['drift'][key]:.4f} (<= {bound:g})" for key, bound in budget["bounds"].items())
-            if "trials" not in budget:  # OpenVINO: NNCF's accuracy control
-                how = f"{budget['method']} took {budget['accuracy_control_seconds']:.0f} s"
-            elif budget["float_nodes"]:
-                how = (f"kept {len(budget['float_nodes'])} more nodes in float (estimated speed cost "
-                       f"{budget['estimated_speed_cost']:.0%}); {len(budget['trials'])} trials")
-            else:
-                how = "no layer needed to stay in float"
-            print(f"budget met on {budget['validation']['images']} validation images: {drift}; {how}")
+        if details.get("budget"):
+            print(describe_budget(details["budget"]))
         if fidelity.get("warning"):
             print(f"warning: {config.name}: {fidelity['warning']}")
         return 0

@@ -75,7 +75,7 @@ class CompareCommand:
             if report.reused:
                 print(f"{report.name}: reused {', '.join(report.reused)}")
         for note in result.warnings:
-            print(f"warning: {note}")
+            print(f"note: {note}")
         spent = [f"{stage} {seconds:.1f} s" for stage, seconds in result.stage_seconds.items() if seconds >= 0.05]
         print(f"time: {', '.join(spent) or 'every stage reused'}")
         print(f"report: {result.files['report.md']} (and report.json, curves, strip) in {result.output}")

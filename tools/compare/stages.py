@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from isnet.build_in import build_artifact, list_images, read_build_info
+from isnet.build_in.budget import describe_budget
 from isnet.build_in.config import FrontendType
 from isnet.build_in.difference import DifferenceAccumulator
 from isnet.core import IsnetError, digest_of, sha256_file, write_bytes_atomic
@@ -182,6 +183,9 @@ def run_experiment(experiment: Experiment, force: bool = False, progress: Progre
         warning = (info.get("fidelity") or {}).get("warning")
         if warning:
             notes.append(f"{entry.name}: {warning}")
+        budget = (info.get("backend_details") or {}).get("budget")
+        if budget:
+            notes.append(f"{entry.name}: {describe_budget(budget)}")
         calibration = info.get("calibration") or {}
         overlap = sum(1 for item in calibration.get("images", []) if item["sha256"] in image_hashes)
         if overlap:
