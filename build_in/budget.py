@@ -12,7 +12,8 @@ the validation MAE most ranked 23rd), so the leading candidates are re-ranked by
 effect (:func:`rank_by_effect`): the maps' drift with each kept float alone.
 
 The metrics live in ``isnet.eval``, a later stage; the caller hands them in as a
-:data:`MaskScorer` (``isnet build`` and ``isnet compare`` pass ``isnet.eval.mask_scores``).
+:data:`MaskScorer` (``isnet build`` and ``isnet compare`` pass ``isnet.eval.validation_scores``
+with ``smeasure=True``).
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ import numpy as np
 
 from isnet.build_in.config import BuildConfig
 from isnet.build_in.difference import DifferenceAccumulator
-from isnet.build_in.imageio import pair_images_with_masks
+from isnet.build_in.imageio import decode_mask, pair_images_with_masks
 from isnet.build_in.ops import Preprocessor, map_to_uint8
 from isnet.core import IsnetError
 
-# (masks as uint8 at their image's size, GT mask files) -> {"mae": ..., "sm": ..., "maxfmeasure": ...}
-MaskScorer = Callable[[list[np.ndarray], list[Path]], dict[str, float]]
+# (masks as uint8 at their image's size, GT masks) -> {"mae": ..., "sm": ..., "maxfmeasure": ...}
+MaskScorer = Callable[[list[np.ndarray], list[np.ndarray]], dict[str, float]]
 # Past this share of the quantized activations kept in float, int8 buys little: the search stops there.
 MAX_FLOAT_SHARE = 0.25
 
@@ -75,7 +76,8 @@ class DriftJudge:
             self.bounds["mean_abs"] = quant.max_drift.mean_abs
         if set(self.bounds) - {"mean_abs"} and scorer is None:
             raise IsnetError("backend.quantize.max_drift: metric budgets are scored with isnet.eval; build with "
-                             "`isnet build` (or pass scorer=isnet.eval.mask_scores to build_artifact)")
+                             "`isnet build` (or pass scorer=partial(isnet.eval.validation_scores, smeasure=True) "
+                             "to build_artifact)")
         self.pairs = validation_pairs(config)
         self.preprocessor = config.preprocessor()
         self.scorer = scorer
@@ -83,7 +85,7 @@ class DriftJudge:
         self.progress = progress
         self.stage = "validate fp32"
         self.trials = 0
-        self.masks = [mask for _, _, mask in self.pairs]
+        self.masks = [decode_mask(mask) for _, _, mask in self.pairs]
         self.fp32_maps, fp32_masks, _ = self._run(open_runner(reference))
         self.fp32_scores = scorer(fp32_masks, self.masks) if set(self.bounds) - {"mean_abs"} else {}
 

@@ -8,9 +8,8 @@ Entry points:
 
 - :func:`evaluate_folders` -- a prediction folder against a GT folder (what ``isnet compare`` uses);
   returns an :class:`EvalResult` (``metrics`` dict, ``curves``).
-- :func:`validation_scores` -- MAE and max F-measure of in-memory maps (training validation).
-- :func:`mask_scores` -- MAE, S-measure and max F-measure of in-memory masks against GT files (the
-  scorer of a budgeted int8 build).
+- :func:`validation_scores` -- MAE and max F-measure (and S-measure if asked) of in-memory maps
+  (training validation; with ``smeasure=True``, the scorer of a budgeted int8 build).
 - :func:`evaluate_json` / :func:`plan_from_json` + :func:`evaluate_tasks` -- PySODEvalToolkit's
   dataset and method JSON files (what ``isnet eval`` uses).
 - :func:`ecssd_folders` / :func:`ecssd_pairs` -- the one reading of a dataset in ECSSD layout
@@ -23,12 +22,12 @@ from isnet.eval._evaluator import METRIC_NAMES, RESULT_KEYS, EvalResult, Salienc
 from isnet.eval._inputs import EvalTask, ecssd_folders, ecssd_pairs, plan_from_folders, plan_from_json
 from isnet.eval._metrics import MAE, EMeasure, FMeasure, SMeasure, WeightedFMeasure
 from isnet.eval._reports import format_table, plot_curves, save_curves, write_csv, write_json, write_txt
-from isnet.eval._runner import evaluate_folders, evaluate_json, evaluate_tasks, mask_scores
+from isnet.eval._runner import evaluate_folders, evaluate_json, evaluate_tasks
 
 __all__ = [
     "METRIC_NAMES", "RESULT_KEYS", "EvalResult", "EvalTask", "SaliencyEvaluator",
     "MAE", "FMeasure", "EMeasure", "SMeasure", "WeightedFMeasure",
-    "ecssd_folders", "ecssd_pairs", "evaluate_folders", "evaluate_json", "evaluate_tasks", "mask_scores", "plan_from_folders",
+    "ecssd_folders", "ecssd_pairs", "evaluate_folders", "evaluate_json", "evaluate_tasks", "plan_from_folders",
     "plan_from_json",
     "validation_scores", "format_table", "plot_curves", "save_curves", "write_csv", "write_json", "write_txt",
 ]

@@ -132,8 +132,9 @@ def _as_maps(arrays) -> list[np.ndarray]:
     raise ValueError(f"maps must be uint8, bool or float in [0, 1], got {batch.dtype}")
 
 
-def validation_scores(preds, gts) -> dict[str, float]:
-    """MAE and max F-measure of in-memory maps: the cheap validation scores for training.
+def validation_scores(preds, gts, smeasure: bool = False) -> dict[str, float]:
+    """MAE and max F-measure of in-memory maps: the cheap validation scores for training; with
+    ``smeasure`` the S-measure too (what a budgeted int8 build scores, ``isnet.build_in.budget``).
 
     ``preds`` and ``gts`` are arrays shaped (H, W), (N, H, W) or (N, 1, H, W), or sequences of such
     (e.g. one batch per element); pairs are matched by position and must have the same size. Float
@@ -142,15 +143,15 @@ def validation_scores(preds, gts) -> dict[str, float]:
     masks; uint8 maps are used as they are; bool GTs mean 0/255. Only the histogram pieces are
     computed (no S-measure or weighted F-measure work), a fraction of a millisecond per image.
 
-    Returns ``{"mae": float, "maxfmeasure": float}``.
+    Returns ``{"mae": float, "maxfmeasure": float}`` (and ``"sm"``).
     """
     pred_maps, gt_maps = _as_maps(preds), _as_maps(gts)
     if len(pred_maps) != len(gt_maps):
         raise ValueError(f"{len(pred_maps)} predictions but {len(gt_maps)} GT maps")
     if not pred_maps:
         raise ValueError("no maps given")
-    evaluator = SaliencyEvaluator(("mae", "fmeasure"))
+    evaluator = SaliencyEvaluator(("mae", "fmeasure", "sm") if smeasure else ("mae", "fmeasure"))
     for pred, gt in zip(pred_maps, gt_maps):
         evaluator.step(pred, gt)
     metrics = evaluator.results().metrics
-    return {"mae": metrics["mae"], "maxfmeasure": metrics["maxfmeasure"]}
+    return {key: metrics[key] for key in ("mae", "maxfmeasure", "sm") if key in metrics}

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from isnet.core.memory import retain_freed_memory
 from isnet.eval._evaluator import METRIC_NAMES, EvalResult, SaliencyEvaluator, check_metric_names
-from isnet.eval._inputs import EvalTask, plan_from_folders, plan_from_json, read_mask, read_pair
+from isnet.eval._inputs import EvalTask, plan_from_folders, plan_from_json, read_pair
 
 Results = dict[str, dict[str, EvalResult]]
 
@@ -126,19 +126,3 @@ def evaluate_json(dataset_json: str | os.PathLike, method_jsons: Sequence[str | 
                            include_methods=include_methods, allow_missing=allow_missing)
     return evaluate_tasks(tasks, metric_names=metric_names, num_workers=num_workers, progress=progress)
 
-
-def mask_scores(preds: Sequence, mask_files: Sequence[os.PathLike]) -> dict[str, float]:
-    """MAE, S-measure and max F-measure of in-memory uint8 masks against GT mask files, paired by position.
-
-    What a budgeted int8 build scores its validation images with (``isnet.build_in.budget``):
-    each prediction must already have its GT's size (as ``isnet run`` saves it); GTs are read and
-    checked as ``isnet eval`` reads them.
-    """
-    evaluator = SaliencyEvaluator(("mae", "fmeasure", "sm"))
-    for pred, path in zip(preds, mask_files, strict=True):
-        gt = read_mask(path, is_gt=True)
-        if pred.shape != gt.shape:
-            raise ValueError(f"prediction {pred.shape} and GT {path} {gt.shape} differ in size")
-        evaluator.step(pred, gt)
-    metrics = evaluator.results().metrics
-    return {key: metrics[key] for key in ("mae", "sm", "maxfmeasure")}

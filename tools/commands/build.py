@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from functools import partial
 
 
 class BuildCommand:
@@ -24,12 +25,12 @@ class BuildCommand:
     def run(self, args: argparse.Namespace) -> int:
         from isnet.build_in import build_artifact, load_build_config
         from isnet.build_in.budget import describe_budget
-        from isnet.eval import mask_scores
+        from isnet.eval import validation_scores
         from isnet.tools.progress import StageBars
 
         config = load_build_config(args.config, args.overrides)
         with StageBars(prefix=f"{config.name}: ") as bars:
-            result = build_artifact(config, force=args.force, progress=bars, scorer=mask_scores)
+            result = build_artifact(config, force=args.force, progress=bars, scorer=partial(validation_scores, smeasure=True))
         info = result.info
         fidelity = info["fidelity"]
         size_mb = sum((result.artifact_dir / name).stat().st_size for name in info["artifact_sha256"]) / 1e6
