@@ -85,6 +85,7 @@ class DriftJudge:
         self.progress = progress
         self.stage = "validate fp32"
         self.trials = 0
+        self._probe_inputs: list[np.ndarray] = []
         self.masks = [decode_mask(mask) for _, _, mask in self.pairs]
         self.fp32_maps, fp32_masks, _ = self._run(open_runner(reference))
         self.fp32_scores = scorer(fp32_masks, self.masks) if set(self.bounds) - {"mean_abs"} else {}
@@ -100,20 +101,27 @@ class DriftJudge:
             output = runner.infer({runner.input_name: tensor[None]})[runner.output_name]
             seconds += time.perf_counter() - started
             maps.append(output)
-            masks.append(map_to_uint8(Preprocessor.restore(output[0, 0], geometry)))
+            masks.append(self.mask_of(output, geometry))
             if self.progress:
                 self.progress(self.stage, 1, len(self.pairs))
         return maps, masks, len(maps) / seconds if seconds > 0 else float("inf")
 
+    @staticmethod
+    def mask_of(output: np.ndarray, geometry) -> np.ndarray:
+        """A model output (1, 1, H, W) as the uint8 mask ``isnet run`` saves (at the image's size)."""
+        return map_to_uint8(Preprocessor.restore(output[0, 0], geometry))
+
     def inputs(self, count: int) -> list[np.ndarray]:
-        """The first ``count`` validation inputs, pre-processed (for the layer-wise drift)."""
-        return [tensor for tensor, _ in (self.preprocessor.load(image) for _, image, _ in self.pairs[:count])]
+        """The first ``count`` validation inputs, pre-processed; kept, since the ranking probes reuse them."""
+        if len(self._probe_inputs) < count:
+            self._probe_inputs = [self.preprocessor.load(image)[0] for _, image, _ in self.pairs[:count]]
+        return self._probe_inputs[:count]
 
     def output_drift(self, model_file: Path, count: int) -> float:
         """Mean |difference| from fp32 of the maps of the first ``count`` validation images (a ranking probe)."""
         runner = self.open_runner(model_file)
         difference = DifferenceAccumulator()
-        for (tensor, _), expected in zip(self._inputs(), self.fp32_maps[:count]):
+        for tensor, expected in zip(self.inputs(count), self.fp32_maps):
             difference.add(expected, runner.infer({runner.input_name: tensor[None]})[runner.output_name])
         return difference.total().mean_abs
 
@@ -144,13 +152,20 @@ class DriftJudge:
         return max(check.drift[key] / bound if bound > 0 else (0.0 if check.drift[key] == 0 else float("inf"))
                    for key, bound in self.bounds.items())
 
+    def misses(self, check: BudgetCheck) -> str:
+        """The bounds ``check`` misses, for an error message (``sm 0.0041 > 0.003``)."""
+        return ", ".join(f"{key} {check.drift[key]:.4g} > {bound:g}" for key, bound in self.bounds.items()
+                         if check.drift[key] > bound)
+
+    def record(self, check: BudgetCheck) -> dict:
+        """What every backend's build.json budget record holds: bounds, validation set, drift, fp32 scores."""
+        return {"bounds": self.bounds, "validation": {"path": str(self.pairs[0][1].parent), "images": len(self.pairs)},
+                "drift": check.drift, "fp32_scores": self.fp32_scores}
 
     def summary(self, result: "SearchResult") -> dict:
         """The search as build.json records it."""
         first, final = result.first.images_per_second, result.check.images_per_second
-        return {"bounds": self.bounds, "validation": {"path": str(self.pairs[0][1].parent), "images": len(self.pairs)},
-                "drift": result.check.drift, "drift_all_int8": result.first.drift,
-                "fp32_scores": self.fp32_scores, "float_nodes": result.float_nodes,
+        return {**self.record(result.check), "drift_all_int8": result.first.drift, "float_nodes": result.float_nodes,
                 "images_per_second": {"all_int8": round(first, 2), "final": round(final, 2)},
                 "estimated_speed_cost": round(1 - final / first, 3) if first else None,
                 "trials": result.trials, "candidates": [list(group) for group in result.ranked[:32]]}
@@ -232,13 +247,10 @@ def rank_by_effect(candidates: Sequence[tuple[str, ...]], quantize: Callable[[li
 
 
 def _unreachable(judge: DriftJudge, check: BudgetCheck, count: int) -> str:
-    misses = ", ".join(f"{key} {check.drift[key]:.4g} > {bound:g}" for key, bound in judge.bounds.items()
-                       if check.drift[key] > bound)
     return (f"backend.quantize.max_drift cannot be met: with the {count} most damaging layers in float "
             f"(the limit is {MAX_FLOAT_SHARE:.0%} of the quantized activations) the drift on "
-            f"{len(judge.pairs)} validation images is {misses}; no artifact written. Loosen the budget, "
+            f"{len(judge.pairs)} validation images is {judge.misses(check)}; no artifact written. Loosen the budget, "
             "try another calibrate_mode or build fp16/bf16")
-
 
 
 def describe_budget(record: dict) -> str:

@@ -240,14 +240,12 @@ def _quantize_with_accuracy_control(model, dataset, subset_size: int, judge, pre
     """
     import nncf
 
-    from isnet.build_in.ops import Preprocessor, map_to_uint8
-
     def validate(compiled, items) -> float:
         maps, masks = [], []
         for tensor, geometry in items:
             output = np.asarray(compiled(tensor[None])[0], dtype=np.float32)
             maps.append(output)
-            masks.append(map_to_uint8(Preprocessor.restore(output[0, 0], geometry)))
+            masks.append(judge.mask_of(output, geometry))
         return 1.0 - judge.budget_used(judge.check(maps, masks))
 
     validation = nncf.Dataset(judge.validation_items(), lambda item: item[0][None])
@@ -271,13 +269,10 @@ def _budget_record(judge, model_file: Path, seconds: float) -> dict:
     """Check what accuracy control returned against the budget ourselves; build.json's record of it."""
     check = judge(model_file)
     if not check.within:
-        misses = ", ".join(f"{key} {check.drift[key]:.4g} > {bound:g}" for key, bound in judge.bounds.items()
-                           if check.drift[key] > bound)
         raise IsnetError(f"backend.quantize.max_drift cannot be met: after NNCF's accuracy control the drift on "
-                         f"{len(judge.pairs)} validation images is {misses}; no artifact written. Loosen the budget "
-                         "or build fp16/bf16")
-    return {"bounds": judge.bounds, "validation": {"path": str(judge.pairs[0][1].parent), "images": len(judge.pairs)},
-            "drift": check.drift, "fp32_scores": judge.fp32_scores, "method": "nncf.quantize_with_accuracy_control",
+                         f"{len(judge.pairs)} validation images is {judge.misses(check)}; no artifact written. "
+                         "Loosen the budget or build fp16/bf16")
+    return {**judge.record(check), "method": "nncf.quantize_with_accuracy_control",
             "accuracy_control_seconds": seconds, "images_per_second": {"final": round(check.images_per_second, 2)}}
 
 
