@@ -8,8 +8,12 @@ the quantized model's masks are scored against the fp32 model's on the validatio
 (:func:`isnet.build_in.layer_drift.float_candidates`): the tensors whose quantization adds the
 most error first, each kept float with every node computing or reading it. The local error is a
 poor guide to what a tensor does to the masks (on the pretrained U²-Netp the tensor that moved
-the validation MAE most ranked 23rd), so the leading candidates are re-ranked by their measured
-effect (:func:`rank_by_effect`): the maps' drift with each kept float alone.
+the validation MAE most ranked 23rd), so the leading candidates are re-ranked by measurement
+(:func:`rank_by_effect`): with each kept float alone, how much drift of the maps it takes off and
+how much slower the model gets. Drift removed per share of speed lost comes first: a
+full-resolution layer in float costs its own int8 kernel and the conversions of the large
+tensors around it (two such groups of U²-Netp cost 30% of int8's speed), a decoder layer at
+1/16 of the resolution next to nothing.
 
 The metrics live in ``isnet.eval``, a later stage; the caller hands them in as a
 :data:`MaskScorer` (``isnet build`` and ``isnet compare`` pass ``isnet.eval.validation_scores``
@@ -18,6 +22,7 @@ with ``smeasure=True``).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +59,20 @@ def validation_pairs(config: BuildConfig) -> list[tuple[str, Path, Path]]:
     if not pairs:
         raise IsnetError(f"{where}: every image in {image_dir} is a calibration image; validation needs others")
     return pairs[: validation.count]
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A quick measurement of one candidate model on a few validation images."""
+
+    drift: float  # mean |difference| of its maps from fp32's
+    seconds: float  # inference time of those images
+
+
+# A candidate's speed cost is measured on a few images, with the timer's noise (a few percent on a
+# busy 2-core host): slowdowns count in steps of this share, the first step for free, so that
+# candidates of equal effect keep their order unless one is really slower.
+COST_STEP = 0.05
 
 
 @dataclass(frozen=True)
@@ -117,13 +136,22 @@ class DriftJudge:
             self._probe_inputs = [self.preprocessor.load(image)[0] for _, image, _ in self.pairs[:count]]
         return self._probe_inputs[:count]
 
-    def output_drift(self, model_file: Path, count: int) -> float:
-        """Mean |difference| from fp32 of the maps of the first ``count`` validation images (a ranking probe)."""
+    def probe(self, model_file: Path, count: int) -> Probe:
+        """Mean |difference| from fp32 of the maps of the first ``count`` validation images, and the
+        time they took (each image's faster of two runs, after an untimed warm-up): a ranking probe."""
         runner = self.open_runner(model_file)
-        difference = DifferenceAccumulator()
-        for tensor, expected in zip(self.inputs(count), self.fp32_maps):
-            difference.add(expected, runner.infer({runner.input_name: tensor[None]})[runner.output_name])
-        return difference.total().mean_abs
+        inputs = self.inputs(count)
+        runner.infer({runner.input_name: inputs[0][None]})
+        difference, seconds = DifferenceAccumulator(), 0.0
+        for tensor, expected in zip(inputs, self.fp32_maps):
+            times = []
+            for _ in range(2):
+                started = time.perf_counter()
+                output = runner.infer({runner.input_name: tensor[None]})[runner.output_name]
+                times.append(time.perf_counter() - started)
+            seconds += min(times)
+            difference.add(expected, output)
+        return Probe(difference.total().mean_abs, seconds)
 
     def __call__(self, model_file: Path) -> BudgetCheck:
         self.trials += 1
@@ -235,15 +263,31 @@ def search_float_nodes(quantize: Callable[[list[str]], Path], judge: DriftJudge,
 
 def rank_by_effect(candidates: Sequence[tuple[str, ...]], quantize: Callable[[list[str]], Path], judge: DriftJudge,
                    images: int, progress: Callable[[int, int], None] | None = None) -> list[tuple[str, ...]]:
-    """``candidates`` ordered by the maps' drift from fp32 on ``images`` validation images with each one
-    alone kept in float, least drift (most effect) first; ties keep their order."""
-    drifts = []
+    """``candidates`` in the order :func:`order_by_gain_per_cost` gives, from a probe of ``images``
+    validation images with each one alone kept in float and one of the all-int8 model."""
+    base = judge.probe(quantize([]), images)
+    probes = []
     for index, group in enumerate(candidates):
-        drifts.append(judge.output_drift(quantize(list(group)), images))
+        probes.append(judge.probe(quantize(list(group)), images))
         if progress:
             progress(index + 1, len(candidates))
-    order = sorted(range(len(candidates)), key=lambda i: (drifts[i], i))
-    return [candidates[i] for i in order]
+    return [candidates[i] for i in order_by_gain_per_cost(base, probes)]
+
+
+def order_by_gain_per_cost(base: Probe, probes: Sequence[Probe]) -> list[int]:
+    """Indices of ``probes`` (each a candidate kept in float alone), most drift taken off per share
+    of speed lost first: gain = base drift - its drift, cost = its slowdown over ``base`` rounded up
+    to :data:`COST_STEP`\ s (at least one). Candidates that take nothing off follow, least drift
+    first; ties keep their order."""
+    def key(index: int):
+        probe = probes[index]
+        gain = base.drift - probe.drift
+        if gain <= 0:
+            return (1, probe.drift, index)
+        slowdown = probe.seconds / base.seconds - 1 if base.seconds > 0 else 0.0
+        steps = max(1, math.ceil(round(slowdown / COST_STEP, 6)))
+        return (0, -gain / steps, index)
+    return sorted(range(len(probes)), key=key)
 
 
 def _unreachable(judge: DriftJudge, check: BudgetCheck, count: int) -> str:
