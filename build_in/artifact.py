@@ -65,11 +65,11 @@ class Artifact:
 
 def open_artifact(folder: str | os.PathLike, threads: int | None = None, **runner_options) -> Artifact:
     """Load an artifact folder with the backend named in its ``build.json``."""
-    from isnet.build_in.backends import get_backend
+    from isnet.build_in.backends import get_runner
 
     folder = Path(folder)
     info = read_build_info(folder)
-    backend = get_backend(info["backend"])
+    backend = get_runner(info["backend"])
     model_file = folder / info["model_file"]
     if not model_file.is_file():
         raise IsnetError(f"{folder}: model file {info['model_file']} named in {BUILD_JSON} is missing")

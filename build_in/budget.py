@@ -277,7 +277,7 @@ def rank_by_effect(candidates: Sequence[tuple[str, ...]], quantize: Callable[[li
 def order_by_gain_per_cost(base: Probe, probes: Sequence[Probe]) -> list[int]:
     """Indices of ``probes`` (each a candidate kept in float alone), most drift taken off per share
     of speed lost first: gain = base drift - its drift, cost = its slowdown over ``base`` rounded up
-    to :data:`COST_STEP`\ s (at least one). Candidates that take nothing off follow, least drift
+    to whole :data:`COST_STEP` steps (at least one). Candidates that take nothing off follow, least drift
     first; ties keep their order."""
     def key(index: int):
         probe = probes[index]

@@ -35,7 +35,7 @@ def read_file_bytes(path: str | os.PathLike) -> np.ndarray:
     return data
 
 
-def _check_complete(path: Path, data: np.ndarray) -> None:
+def check_complete(path: str | os.PathLike, data: np.ndarray) -> None:
     """Refuse truncated JPEG/PNG files, which OpenCV would decode with a grey or black tail."""
     head = data[:8].tobytes()
     tail = data[-4096:].tobytes()
@@ -47,21 +47,23 @@ def _check_complete(path: Path, data: np.ndarray) -> None:
 
 def _decode(path: Path, flags: int, data: np.ndarray | None = None) -> np.ndarray:
     data = read_file_bytes(path) if data is None else data
-    _check_complete(path, data)
+    check_complete(path, data)
     decoded = cv2.imdecode(data, flags)
     if decoded is None:
         raise ImageDecodeError(f"{path}: not a decodable image")
     return decoded
 
 
-def decode_image(path: str | os.PathLike) -> np.ndarray:
+def decode_image(path: str | os.PathLike, data: np.ndarray | None = None) -> np.ndarray:
     """Decode an image file to RGB ``uint8`` (H, W, 3), EXIF orientation applied.
 
-    Raises :class:`ImageDecodeError` naming the file when it is unreadable, corrupt or truncated.
+    ``data``: the encoded bytes when they did not come from a file (an HTTP body; ``path`` then
+    only names them in errors). Raises :class:`ImageDecodeError` naming the file when it is
+    unreadable, corrupt or truncated.
     """
     # IMREAD_COLOR applies EXIF orientation, drops alpha, expands gray, converts CMYK and
     # scales 16-bit samples to 8 bits.
-    return cv2.cvtColor(_decode(Path(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(_decode(Path(path), cv2.IMREAD_COLOR, data), cv2.COLOR_BGR2RGB)
 
 
 def decode_mask(path: str | os.PathLike, data: np.ndarray | None = None) -> np.ndarray:
@@ -74,16 +76,19 @@ def decode_mask(path: str | os.PathLike, data: np.ndarray | None = None) -> np.n
     return _decode(Path(path), cv2.IMREAD_GRAYSCALE, data)
 
 
-
-def encode_png(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Write ``array`` (uint8 gray or RGB) as a lossless PNG at ``path`` (any file name)."""
-    path = Path(path)
+def png_bytes(array: np.ndarray) -> bytes:
+    """``array`` (uint8 gray, RGB or RGBA) as lossless PNG bytes: what :func:`encode_png` writes."""
     if array.ndim == 3:
-        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR if array.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
     ok, buffer = cv2.imencode(".png", array)
     if not ok:
-        raise ImageDecodeError(f"{path}: PNG encoding failed")
-    buffer.tofile(path)
+        raise ImageDecodeError(f"PNG encoding of a {array.dtype} {array.shape} array failed")
+    return buffer.tobytes()
+
+
+def encode_png(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write ``array`` (uint8 gray, RGB or RGBA) as a lossless PNG at ``path`` (any file name)."""
+    Path(path).write_bytes(png_bytes(array))
 
 
 def parse_suffixes(text: str | Iterable[str] | None) -> tuple[str, ...]:

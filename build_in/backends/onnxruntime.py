@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from isnet.build_in.backends.onnxruntime_runner import OnnxRuntimeRunner
+from isnet.build_in.backends.onnxruntime_runner import OnnxRuntimeRunner, open_runner  # noqa: F401 -- a backend opens its artifacts
 from isnet.build_in.bias_correction import conv_weight_error_shifts, correct_biases
 from isnet.build_in.budget import MAX_FLOAT_SHARE, DriftJudge, rank_by_effect, search_float_nodes
 from isnet.build_in.calibration import (MSE_MAX_BINS, OUTLIER_RATIO, CalibrationSource, compute_tensor_ranges,
@@ -29,11 +29,6 @@ MEASURED_CANDIDATES = 32
 # Calibration images bias correction measures the shifts on.
 BIAS_CORRECTION_IMAGES = 16
 PRECISIONS = (Precision.FP32, Precision.FP16, Precision.INT8)
-
-
-def open_runner(model_file, threads=None, **options) -> OnnxRuntimeRunner:
-    """Open an artifact's model file with ONNX Runtime (no runtime options are used)."""
-    return OnnxRuntimeRunner(model_file, threads=threads)
 
 
 def versions() -> dict[str, str]:

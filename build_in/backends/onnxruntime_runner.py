@@ -41,3 +41,8 @@ class OnnxRuntimeRunner:
                 for k, v in inputs.items()}
         names = [o.name for o in self.session.get_outputs()]
         return {n: np.asarray(v, dtype=np.float32) for n, v in zip(names, self.session.run(names, feed))}
+
+
+def open_runner(model_file, threads=None, **options) -> OnnxRuntimeRunner:
+    """Open an artifact's model file with ONNX Runtime (no runtime options are used)."""
+    return OnnxRuntimeRunner(model_file, threads=threads)

@@ -1,0 +1,197 @@
+"""Request bodies in, response bodies out: the same decoding, pre-processing and mask writing as ``isnet run``.
+
+Accepted bodies (by ``Content-Type``, or by their first bytes for ``application/octet-stream``):
+
+- an image (``image/jpeg``, ``image/png``, ``image/webp``, ``application/x-image``, ...): decoded
+  by :func:`isnet.build_in.imageio.decode_image` after its header's pixel count is checked;
+- ``application/x-npz``: an input npz as ``isnet image2npz`` writes it (``input_0``, uint8
+  3 x H x W RGB); ``application/x-npy``: that array alone.
+
+Responses (by ``Accept``): ``image/png``, the 8-bit mask at the original size, byte for byte what
+``isnet run`` writes; ``application/x-npy``, the float32 map at the original size;
+``application/json``, the mask as base64 PNG with the size, timings and the build's name.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import zipfile
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from isnet.build_in.imageio import ImageDecodeError, check_complete, decode_image, png_bytes
+from isnet.build_in.ops import Geometry, Preprocessor, map_to_uint8
+from isnet.runtime.npz import INPUT_KEY
+
+PNG, NPY, NPZ, JSON = "image/png", "application/x-npy", "application/x-npz", "application/json"
+IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/webp", "image/bmp", "image/tiff", "application/x-image"})
+OCTET_STREAM = "application/octet-stream"
+BODY = "request body"  # what decoding errors call the image
+ACCEPTED_TYPES = (*sorted(IMAGE_TYPES), OCTET_STREAM, NPY, NPZ)
+RESPONSE_TYPES = (PNG, NPY, JSON)
+
+
+class RequestError(Exception):
+    """A request the server refuses: ``status`` and a one-line message for the client."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def media_type(header: str | None) -> str:
+    """``"Image/PNG; charset=x"`` -> ``"image/png"``; empty when there is none."""
+    return (header or "").split(";", 1)[0].strip().lower()
+
+
+def response_type(accept: str | None) -> str:
+    """The response type an ``Accept`` header asks for (highest quality first, PNG for ``*/*``,
+    ``image/*`` or none); :class:`RequestError` 406 when it names only types not served."""
+    if not accept or not accept.strip():
+        return PNG
+    ranked = []
+    for position, part in enumerate(accept.split(",")):
+        name, *params = [piece.strip() for piece in part.split(";")]
+        quality = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if name and quality > 0:
+            ranked.append((-quality, position, name.lower()))
+    for _, _, name in sorted(ranked):
+        if name in RESPONSE_TYPES:
+            return name
+        if name in ("*/*", "image/*"):
+            return PNG
+        if name == "application/*":
+            return JSON
+    raise RequestError(406, f"cannot answer with {accept.strip()}; ask for one of {', '.join(RESPONSE_TYPES)}")
+
+
+@dataclass(frozen=True)
+class DecodedRequest:
+    """A request body ready for the model: its input, where the image lies in it, and the RGB image
+    when a cut-out needs it."""
+
+    tensor: np.ndarray
+    geometry: Geometry
+    rgb: np.ndarray | None = None
+
+
+def body_kind(content_type: str, body: bytes) -> str:
+    """``"image"``, ``"npy"`` or ``"npz"`` for a body; :class:`RequestError` 415 for other types."""
+    if content_type == NPY:
+        return "npy"
+    if content_type == NPZ:
+        return "npz"
+    if content_type in IMAGE_TYPES or content_type.startswith("image/"):
+        return "image"
+    if content_type in (OCTET_STREAM, ""):
+        if body.startswith(b"\x93NUMPY"):
+            return "npy"
+        if body.startswith(b"PK\x03\x04"):
+            return "npz"
+        return "image"
+    raise RequestError(415, f"unsupported Content-Type {content_type}; send one of {', '.join(ACCEPTED_TYPES)}")
+
+
+def image_pixels(body: bytes) -> tuple[int, int]:
+    """(width, height) from an image's header, without decoding it; 400 when it is no image."""
+    try:
+        with Image.open(io.BytesIO(body)) as image:
+            return image.size
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise RequestError(400, f"not a decodable image ({type(exc).__name__})") from None
+
+
+def decode_body(body: bytes, kind: str, preprocessor: Preprocessor, max_pixels: int, keep_rgb: bool = False
+                ) -> DecodedRequest:
+    """Decode and pre-process one body (run it off the event loop: it is the heavy part of a request)."""
+    if not body:
+        raise RequestError(400, "empty body")
+    if kind == "image":
+        data = np.frombuffer(body, np.uint8)
+        try:
+            check_complete(BODY, data)
+        except ImageDecodeError as exc:
+            raise RequestError(400, str(exc)) from None
+        width, height = image_pixels(body)
+        if width * height > max_pixels:
+            raise RequestError(413, f"the image is {width}x{height} = {width * height:,} pixels; "
+                                    f"this server takes at most {max_pixels:,}")
+        try:
+            rgb = decode_image(BODY, data)
+        except ImageDecodeError as exc:
+            raise RequestError(400, str(exc)) from None
+    else:
+        rgb = _array_image(body, kind, max_pixels)
+    tensor, geometry = preprocessor.transform(rgb)
+    return DecodedRequest(tensor, geometry, rgb if keep_rgb else None)
+
+
+def _array_image(body: bytes, kind: str, max_pixels: int) -> np.ndarray:
+    """The HxWx3 RGB image of an npy body or of an npz body's ``input_0`` (uint8 3 x H x W)."""
+    try:
+        if kind == "npz":
+            with np.load(io.BytesIO(body), allow_pickle=False) as data:
+                if INPUT_KEY not in data.files:
+                    raise RequestError(400, f"the npz has no '{INPUT_KEY}' array (keys: {', '.join(data.files)})")
+                array = data[INPUT_KEY]
+        else:
+            array = np.load(io.BytesIO(body), allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise RequestError(400, f"not a readable {kind} body ({type(exc).__name__})") from None
+    if not isinstance(array, np.ndarray) or array.dtype != np.uint8 or array.ndim != 3 or array.shape[0] != 3:
+        shape = list(getattr(array, "shape", []))
+        raise RequestError(400, f"the {kind} array is {getattr(array, 'dtype', '?')} {shape}; "
+                                "expected uint8 [3, H, W] RGB, as `isnet image2npz` writes")
+    if array.shape[1] * array.shape[2] > max_pixels:
+        raise RequestError(413, f"the array holds {array.shape[1] * array.shape[2]:,} pixels; "
+                                f"this server takes at most {max_pixels:,}")
+    if 0 in array.shape:
+        raise RequestError(400, f"the {kind} array is empty: {list(array.shape)}")
+    return np.ascontiguousarray(array.transpose(1, 2, 0))
+
+
+def restored_map(output: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """The model's 1 x H x W map at the original image size (float32), as ``isnet run`` restores it."""
+    return Preprocessor.restore(output[0], geometry)
+
+
+def mask_png(saliency: np.ndarray) -> bytes:
+    """The 8-bit PNG mask of a restored map: the bytes ``isnet run`` writes."""
+    return png_bytes(map_to_uint8(saliency))
+
+
+def cutout_png(rgb: np.ndarray, saliency: np.ndarray) -> bytes:
+    """The RGBA cut-out: the image with the 8-bit mask as its alpha channel."""
+    return png_bytes(np.dstack([rgb, map_to_uint8(saliency)]))
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """An array as ``.npy`` bytes."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def encode_response(output: np.ndarray, geometry: Geometry, kind: str, details: dict) -> bytes:
+    """The response body of type ``kind`` for a model output; ``details`` joins a JSON answer."""
+    saliency = restored_map(output, geometry)
+    if kind == NPY:
+        return npy_bytes(saliency)
+    png = mask_png(saliency)
+    if kind == PNG:
+        return png
+    height, width = geometry.original_hw
+    answer = {**details, "width": width, "height": height,
+              "mask_png_base64": base64.b64encode(png).decode("ascii")}
+    return json.dumps(answer).encode()

@@ -1,0 +1,63 @@
+"""Running the app under uvicorn: bind first (a taken port is a one-line error), stop when the
+model cannot be loaded, drain in-flight requests on SIGTERM within SageMaker's 30 seconds."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import sys
+from pathlib import Path
+
+from isnet.core import IsnetError
+from isnet.runtime.serving.app import ServeSettings, create_app
+
+# SageMaker sends SIGTERM and kills the container 30 s later; in-flight requests get 25 of them.
+GRACEFUL_SHUTDOWN_SECONDS = 25
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise IsnetError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(model_path: str | Path, host: str = "127.0.0.1", port: int = 8080,
+          settings: ServeSettings | None = None) -> None:
+    """Serve ``model_path`` until SIGINT/SIGTERM; :class:`IsnetError` if the port is taken or the
+    model cannot be loaded."""
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    failure: list[str] = []
+    server: uvicorn.Server | None = None
+
+    def stop(message: str) -> None:
+        failure.append(message)
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(model_path, settings, on_load_error=stop)
+    sock = _listen(host, port)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
+                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
+    server = uvicorn.Server(config)
+    logging.getLogger("isnet.serve").info("listening on http://%s:%d (loading %s)", host, port, model_path)
+    # uvicorn drains on SIGINT/SIGTERM, then raises the signal again for the handler it found: a
+    # quiet one here, so that a drained server exits 0 (and Ctrl-C prints no traceback).
+    previous = {number: signal.signal(number, lambda *_: None) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    if failure:
+        raise IsnetError(failure[0])
