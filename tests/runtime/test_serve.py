@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from serving import Reply, call, free_port, post_image, running_server
-from isnet.build_in.imageio import decode_image, list_images
+from isnet.build_in.imageio import decode_image
 
 ROOT = Path(__file__).resolve().parents[2]
 
