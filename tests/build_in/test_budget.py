@@ -135,3 +135,28 @@ def test_ranking_puts_drift_removed_per_speed_lost_first():
     # Slowdowns within one step count as equal: timer noise does not reorder equal effects.
     noisy = [Probe(0.005, 1.04), Probe(0.005, 1.00), Probe(0.002, 1.03)]
     assert order_by_gain_per_cost(base, noisy) == [2, 0, 1]
+
+
+@pytest.mark.slow
+def test_layers_kept_float_keep_their_source_bias_under_bias_correction(lifted_config, lifted_onnx):
+    """Bias correction shifts each quantized Conv's bias by its weight rounding's mean error; a Conv the
+    budget keeps in float has no such error, so it must run with the bias it came with."""
+    config_path, _ = lifted_config
+    source = onnx.load(str(lifted_onnx[0]))
+    source_bias = {node.name: onnx.numpy_helper.to_array(next(i for i in source.graph.initializer
+                                                               if i.name == node.input[2]))
+                   for node in source.graph.node if node.op_type == "Conv" and len(node.input) > 2}
+    correction = "backend.quantize.bias_correction=true"
+    loose = build_artifact(load_build_config(config_path({"mean_abs": 1.0}, "loose").config_path, [NO_GUARD, correction]),
+                           scorer=mask_scores)
+    drift = loose.info["backend_details"]["budget"]["drift"]["mean_abs"]
+    result = build_artifact(load_build_config(config_path({"mean_abs": drift * 0.9}).config_path, [NO_GUARD, correction]),
+                            scorer=mask_scores)
+    details = result.info["backend_details"]
+    assert details["bias_correction"]["convs"] > 0
+    model = onnx.load(str(result.artifact_dir / "model.onnx"))
+    initializers = {i.name: i for i in model.graph.initializer}
+    float_convs = [n for n in model.graph.node if n.op_type == "Conv" and n.name in details["budget"]["float_nodes"]]
+    assert float_convs, details["budget"]["float_nodes"]
+    for node in float_convs:
+        np.testing.assert_array_equal(onnx.numpy_helper.to_array(initializers[node.input[2]]), source_bias[node.name])
