@@ -5,11 +5,15 @@ from __future__ import annotations
 import multiprocessing
 import os
 import resource
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ECSSD = ROOT.parent / "shared" / "data" / "ECSSD"
+# rembg as the peer of the benchmarks that compare with it (bench/rembg.py, bench/serve.py).
+REMBG = "rembg[cpu,cli]==2.0.86"
 
 
 # The shipped demo checkpoint was distilled on ECSSD 0001-0450 (export/weights/MODEL_CARD.md): its
@@ -92,3 +96,31 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
     """A Markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def rembg_venv(work: Path) -> Path:
+    """rembg's command in a venv of its own under ``work`` (installed on first use): a peer, never imported."""
+    venv = work / "rembg-venv"
+    rembg = venv / "bin" / "rembg"
+    if not rembg.exists():
+        print(f"installing {REMBG} into {venv} ...", file=sys.stderr, flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", REMBG], check=True)
+    return rembg
+
+
+def build_preset(name: str, preset: str, model: Path, calib: Path, work: Path) -> Path:
+    """``work/artifacts/<name>``: ``model`` built with an ``isnet compare`` preset, rembg's U^2-Net
+    pre-processing and the first 50 images of ``calib`` (reused when already built)."""
+    from isnet.build_in import build_artifact, read_build_info, validate_build_config
+    from isnet.tools.compare import PRESETS
+
+    artifact = work / "artifacts" / name
+    if not (artifact / "build.json").is_file():
+        print(f"building {name} ...", file=sys.stderr, flush=True)
+        config = {"name": name, "frontend": {"checkpoint": str(model)}, **PRESETS[preset],
+                  "dataset": {"path": str(calib), "process_ops": "u2net", "sampler": {"get_data_num": 50}},
+                  "workspace": {"path": str(work / "artifacts")}}
+        build_artifact(validate_build_config(config, source="bench", base_dir=work), force=True)
+    read_build_info(artifact)
+    return artifact

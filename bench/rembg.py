@@ -25,10 +25,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from _common import markdown, split_ecssd
+from _common import REMBG, build_preset, markdown, rembg_venv, split_ecssd
 from pretrained import fetch_u2netp
 
-REMBG = "rembg[cpu,cli]==2.0.86"
 TIME = "/usr/bin/time"
 
 
@@ -39,31 +38,6 @@ def _timed(command: list[str], env: dict | None = None) -> tuple[float, float]:
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         seconds, kilobytes = report.read().split()[-2:]
     return float(seconds), float(kilobytes) / 1024
-
-
-def _rembg_venv(work: Path) -> Path:
-    venv = work / "rembg-venv"
-    rembg = venv / "bin" / "rembg"
-    if not rembg.exists():
-        print(f"installing {REMBG} into {venv} ...", file=sys.stderr, flush=True)
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", REMBG], check=True)
-    return rembg
-
-
-def _build(name: str, preset: str, model: Path, calib: Path, work: Path) -> Path:
-    from isnet.build_in import build_artifact, read_build_info, validate_build_config
-    from isnet.tools.compare import PRESETS
-
-    artifact = work / "artifacts" / name
-    if not (artifact / "build.json").is_file():
-        print(f"building {name} ...", file=sys.stderr, flush=True)
-        config = {"name": name, "frontend": {"checkpoint": str(model)}, **PRESETS[preset],
-                  "dataset": {"path": str(calib), "process_ops": "u2net", "sampler": {"get_data_num": 50}},
-                  "workspace": {"path": str(work / "artifacts")}}
-        build_artifact(validate_build_config(config, source="bench/rembg.py", base_dir=work), force=True)
-    read_build_info(artifact)
-    return artifact
 
 
 def _mean_abs(folder_a: Path, folder_b: Path) -> float:
@@ -94,7 +68,7 @@ def main() -> int:
     threads = {"OMP_NUM_THREADS": str(os.cpu_count() or 1)}
 
     rows = []
-    rembg = _rembg_venv(work)
+    rembg = rembg_venv(work)
     home = work / "u2net-home"
     home.mkdir(exist_ok=True)
     shutil.copyfile(model, home / "u2netp.onnx")
@@ -103,11 +77,11 @@ def main() -> int:
     print("running rembg ...", file=sys.stderr, flush=True)
     seconds, peak = _timed([str(rembg), "p", "-m", "u2netp", "-om", str(images), str(out)],
                            env={**os.environ, **threads, "U2NET_HOME": str(home)})
-    rows.append(("rembg 2.0.86 (onnxruntime fp32)", out, seconds, peak))
+    rows.append((f"rembg {REMBG.split('==')[1]} (onnxruntime fp32)", out, seconds, peak))
 
     builds = [b.strip() for b in args.builds.split(",") if b.strip()]
     for preset in builds:
-        artifact = _build(f"u2netp_{preset}", preset, model, calib, work)
+        artifact = build_preset(f"u2netp_{preset}", preset, model, calib, work)
         out = work / "masks" / preset
         shutil.rmtree(out, ignore_errors=True)
         print(f"running isnet {preset} ...", file=sys.stderr, flush=True)

@@ -22,6 +22,10 @@ class OnnxRuntimeRunner:
         self.path = Path(model_path)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # ORT's memory pattern keeps one allocation plan per input shape, and the arena keeps their
+        # peak: a server batching 1 to 8 images grew from 0.85 to 1.87 GB on U^2-Netp int8 (150 calls).
+        # Without it the same calls stay at 0.87 GB, at the same speed (93 vs 94 ms for batch 1).
+        options.enable_mem_pattern = False
         if threads:
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1
