@@ -16,7 +16,7 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e '.[dev,openvino,serve]'
+	$(PY) -m pip install --quiet -e '.[dev,openvino,serve,ray]'
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -14,7 +14,8 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections import deque
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +42,7 @@ class StreamResult:
     failures: tuple[tuple[str, str], ...]
     seconds: float
     failures_path: Path | None = None
+    nodes: int = 1  # machines that wrote masks (the Ray engine spreads over a cluster)
 
     @property
     def failed(self) -> int:
@@ -54,7 +56,9 @@ class StreamResult:
 
 
 @dataclass(slots=True)
-class _Item:
+class Item:
+    """One image to mask: its path relative to the image folder and its mask's, relative to the output."""
+
     # Paths are kept relative (short strings) so that planning a 100k-image folder stays small.
     relative: str
     mask: str
@@ -64,8 +68,10 @@ class _Item:
 
 
 @dataclass
-class _Plan:
-    todo: list[_Item] = field(default_factory=list)
+class Plan:
+    """What a run has to do: the images to mask, how many are done already, names that cannot be written."""
+
+    todo: list[Item] = field(default_factory=list)
     skipped: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
 
@@ -85,7 +91,7 @@ def mask_is_complete(path: Path) -> bool:
     return head == b"\x89PNG\r\n\x1a\n" and tail[4:8] == b"IEND"
 
 
-def _plan(image_dir: Path, output_dir: Path, suffixes, resume: bool) -> tuple[int, _Plan]:
+def _plan(image_dir: Path, output_dir: Path, suffixes, resume: bool) -> tuple[int, Plan]:
     images = list_images(image_dir, suffixes)
     if output_dir.resolve().is_relative_to(image_dir.resolve()):
         # Masks saved inside the image folder must not become inputs of the next (resumed) run.
@@ -93,7 +99,7 @@ def _plan(image_dir: Path, output_dir: Path, suffixes, resume: bool) -> tuple[in
         images = [image for image in images if not image.resolve().is_relative_to(inside)]
     if not images:
         raise IsnetError(f"no images with suffix {', '.join(suffixes)} under {image_dir}")
-    plan = _Plan()
+    plan = Plan()
     owners: dict[str, str] = {}
     for image in images:
         relative = image.relative_to(image_dir).as_posix()
@@ -107,7 +113,7 @@ def _plan(image_dir: Path, output_dir: Path, suffixes, resume: bool) -> tuple[in
         if resume and mask_is_complete(output_dir / mask):
             plan.skipped += 1
             continue
-        plan.todo.append(_Item(relative, mask))
+        plan.todo.append(Item(relative, mask))
     return len(images), plan
 
 
@@ -129,24 +135,46 @@ def run_folder(model: LoadedModel, image_dir: str | os.PathLike, output_dir: str
     if batch < 1:
         raise IsnetError(f"--batch must be at least 1, got {batch}")
     image_dir, output_dir = Path(image_dir), Path(output_dir)
+    total, plan = plan_folder(image_dir, output_dir, suffixes, resume)
+    to_process = len(plan.todo) + len(plan.failures)
+    failures = list(plan.failures)
+    if progress is not None:
+        progress(len(failures), to_process)
+    done = 0
+    start = time.perf_counter()
+    for item in process_items(model, image_dir, output_dir, plan.todo, batch, min_max, io_threads,
+                              maps_dir, maps_for):
+        if item.error is None:
+            done += 1
+        else:
+            failures.append((item.relative, item.error))
+        if progress is not None:
+            progress(1, to_process)
+    return finish_run(output_dir, total, done, plan.skipped, failures, time.perf_counter() - start)
+
+
+def plan_folder(image_dir: Path, output_dir: Path, suffixes: str | None, resume: bool) -> tuple[int, Plan]:
+    """Which images of ``image_dir`` need a mask in ``output_dir`` (checks the folders, creates the output
+    folder): (number of images, the plan). Shared by every engine, so that names never depend on it."""
     suffix_list = parse_suffixes(suffixes)
     if output_dir.resolve() == image_dir.resolve():
         raise IsnetError(f"--output-dir must differ from --image-dir ({image_dir}); masks would mix with images")
     total, plan = _plan(image_dir, output_dir, suffix_list, resume)
     output_dir.mkdir(parents=True, exist_ok=True)
-    io_threads = io_threads or default_io_threads()
-    to_process = len(plan.todo) + len(plan.failures)
+    return total, plan
 
-    def report(count: int) -> None:
-        if progress is not None:
-            progress(count, to_process)
 
+def process_items(model: LoadedModel, image_dir: Path, output_dir: Path, items: Iterable[Item], batch: int = 1,
+                  min_max: bool = False, io_threads: int | None = None, maps_dir: str | os.PathLike | None = None,
+                  maps_for: Collection[str] = ()) -> Iterator[Item]:
+    """Decode, infer and save ``items`` in the three concurrent stages; yield each one as it finishes:
+    its mask written (``error`` None), or its image not decodable (``error`` says why)."""
     preprocessor = model.preprocessor
-    failures = list(plan.failures)
-    report(len(failures))
-    done = 0
+    io_threads = io_threads or default_io_threads()
+    keep_maps = set(maps_for) if maps_dir is not None else set()
+    finished: deque[Item] = deque()
 
-    def load(item: _Item) -> _Item:
+    def load(item: Item) -> Item:
         image = image_dir / item.relative
         try:
             item.tensor, item.geometry = preprocessor.load(image)
@@ -154,9 +182,7 @@ def run_folder(model: LoadedModel, image_dir: str | os.PathLike, output_dir: str
             item.error = str(exc).removeprefix(f"{image}: ")
         return item
 
-    keep_maps = set(maps_for) if maps_dir is not None else set()
-
-    def save(item: _Item, output_map: np.ndarray) -> _Item:
+    def save(item: Item, output_map: np.ndarray) -> Item:
         mask = map_to_uint8(preprocessor.restore(output_map, item.geometry), min_max=min_max)
         with atomic_path(output_dir / item.mask) as tmp:
             encode_png(tmp, mask)
@@ -165,28 +191,29 @@ def run_folder(model: LoadedModel, image_dir: str | os.PathLike, output_dir: str
                 np.save(tmp, np.ascontiguousarray(output_map, dtype=np.float32))
         return item
 
-    def saved(item: _Item) -> None:
-        nonlocal done
-        done += 1
-        report(1)
-
     depth = 2 * batch + io_threads
-    start = time.perf_counter()
-    with OrderedSink(io_threads, depth, on_done=saved) as sink, \
-            contextlib.closing(ordered_map(load, plan.todo, io_threads, depth)) as loaded:
-        def decoded() -> Iterator[_Item]:
+    with OrderedSink(io_threads, depth, on_done=finished.append) as sink, \
+            contextlib.closing(ordered_map(load, items, io_threads, depth)) as loaded:
+        def decoded() -> Iterator[Item]:
             for item in loaded:
                 if item.error is None:
                     yield item
                 else:
-                    failures.append((item.relative, item.error))
-                    report(1)
+                    finished.append(item)
 
         for item, output in predict_batches(model, decoded(), batch, lambda item: item.tensor):
             item.tensor = None  # free the input while the mask waits to be saved
             sink.submit(save, item, output[0])
-    seconds = time.perf_counter() - start
+            while finished:
+                yield finished.popleft()
+        sink.drain()
+    while finished:
+        yield finished.popleft()
 
+
+def finish_run(output_dir: Path, total: int, done: int, skipped: int, failures: list[tuple[str, str]],
+               seconds: float, nodes: int = 1) -> StreamResult:
+    """Write ``failures.txt`` (sorted) or remove a stale one; the run's result."""
     failures_path = output_dir / FAILURES_FILE
     if failures:
         failures.sort()
@@ -194,5 +221,5 @@ def run_folder(model: LoadedModel, image_dir: str | os.PathLike, output_dir: str
     else:
         # A failures.txt from an earlier run would describe images that now have masks.
         failures_path.unlink(missing_ok=True)
-    return StreamResult(output_dir, total, done, plan.skipped, tuple(failures), seconds,
-                        failures_path if failures else None)
+    return StreamResult(output_dir, total, done, skipped, tuple(failures), seconds,
+                        failures_path if failures else None, nodes)

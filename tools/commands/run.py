@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from isnet.core import IsnetError
 from isnet.tools.args import (add_batch_arg, add_image_dir_arg, add_io_threads_arg, add_min_max_arg, add_model_args,
-                              add_output_dir_arg, add_suffix_arg)
+                              add_output_dir_arg, add_suffix_arg, positive_int)
 
 
 class RunCommand:
@@ -14,6 +15,8 @@ class RunCommand:
     Decoding and saving run on worker threads beside inference with bounded queues; masks keep
     each image's relative path and stem (sub-folders mirrored) and are written atomically.
     Corrupt images are listed in <output-dir>/failures.txt and skipped; the exit code is then 1.
+    --engine ray runs the same job on a Ray cluster (RAY_ADDRESS or --address; a local instance
+    otherwise): one model per actor, the same masks, names and failures.txt.
     """
 
     name = "run"
@@ -27,31 +30,59 @@ class RunCommand:
         add_suffix_arg(parser)
         add_min_max_arg(parser)
         add_io_threads_arg(parser)
+        engine = parser.add_argument_group("engine")
+        engine.add_argument("--engine", choices=("local", "ray"), default="local",
+                            help="local: this process's pipeline (default); ray: a Ray cluster (needs isnet[ray])")
+        engine.add_argument("--address", default=None,
+                            help="Ray cluster to join (default $RAY_ADDRESS, else a local Ray instance)")
+        engine.add_argument("--actors", type=positive_int, default=None,
+                            help="Ray actors, each holding the model once (default: cluster CPUs / threads)")
+        engine.add_argument("--threads-per-actor", type=positive_int, default=2,
+                            help="inference threads (and CPUs reserved) per Ray actor (default 2)")
 
     def run(self, args: argparse.Namespace) -> int:
         from tqdm import tqdm
 
         from isnet.runtime import load_model, run_folder
 
-        model = load_model(args.model, threads=args.threads, size=args.size, preprocess=args.preprocess)
-        if model.apply_sigmoid:
-            print(f"note: {model.name}'s output is a logit map (values outside [0, 1]); the sigmoid is applied")
+        ray_only = [flag for flag, value in (("--address", args.address), ("--actors", args.actors),
+                                             ("--threads-per-actor", args.threads_per_actor != 2)) if value]
+        if args.engine == "local" and ray_only:
+            raise IsnetError(f"{', '.join(ray_only)} apply to --engine ray only")
         bars = []
+        name = [str(args.model)]
 
         def progress(count: int, total: int) -> None:
             if not bars:  # created on the first report, once the number of images is known
-                bars.append(tqdm(total=total, desc=f"isnet run {model.name}", unit="img", dynamic_ncols=True))
+                bars.append(tqdm(total=total, desc=f"isnet run {name[0]}", unit="img", dynamic_ncols=True))
             bars[0].update(count)
 
         try:
-            result = run_folder(model, args.image_dir, args.output_dir, batch=args.batch, resume=args.resume,
-                                suffixes=args.suffix, min_max=args.min_max_normalize, io_threads=args.io_threads,
-                                progress=progress)
+            if args.engine == "ray":
+                from isnet.runtime.ray_engine import run_folder_on_ray
+
+                if args.threads:
+                    raise IsnetError("--threads: with --engine ray use --threads-per-actor")
+                result = run_folder_on_ray(args.model, args.image_dir, args.output_dir, batch=args.batch,
+                                           resume=args.resume, suffixes=args.suffix, min_max=args.min_max_normalize,
+                                           address=args.address, actors=args.actors,
+                                           threads_per_actor=args.threads_per_actor,
+                                           load_options={"size": args.size, "preprocess": args.preprocess},
+                                           progress=progress)
+            else:
+                model = load_model(args.model, threads=args.threads, size=args.size, preprocess=args.preprocess)
+                name[0] = model.name
+                if model.apply_sigmoid:
+                    print(f"note: {model.name}'s output is a logit map (values outside [0, 1]); the sigmoid is applied")
+                result = run_folder(model, args.image_dir, args.output_dir, batch=args.batch, resume=args.resume,
+                                    suffixes=args.suffix, min_max=args.min_max_normalize, io_threads=args.io_threads,
+                                    progress=progress)
         finally:
             for bar in bars:
                 bar.close()
         print(f"done {result.done}, skipped {result.skipped}, failed {result.failed} of {result.total} images "
-              f"in {result.seconds:.1f} s ({result.images_per_second:.2f} images/s); masks in {result.output_dir}")
+              f"in {result.seconds:.1f} s ({result.images_per_second:.2f} images/s"
+              f"{f' on {result.nodes} nodes' if result.nodes > 1 else ''}); masks in {result.output_dir}")
         if result.failures_path is not None:
             print(f"failures listed in {result.failures_path}")
             return 1

@@ -1,0 +1,152 @@
+"""``isnet run --engine ray``: the same job as :func:`isnet.runtime.run_folder`, on a Ray cluster.
+
+The driver plans the folder exactly as the local engine does (:func:`~isnet.runtime.stream.plan_folder`:
+same names, same ``--resume`` rule, same refusals), then streams the image list through Ray Data:
+``map_batches`` with a pool of actors (``compute=ActorPoolStrategy``), each holding the model once
+and running the local engine's own stages (:func:`~isnet.runtime.stream.process_items`: decode and
+pre-process with the artifact's ``build.json`` ops, infer, restore, write atomically) on its share.
+The driver only counts what comes back and writes ``failures.txt``.
+
+Images, the model and the output folder must be reachable by the same paths from every node (a
+local folder on one machine, a shared file system on a cluster). A worker that dies is restarted by
+Ray and its batch runs again; masks are written under a temporary name and renamed, so a killed
+write leaves no half mask, and the temporary files it leaves are removed at the end of the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from isnet.core import IsnetError
+from isnet.runtime.stream import StreamResult, finish_run, plan_folder
+
+# Images per map_batches call: the unit Ray schedules, retries after a failure and reports back.
+IMAGES_PER_TASK = 16
+# A temporary file of isnet.core.atomic_path for a mask: .<stem>.<12 hex digits>.tmp.png
+_ATOMIC_TEMP = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp\.png$")
+
+
+def _import_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise IsnetError("--engine ray needs the ray extra: pip install 'isnet[ray]'") from None
+    return ray
+
+
+class MaskWriter:
+    """A Ray Data actor: loads the model once, then writes the masks of each batch of image paths."""
+
+    def __init__(self, model: str, threads: int | None, load_options: dict, image_dir: str, output_dir: str,
+                 batch: int, min_max: bool):
+        from isnet.runtime.models import load_model
+
+        self.model = load_model(model, threads=threads, **load_options)
+        self.image_dir, self.output_dir = Path(image_dir), Path(output_dir)
+        self.batch, self.min_max = batch, min_max
+
+    def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from isnet.runtime.stream import Item, process_items
+
+        items = [Item(str(relative), str(mask)) for relative, mask in zip(rows["relative"], rows["mask"])]
+        # Two I/O threads beside inference, as the local engine has on a 2-core host.
+        finished = list(process_items(self.model, self.image_dir, self.output_dir, items, self.batch,
+                                      self.min_max, io_threads=2))
+        import ray
+
+        node = ray.get_runtime_context().get_node_id()
+        return {"relative": np.array([item.relative for item in finished], dtype=object),
+                "error": np.array([item.error or "" for item in finished], dtype=object),
+                "node": np.array([node] * len(finished), dtype=object)}
+
+
+def _connect(ray, address: str | None) -> bool:
+    """Join ``address``, else ``RAY_ADDRESS``, else start a local instance; True when this call started it."""
+    if ray.is_initialized():
+        return False
+    options = {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": False}
+    try:
+        if address:
+            ray.init(address=address, **options)
+        else:
+            ray.init(**options)  # honours RAY_ADDRESS; otherwise a local instance on this machine's cores
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = address or os.environ.get("RAY_ADDRESS") or "a local instance"
+        raise IsnetError(f"cannot start or join Ray at {where}: {str(exc).splitlines()[0]}") from None
+    return True
+
+
+def _sweep_temporary_masks(output_dir: Path) -> int:
+    """Remove the temporary files killed writers left (never a finished mask); return how many."""
+    removed = 0
+    for folder, _, files in os.walk(output_dir):
+        for name in files:
+            if _ATOMIC_TEMP.match(name):
+                Path(folder, name).unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+def run_folder_on_ray(model: str | os.PathLike, image_dir: str | os.PathLike, output_dir: str | os.PathLike,
+                      batch: int = 1, resume: bool = False, suffixes: str | None = None, min_max: bool = False,
+                      address: str | None = None, actors: int | None = None, threads_per_actor: int = 2,
+                      load_options: dict | None = None,
+                      progress: Callable[[int, int], None] | None = None) -> StreamResult:
+    """:func:`isnet.runtime.run_folder`'s job with ``actors`` Ray actors of ``threads_per_actor`` inference
+    threads each (default: as many as the cluster's CPUs allow, at least one). Same outputs, same
+    ``failures.txt``, same ``progress(n, total)`` calls; ``load_options`` go to ``load_model`` (``size``,
+    ``preprocess``)."""
+    if batch < 1 or threads_per_actor < 1 or (actors is not None and actors < 1):
+        raise IsnetError("--batch, --actors and --threads-per-actor must be at least 1")
+    ray = _import_ray()
+    from isnet.runtime.models import model_kind
+
+    model, image_dir, output_dir = Path(model).resolve(), Path(image_dir).resolve(), Path(output_dir).resolve()
+    model_kind(model)  # a missing model is a one-line error before Ray starts
+    total, plan = plan_folder(image_dir, output_dir, suffixes, resume)
+    to_process = len(plan.todo) + len(plan.failures)
+    failures = list(plan.failures)
+    if progress is not None:
+        progress(len(failures), to_process)
+    started_here = _connect(ray, address) if plan.todo else False
+    done, nodes = 0, set()
+    start = time.perf_counter()
+    try:
+        if plan.todo:
+            context = ray.data.DataContext.get_current()
+            context.enable_progress_bars = False  # the command draws its own
+            cpus = int(ray.cluster_resources().get("CPU", 1))
+            pool = actors or max(1, cpus // threads_per_actor)
+            # Blocks of at most IMAGES_PER_TASK images, and at least a few per actor so that all of them work.
+            blocks = min(len(plan.todo), max(4 * pool, -(-len(plan.todo) // IMAGES_PER_TASK)))
+            dataset = ray.data.from_items([{"relative": item.relative, "mask": item.mask} for item in plan.todo],
+                                          override_num_blocks=blocks)
+            written = dataset.map_batches(
+                MaskWriter, batch_size=IMAGES_PER_TASK, batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=pool), num_cpus=min(threads_per_actor, cpus),
+                fn_constructor_kwargs={"model": str(model), "threads": threads_per_actor,
+                                       "load_options": load_options or {}, "image_dir": str(image_dir),
+                                       "output_dir": str(output_dir), "batch": batch, "min_max": min_max})
+            # Ray Data restarts a dead actor and retries its batch by default (max_restarts=-1).
+            for rows in written.iter_batches(batch_size=None, batch_format="numpy"):
+                nodes.update(rows["node"])
+                for relative, error in zip(rows["relative"], rows["error"]):
+                    if error:
+                        failures.append((str(relative), str(error)))
+                    else:
+                        done += 1
+                if progress is not None:
+                    progress(len(rows["relative"]), to_process)
+    finally:
+        if started_here:
+            ray.shutdown()
+    _sweep_temporary_masks(output_dir)
+    return finish_run(output_dir, total, done, plan.skipped, failures, time.perf_counter() - start, nodes=len(nodes))
