@@ -40,8 +40,8 @@ test-fast: $(STAMP) $(PRETRAINED)
 
 # The main job on the embedded default: synthetic data, the shipped demo checkpoint, every build.
 demo: $(STAMP)
-	$(VENV)/bin/isnet synth --output-dir demo-out/data/eval --count 40 --seed 2026
-	$(VENV)/bin/isnet synth --output-dir demo-out/data/calib --count 64 --seed 7
+	$(VENV)/bin/isnet synth --output-dir demo-out/data/eval --count 100 --seed 2026
+	$(VENV)/bin/isnet synth --output-dir demo-out/data/calib --count 96 --seed 7
 	@# Exit code 1 is the drift gate flagging a build (printed above, and in the report): the demo
 	@# shows it rather than failing on it. Any other non-zero code is a real failure.
 	$(VENV)/bin/isnet compare tools/experiments/demo.yaml || { status=$$?; [ $$status -eq 1 ] || exit $$status; \

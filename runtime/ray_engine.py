@@ -28,7 +28,7 @@ from isnet.core import IsnetError
 from isnet.runtime.stream import StreamResult, finish_run, plan_folder
 
 # Images per map_batches call: the unit Ray schedules, retries after a failure and reports back.
-IMAGES_PER_TASK = 16
+IMAGES_PER_TASK = 64
 # A temporary file of isnet.core.atomic_path for a mask: .<stem>.<12 hex digits>.tmp.png
 _ATOMIC_TEMP = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp\.png$")
 
