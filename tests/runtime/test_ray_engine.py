@@ -69,30 +69,7 @@ def test_run_command_with_the_ray_engine(run_isnet, lite_artifact, photo_folder,
     assert wrong.returncode == 2 and "--engine ray only" in wrong.stderr
 
 
-def test_ray_engine_on_a_two_node_cluster(lite_artifact, messy_folder, tmp_path):
-    from ray.cluster_utils import Cluster
-
-    from isnet.runtime.ray_engine import run_folder_on_ray
-
-    root, expected, _ = messy_folder
-    extra = _write_photos(root / "extra", 60)  # enough work that both actors get some
-    if ray.is_initialized():
-        ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    cluster.add_node(num_cpus=1)
-    try:
-        ray.init(address=cluster.address, log_to_driver=False)
-        assert len([n for n in ray.nodes() if n["Alive"]]) == 2
-        result = run_folder_on_ray(lite_artifact, root, tmp_path / "ray", actors=2, threads_per_actor=1)
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-    run_folder(load_model(lite_artifact), root, tmp_path / "local")
-    assert _files(tmp_path / "ray") == _files(tmp_path / "local")
-    assert result.done == len(expected) + extra
-    assert result.nodes == 2  # each actor needs the one CPU a node has: one actor per node wrote masks
-
-
+@pytest.mark.slow
 def test_a_worker_killed_mid_run_leaves_every_mask_complete(local_ray, lite_artifact, tmp_path):
     import psutil
 
@@ -138,3 +115,29 @@ def test_without_the_extra_the_error_names_it(lite_artifact, photo_folder, tmp_p
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "pip install 'isnet[ray]'" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_ray_engine_on_a_two_node_cluster(lite_artifact, messy_folder, tmp_path):
+    # Last in the file: it replaces the module's local instance with a cluster of its own.
+    from ray.cluster_utils import Cluster
+
+    from isnet.runtime.ray_engine import run_folder_on_ray
+
+    root, expected, _ = messy_folder
+    extra = _write_photos(root / "extra", 60)  # enough work that both actors get some
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
+    try:
+        ray.init(address=cluster.address, log_to_driver=False)
+        assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+        result = run_folder_on_ray(lite_artifact, root, tmp_path / "ray", actors=2, threads_per_actor=1)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    run_folder(load_model(lite_artifact), root, tmp_path / "local")
+    assert _files(tmp_path / "ray") == _files(tmp_path / "local")
+    assert result.done == len(expected) + extra
+    assert result.nodes == 2  # each actor needs the one CPU a node has: one actor per node wrote masks
