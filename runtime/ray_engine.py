@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from isnet.core import IsnetError
-from isnet.runtime.stream import StreamResult, finish_run, plan_folder
+from isnet.core import IsnetError, first_line
+from isnet.runtime.stream import Item, StreamResult, finish_run, plan_folder
 
 # Images per map_batches call: the unit Ray schedules, retries after a failure and reports back.
 IMAGES_PER_TASK = 64
@@ -69,7 +69,8 @@ class MaskWriter:
 
 
 def _connect(ray, address: str | None) -> bool:
-    """Join ``address``, else ``RAY_ADDRESS``, else start a local instance; True when this call started it."""
+    """Join ``address``, else ``RAY_ADDRESS``, else a cluster ``ray start`` runs on this machine, else
+    start a local instance (``ray.init``'s own order); True when this call connected."""
     if ray.is_initialized():
         return False
     options = {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": False}
@@ -77,22 +78,47 @@ def _connect(ray, address: str | None) -> bool:
         if address:
             ray.init(address=address, **options)
         else:
-            ray.init(**options)  # honours RAY_ADDRESS; otherwise a local instance on this machine's cores
+            ray.init(**options)  # RAY_ADDRESS, a `ray start` cluster here, else a new local instance
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = address or os.environ.get("RAY_ADDRESS") or "a local instance"
         raise IsnetError(f"cannot start or join Ray at {where}: {str(exc).splitlines()[0]}") from None
+    for name in ("ray", "ray.data"):  # its progress and plan notes; the command reports for itself
+        logging.getLogger(name).setLevel(logging.ERROR)
     return True
 
 
-def _sweep_temporary_masks(output_dir: Path) -> int:
-    """Remove the temporary files killed writers left (never a finished mask); return how many."""
+def _sweep_temporary_masks(output_dir: Path, items: list[Item]) -> int:
+    """Remove the temporary files killed writers left for this run's masks (``.<stem>.<hex>.tmp.png``
+    beside a planned mask; nothing else is touched); return how many."""
+    stems: dict[Path, set[str]] = {}
+    for item in items:
+        mask = output_dir / item.mask
+        stems.setdefault(mask.parent, set()).add(mask.stem)
     removed = 0
-    for folder, _, files in os.walk(output_dir):
-        for name in files:
-            if _ATOMIC_TEMP.match(name):
-                Path(folder, name).unlink(missing_ok=True)
+    for folder, wanted in stems.items():
+        if not folder.is_dir():
+            continue
+        for entry in os.scandir(folder):
+            if _ATOMIC_TEMP.match(entry.name) and entry.name[1:].rsplit(".", 3)[0] in wanted:
+                Path(entry.path).unlink(missing_ok=True)
                 removed += 1
     return removed
+
+
+def _one_line(ray, exc: BaseException) -> IsnetError:
+    """A worker's failure as the one-line error the command prints: an IsnetError raised in an actor
+    (a model its node cannot open, say) keeps its message; anything else is named by its first line."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, IsnetError):
+            return IsnetError(f"a Ray worker failed: {seen}")
+        seen = getattr(seen, "cause", None) or seen.__cause__
+    # An actor that died in its constructor reaches the driver as text: its error is one of the lines.
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    for line in text.splitlines():
+        if "IsnetError: " in line:
+            return IsnetError(f"a Ray worker failed: {line.split('IsnetError: ', 1)[1]}")
+    return IsnetError(f"a Ray worker failed: {first_line(Exception(text))}")
 
 
 def run_folder_on_ray(model: str | os.PathLike, image_dir: str | os.PathLike, output_dir: str | os.PathLike,
@@ -125,28 +151,35 @@ def run_folder_on_ray(model: str | os.PathLike, image_dir: str | os.PathLike, ou
             context.enable_progress_bars = False  # the command draws its own
             cpus = int(ray.cluster_resources().get("CPU", 1))
             pool = actors or max(1, cpus // threads_per_actor)
-            # Blocks of at most IMAGES_PER_TASK images, and at least a few per actor so that all of them work.
-            blocks = min(len(plan.todo), max(4 * pool, -(-len(plan.todo) // IMAGES_PER_TASK)))
+            # Ray Data bundles blocks up to batch_size rows per task: at most IMAGES_PER_TASK images, and
+            # few enough that a small folder still gives every actor a share.
+            per_task = max(1, min(IMAGES_PER_TASK, -(-len(plan.todo) // pool)))
+            blocks = min(len(plan.todo), max(4 * pool, -(-len(plan.todo) // per_task)))
             dataset = ray.data.from_items([{"relative": item.relative, "mask": item.mask} for item in plan.todo],
                                           override_num_blocks=blocks)
             written = dataset.map_batches(
-                MaskWriter, batch_size=IMAGES_PER_TASK, batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(size=pool), num_cpus=min(threads_per_actor, cpus),
+                MaskWriter, batch_size=per_task, batch_format="numpy",
+                # One batch at a time per actor: a batch queued behind a busy actor would wait while another idles.
+                compute=ray.data.ActorPoolStrategy(size=pool, max_tasks_in_flight_per_actor=1),
+                num_cpus=min(threads_per_actor, cpus),
                 fn_constructor_kwargs={"model": str(model), "threads": threads_per_actor,
                                        "load_options": load_options or {}, "image_dir": str(image_dir),
                                        "output_dir": str(output_dir), "batch": batch, "min_max": min_max})
             # Ray Data restarts a dead actor and retries its batch by default (max_restarts=-1).
-            for rows in written.iter_batches(batch_size=None, batch_format="numpy"):
-                nodes.update(rows["node"])
-                for relative, error in zip(rows["relative"], rows["error"]):
-                    if error:
-                        failures.append((str(relative), str(error)))
-                    else:
-                        done += 1
-                if progress is not None:
-                    progress(len(rows["relative"]), to_process)
+            try:
+                for rows in written.iter_batches(batch_size=None, batch_format="numpy"):
+                    nodes.update(rows["node"])
+                    for relative, error in zip(rows["relative"], rows["error"]):
+                        if error:
+                            failures.append((str(relative), str(error)))
+                        else:
+                            done += 1
+                    if progress is not None:
+                        progress(len(rows["relative"]), to_process)
+            except ray.exceptions.RayError as exc:
+                raise _one_line(ray, exc) from None
     finally:
         if started_here:
             ray.shutdown()
-    _sweep_temporary_masks(output_dir)
+        _sweep_temporary_masks(output_dir, plan.todo)
     return finish_run(output_dir, total, done, plan.skipped, failures, time.perf_counter() - start, nodes=len(nodes))

@@ -142,14 +142,15 @@ def run_folder(model: LoadedModel, image_dir: str | os.PathLike, output_dir: str
         progress(len(failures), to_process)
     done = 0
     start = time.perf_counter()
-    for item in process_items(model, image_dir, output_dir, plan.todo, batch, min_max, io_threads,
-                              maps_dir, maps_for):
-        if item.error is None:
-            done += 1
-        else:
-            failures.append((item.relative, item.error))
-        if progress is not None:
-            progress(1, to_process)
+    with contextlib.closing(process_items(model, image_dir, output_dir, plan.todo, batch, min_max, io_threads,
+                                          maps_dir, maps_for)) as finished:
+        for item in finished:
+            if item.error is None:
+                done += 1
+            else:
+                failures.append((item.relative, item.error))
+            if progress is not None:
+                progress(1, to_process)
     return finish_run(output_dir, total, done, plan.skipped, failures, time.perf_counter() - start)
 
 

@@ -141,6 +141,7 @@ def _quantize_int8(source: Path, target: Path, config: BuildConfig, work: Path,
     # rounding to correct: it keeps its source bias (with the shift, a layer kept float for accuracy
     # ran off by the other layers' correction: demo int8_auto dMAE +0.0034 -> +0.0006 without it).
     shifts: dict[str, np.ndarray] = {}
+    corrected_convs = [0]  # in the model quantize() wrote last
 
     def float_model(extra_float: list[str]) -> Path:
         """What gets quantized: the prepared graph, with corrected biases on the Convs quantized."""
@@ -148,7 +149,7 @@ def _quantize_int8(source: Path, target: Path, config: BuildConfig, work: Path,
             return prepared
         model = onnx.load(str(prepared))
         kept = set(extra_float)
-        correct_biases(model, {name: shift for name, shift in shifts.items() if name not in kept})
+        corrected_convs[0] = correct_biases(model, {name: shift for name, shift in shifts.items() if name not in kept})
         corrected = work / "bias_corrected.onnx"
         onnx.save(model, str(corrected))
         return corrected
@@ -177,6 +178,8 @@ def _quantize_int8(source: Path, target: Path, config: BuildConfig, work: Path,
         details["bias_correction"] = _measure_bias_shifts(prepared, quantize, source_data, progress, shifts)
     if judge is None:
         quantize([])
+        if shifts:
+            details["bias_correction"]["convs"] = corrected_convs[0]
         return details
 
     def candidates() -> list[tuple[str, ...]]:
@@ -192,6 +195,8 @@ def _quantize_int8(source: Path, target: Path, config: BuildConfig, work: Path,
 
     result = search_float_nodes(quantize, judge, candidates)
     details["budget"] = judge.summary(result)
+    if shifts:
+        details["bias_correction"]["convs"] = corrected_convs[0]  # the model written last is the one kept
     return details
 
 

@@ -8,7 +8,8 @@
 - ``GET /``: the page (plain HTML and JS, no external resources).
 
 Every request past the checks that need no body counts against ``max_queue``: one more is answered
-503 with ``Retry-After`` before its body is read, so memory is bounded by ``max_queue`` bodies.
+503 with ``Retry-After`` before its body is read, so at most ``max_queue`` requests hold a body (and,
+once decoded, an image) at a time.
 Decoding and encoding run on worker threads, inference on one thread behind a
 :class:`~.batcher.MicroBatcher`; the event loop only moves bytes. Every error is JSON
 ``{"error": "..."}``; the access log has one line per request (method, path, status, bytes, ms).
@@ -155,6 +156,8 @@ def _json_errors(endpoint):
             return _error(exc.status, str(exc))
         except QueueFull as exc:
             return _busy(f"busy: {exc}; retry shortly")
+        except HTTPException as exc:  # Starlette's own refusals (a malformed multipart form: 400)
+            return _error(exc.status_code, str(exc.detail), **(exc.headers or {}))
         except ClientDisconnect:
             return Response(status_code=400)  # nobody reads it; the access log shows the request
         except Exception as exc:  # noqa: BLE001 -- a bug must not take the server down or leak a traceback
@@ -230,7 +233,7 @@ def create_app(model_path: str | Path, settings: ServeSettings | None = None,
         return HTMLResponse(page)
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
-        return _error(exc.status_code, str(exc.detail))
+        return _error(exc.status_code, str(exc.detail), **(exc.headers or {}))
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -248,7 +251,7 @@ def create_app(model_path: str | Path, settings: ServeSettings | None = None,
               Route("/api/remove", remove, methods=["POST"]), Route("/", index, methods=["GET"])]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
     app.state.serving = serving
-    return BodyLimit(AccessLog(app), settings.max_body_bytes)
+    return AccessLog(BodyLimit(app, settings.max_body_bytes))
 
 
 class BodyLimit:

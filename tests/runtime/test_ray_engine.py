@@ -104,6 +104,18 @@ def test_a_worker_killed_mid_run_leaves_every_mask_complete(local_ray, lite_arti
     assert expected.done == 160 and _files(output) == _files(tmp_path / "local")
 
 
+def test_a_model_the_workers_cannot_open_is_a_one_line_error(local_ray, lite_artifact, photo_folder, tmp_path):
+    from isnet.core import IsnetError
+    from isnet.runtime.ray_engine import run_folder_on_ray
+
+    # An artifact refuses --size; the driver does not load the model, so the actors find out.
+    with pytest.raises(IsnetError) as error:
+        run_folder_on_ray(lite_artifact, photo_folder, tmp_path / "masks", actors=1, threads_per_actor=1,
+                          load_options={"size": (64, 64)})
+    message = str(error.value)
+    assert message.startswith("a Ray worker failed: ") and "drop --size" in message and "\n" not in message
+
+
 def test_without_the_extra_the_error_names_it(lite_artifact, photo_folder, tmp_path):
     import subprocess
     import sys
@@ -125,7 +137,7 @@ def test_ray_engine_on_a_two_node_cluster(lite_artifact, messy_folder, tmp_path)
     from isnet.runtime.ray_engine import run_folder_on_ray
 
     root, expected, _ = messy_folder
-    extra = _write_photos(root / "extra", 60)  # enough work that both actors get some
+    extra = _write_photos(root / "extra", 300)  # enough work that the second actor joins before it is done
     if ray.is_initialized():
         ray.shutdown()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})

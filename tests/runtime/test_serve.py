@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import cv2
@@ -125,17 +125,26 @@ def test_refusals_are_one_line_json(server, photo_folder, tmp_path):
         assert reply.headers["content-type"] == "application/json", name
         message = json.loads(reply.body)["error"]
         assert words in message and "\n" not in message and "Traceback" not in message, (name, message)
-    # The server is still up and answering.
+    assert cases["method"][0].headers.get("allow") == "POST"
+    # The server is still up and answering, and logged every refusal, those of the body limit too.
     assert post_image(server.port, data, content_type="image/jpeg").status == 200
+    time.sleep(0.2)
+    assert re.search(r"POST /invocations 413 \d+ ", server.log_text()) and re.search(r"POST /invocations 400 ", server.log_text())
 
 
-def test_a_decompression_bomb_is_refused_from_its_header(server):
+def test_decompression_bombs_are_refused_from_their_headers(server):
     # 60 megapixels of one grey level: about 60 KB of PNG, 180 MB once decoded.
     bomb = _png(np.zeros((6000, 10000), np.uint8))
     assert len(bomb) < 1024 * 1024
     reply = post_image(server.port, bomb, content_type="image/png")
     assert reply.status == 413
     assert "60,000,000 pixels" in json.loads(reply.body)["error"]
+    # The same in a compressed npz: 192 MB of zeros in about 200 KB.
+    packed = io.BytesIO()
+    np.savez_compressed(packed, input_0=np.zeros((3, 8000, 8000), np.uint8))
+    assert len(packed.getvalue()) < 1024 * 1024
+    reply = post_image(server.port, packed.getvalue(), content_type="application/x-npz")
+    assert reply.status == 413 and "64,000,000 pixels" in json.loads(reply.body)["error"]
 
 
 def test_access_log_has_method_path_status_bytes_and_latency(server, photo_folder):
@@ -173,6 +182,8 @@ def test_rembg_remove_endpoint(server, photo_folder):
     missing = call(server.port, "POST", "/api/remove", f"--{boundary}--\r\n".encode(),
                    {"Content-Type": f"multipart/form-data; boundary={boundary}"})
     assert missing.status == 400 and "'file'" in json.loads(missing.body)["error"]
+    malformed = call(server.port, "POST", "/api/remove", b"no form here", {"Content-Type": "multipart/form-data"})
+    assert malformed.status == 400 and "error" in json.loads(malformed.body)
 
 
 def test_concurrent_requests_are_batched_with_the_unbatched_answers(server, tmp_path):
@@ -200,13 +211,16 @@ def test_full_queue_answers_503_with_retry_after(lite_artifact, tmp_path):
 
 def test_sigterm_drains_requests_in_flight(lite_artifact, tmp_path):
     images = [_big_photo(i, (2000, 2400)) for i in range(6)]
-    with running_server(lite_artifact, tmp_path) as running:
+    with running_server(lite_artifact, tmp_path, "--max-batch", "1") as running:
         with ThreadPoolExecutor(6) as pool:
             futures = [pool.submit(post_image, running.port, data) for data in images]
-            time.sleep(0.05)
+            # SIGTERM once the first answer is back: the others were sent and are being worked on.
+            next(as_completed(futures))
             running.process.send_signal(signal.SIGTERM)
             started = time.monotonic()
+            in_flight = sum(not future.done() for future in futures)
             replies = [future.result() for future in futures]
+        assert in_flight >= 1
         assert running.process.wait(timeout=30) == 0
         assert time.monotonic() - started < 30
     assert [reply.status for reply in replies] == [200] * 6
@@ -217,13 +231,15 @@ def test_ping_is_503_until_the_model_answered_a_warm_up(u2netp, tmp_path):
     process = subprocess.Popen([str(Path(sys.executable).parent / "isnet"), "serve", "--model", str(u2netp),
                                 "--port", str(port), "--max-batch", "8"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    seen = []
+    seen, early = [], []
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and (not seen or seen[-1][0] != 200):
             try:
                 reply = call(port, "GET", "/ping", timeout=5)
                 seen.append((reply.status, reply.body, reply.headers.get("retry-after")))
+                if reply.status == 503 and not early:
+                    early.append(post_image(port, _big_photo(0, (320, 320))))
             except OSError:
                 time.sleep(0.02)
         statuses = [status for status, _, _ in seen]
@@ -232,6 +248,7 @@ def test_ping_is_503_until_the_model_answered_a_warm_up(u2netp, tmp_path):
         assert all(retry == "1" for status, _, retry in seen if status == 503)
         assert statuses.index(200) > statuses.index(503)
         # Invocations before readiness are refused the same way; after, they work.
+        assert early and early[0].status == 503 and early[0].headers["retry-after"] == "1"
         assert post_image(port, _big_photo(0, (320, 320))).status == 200
     finally:
         process.terminate()
