@@ -22,6 +22,14 @@ DEMO_WEIGHTS = ROOT / "export" / "weights" / "isnet-demo.pth"
 DEMO_HELD_OUT_FROM = 450
 
 
+def ecssd_work_folder(work: Path, script: str) -> Path:
+    """``work``, created, once ECSSD is known to be there (a one-line exit naming ``script`` if not)."""
+    if not (ECSSD / "image").is_dir():
+        raise SystemExit(f"{script}: ECSSD not found at {ECSSD}")
+    work.mkdir(parents=True, exist_ok=True)
+    return work
+
+
 def evaluation_start(weights) -> int:
     """Index of the first ECSSD picture to evaluate ``weights`` on: 50, or 450 for the demo checkpoint."""
     return DEMO_HELD_OUT_FROM if Path(str(weights)).resolve() == DEMO_WEIGHTS.resolve() else 50

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import ECSSD, build_preset, markdown, split_ecssd
+from _common import ECSSD, build_preset, ecssd_work_folder, markdown, split_ecssd
 from pretrained import fetch_u2netp
 
 
@@ -40,11 +40,7 @@ def main() -> int:
     args = parser.parse_args()
     from isnet.runtime import host_info
 
-    if not (ECSSD / "image").is_dir():
-        print(f"bench/distributed.py: ECSSD not found at {ECSSD}", file=sys.stderr)
-        return 2
-    work = args.work
-    work.mkdir(parents=True, exist_ok=True)
+    work = ecssd_work_folder(args.work, "bench/distributed.py")
     calib, _ = split_ecssd(work)
     artifact = build_preset("u2netp_int8_max", "int8_max", fetch_u2netp(), calib, work)
     images = ECSSD / "image"

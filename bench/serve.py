@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-from _common import ECSSD, REMBG, build_preset, markdown, rembg_venv, split_ecssd
+from _common import REMBG, build_preset, ecssd_work_folder, markdown, rembg_venv, split_ecssd
 from pretrained import fetch_u2netp
 
 WARMUP_REQUESTS = 32
@@ -152,11 +152,7 @@ def main() -> int:
     args = parser.parse_args()
     from isnet.runtime import host_info
 
-    if not (ECSSD / "image").is_dir():
-        print(f"bench/serve.py: ECSSD not found at {ECSSD}", file=sys.stderr)
-        return 2
-    work = args.work
-    work.mkdir(parents=True, exist_ok=True)
+    work = ecssd_work_folder(args.work, "bench/serve.py")
     model = fetch_u2netp()
     calib, evaluation = split_ecssd(work, count=args.images)
     artifact = build_preset("u2netp_int8_max", "int8_max", model, calib, work)
