@@ -11,11 +11,22 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+
+
+_TEMP_HEX = 12  # hex digits of the unique part of an atomic_path temporary name
+
+
+def atomic_temp_target(name: str) -> str | None:
+    """The final file name an :func:`atomic_path` temporary name (``.<stem>.<hex>.tmp<suffix>``) was
+    for, or None for any other name: what a writer killed mid-write leaves behind."""
+    match = re.fullmatch(rf"\.(.+)\.[0-9a-f]{{{_TEMP_HEX}}}\.tmp(\.[^.]*)?", name)
+    return f"{match.group(1)}{match.group(2) or ''}" if match else None
 
 
 @contextlib.contextmanager
@@ -27,7 +38,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # A fresh unique name (not mkstemp) so the file gets the user's umask permissions, not 0600.
-    tmp = path.parent / f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}"
+    tmp = path.parent / f".{path.stem}.{uuid.uuid4().hex[:_TEMP_HEX]}.tmp{path.suffix}"
     try:
         yield tmp
         os.replace(tmp, path)

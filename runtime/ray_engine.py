@@ -24,13 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from isnet.core import IsnetError, first_line
-from isnet.runtime.stream import Item, StreamResult, finish_run, plan_folder
+from isnet.core import IsnetError, atomic_temp_target, first_line
+from isnet.runtime.stream import Item, StreamResult, finish_run, plan_folder, process_items
 
 # Images per map_batches call: the unit Ray schedules, retries after a failure and reports back.
 IMAGES_PER_TASK = 64
-# A temporary file of isnet.core.atomic_path for a mask: .<stem>.<12 hex digits>.tmp.png
-_ATOMIC_TEMP = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp\.png$")
+THREADS_PER_ACTOR = 2
 
 
 def _import_ray():
@@ -54,8 +53,6 @@ class MaskWriter:
         self.batch, self.min_max = batch, min_max
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from isnet.runtime.stream import Item, process_items
-
         items = [Item(str(relative), str(mask)) for relative, mask in zip(rows["relative"], rows["mask"])]
         # Two I/O threads beside inference, as the local engine has on a 2-core host.
         finished = list(process_items(self.model, self.image_dir, self.output_dir, items, self.batch,
@@ -90,22 +87,22 @@ def _connect(ray, address: str | None) -> bool:
 def _sweep_temporary_masks(output_dir: Path, items: list[Item]) -> int:
     """Remove the temporary files killed writers left for this run's masks (``.<stem>.<hex>.tmp.png``
     beside a planned mask; nothing else is touched); return how many."""
-    stems: dict[Path, set[str]] = {}
+    masks: dict[Path, set[str]] = {}
     for item in items:
         mask = output_dir / item.mask
-        stems.setdefault(mask.parent, set()).add(mask.stem)
+        masks.setdefault(mask.parent, set()).add(mask.name)
     removed = 0
-    for folder, wanted in stems.items():
+    for folder, wanted in masks.items():
         if not folder.is_dir():
             continue
         for entry in os.scandir(folder):
-            if _ATOMIC_TEMP.match(entry.name) and entry.name[1:].rsplit(".", 3)[0] in wanted:
+            if atomic_temp_target(entry.name) in wanted:
                 Path(entry.path).unlink(missing_ok=True)
                 removed += 1
     return removed
 
 
-def _one_line(ray, exc: BaseException) -> IsnetError:
+def _one_line(exc: BaseException) -> IsnetError:
     """A worker's failure as the one-line error the command prints: an IsnetError raised in an actor
     (a model its node cannot open, say) keeps its message; anything else is named by its first line."""
     seen = exc
@@ -123,13 +120,14 @@ def _one_line(ray, exc: BaseException) -> IsnetError:
 
 def run_folder_on_ray(model: str | os.PathLike, image_dir: str | os.PathLike, output_dir: str | os.PathLike,
                       batch: int = 1, resume: bool = False, suffixes: str | None = None, min_max: bool = False,
-                      address: str | None = None, actors: int | None = None, threads_per_actor: int = 2,
+                      address: str | None = None, actors: int | None = None, threads_per_actor: int | None = None,
                       load_options: dict | None = None,
                       progress: Callable[[int, int], None] | None = None) -> StreamResult:
     """:func:`isnet.runtime.run_folder`'s job with ``actors`` Ray actors of ``threads_per_actor`` inference
     threads each (default: as many as the cluster's CPUs allow, at least one). Same outputs, same
     ``failures.txt``, same ``progress(n, total)`` calls; ``load_options`` go to ``load_model`` (``size``,
     ``preprocess``)."""
+    threads_per_actor = threads_per_actor or THREADS_PER_ACTOR
     if batch < 1 or threads_per_actor < 1 or (actors is not None and actors < 1):
         raise IsnetError("--batch, --actors and --threads-per-actor must be at least 1")
     ray = _import_ray()
@@ -177,7 +175,7 @@ def run_folder_on_ray(model: str | os.PathLike, image_dir: str | os.PathLike, ou
                     if progress is not None:
                         progress(len(rows["relative"]), to_process)
             except ray.exceptions.RayError as exc:
-                raise _one_line(ray, exc) from None
+                raise _one_line(exc) from None
     finally:
         if started_here:
             ray.shutdown()

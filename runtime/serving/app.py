@@ -187,8 +187,7 @@ def create_app(model_path: str | Path, settings: ServeSettings | None = None,
             return _busy("the model is still loading")
         return Response(b"", status_code=200)
 
-    async def predict(body: bytes, kind: str, keep_rgb: bool = False):
-        model = ready_model()
+    async def predict(model: LoadedModel, body: bytes, kind: str, keep_rgb: bool = False):
         started = time.perf_counter()
         decoded = await serving.in_io_thread(payloads.decode_body, body, kind, model.preprocessor,
                                              settings.max_pixels, keep_rgb)
@@ -201,17 +200,17 @@ def create_app(model_path: str | Path, settings: ServeSettings | None = None,
         answer_type = payloads.response_type(request.headers.get("accept"))
         content_type = payloads.media_type(request.headers.get("content-type"))
         payloads.body_kind(content_type, b"")  # 415 before the body is read
-        ready_model()
+        model = ready_model()
         with serving.admitted():
             body = await request.body()
-            decoded, prediction, details = await predict(body, payloads.body_kind(content_type, body))
+            decoded, prediction, details = await predict(model, body, payloads.body_kind(content_type, body))
             content = await serving.in_io_thread(payloads.encode_response, prediction.output, decoded.geometry,
                                                  answer_type, details)
         return Response(content, media_type=answer_type)
 
     @_json_errors
     async def remove(request: Request) -> Response:
-        ready_model()
+        model = ready_model()
         with serving.admitted():
             form = await request.form(max_files=1, max_fields=16)
             upload = form.get("file")
@@ -220,7 +219,7 @@ def create_app(model_path: str | Path, settings: ServeSettings | None = None,
             body = await upload.read()
             only_mask = str(request.query_params.get("om", form.get("om", ""))).lower() in ("true", "1", "yes", "on")
             await form.close()
-            decoded, prediction, _ = await predict(body, "image", keep_rgb=not only_mask)
+            decoded, prediction, _ = await predict(model, body, "image", keep_rgb=not only_mask)
 
             def encode() -> bytes:
                 saliency = payloads.restored_map(prediction.output, decoded.geometry)

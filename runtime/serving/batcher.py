@@ -52,8 +52,6 @@ class MicroBatcher:
         self._queue: asyncio.Queue[_Waiting] | None = None
         self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="isnet-infer")
-        self.calls = 0  # inference calls made
-        self.inputs = 0  # inputs they carried
 
     def start(self) -> None:
         """Start gathering (in the running event loop)."""
@@ -119,8 +117,6 @@ class MicroBatcher:
                             member.future.set_exception(exc)
                     continue
                 seconds = time.perf_counter() - started
-                self.calls += 1
-                self.inputs += len(members)
                 for member, output in zip(members, outputs):
                     if not member.future.done():  # its client may have gone
                         member.future.set_result(Prediction(output, len(members), started - member.submitted,

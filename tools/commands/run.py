@@ -37,7 +37,7 @@ class RunCommand:
                             help="Ray cluster to join (default $RAY_ADDRESS, else a local Ray instance)")
         engine.add_argument("--actors", type=positive_int, default=None,
                             help="Ray actors, each holding the model once (default: cluster CPUs / threads)")
-        engine.add_argument("--threads-per-actor", type=positive_int, default=2,
+        engine.add_argument("--threads-per-actor", type=positive_int, default=None,
                             help="inference threads (and CPUs reserved) per Ray actor (default 2)")
 
     def run(self, args: argparse.Namespace) -> int:
@@ -46,7 +46,7 @@ class RunCommand:
         from isnet.runtime import load_model, run_folder
 
         ray_only = [flag for flag, value in (("--address", args.address), ("--actors", args.actors),
-                                             ("--threads-per-actor", args.threads_per_actor != 2)) if value]
+                                             ("--threads-per-actor", args.threads_per_actor)) if value]
         if args.engine == "local" and ray_only:
             raise IsnetError(f"{', '.join(ray_only)} apply to --engine ray only")
         bars = []
