@@ -142,15 +142,20 @@ def test_layers_kept_float_keep_their_source_bias_under_bias_correction(lifted_c
     """Bias correction shifts each quantized Conv's bias by its weight rounding's mean error; a Conv the
     budget keeps in float has no such error, so it must run with the bias it came with."""
     config_path, _ = lifted_config
+    # With bias correction the max-calibrated build drifts ~1e-5, where which layers help is timer
+    # noise; ranges clipped at the 90th percentile drift ~0.13 and the first float group takes a
+    # quarter off, so a budget 10% under the all-int8 drift needs float layers on any machine.
+    correction = ["backend.quantize.bias_correction=true", "backend.quantize.calibrate_mode=percentile",
+                  "backend.quantize.percentile=90"]
     source = onnx.load(str(lifted_onnx[0]))
     source_bias = {node.name: onnx.numpy_helper.to_array(next(i for i in source.graph.initializer
                                                                if i.name == node.input[2]))
                    for node in source.graph.node if node.op_type == "Conv" and len(node.input) > 2}
-    correction = "backend.quantize.bias_correction=true"
-    loose = build_artifact(load_build_config(config_path({"mean_abs": 1.0}, "loose").config_path, [NO_GUARD, correction]),
+    loose = build_artifact(load_build_config(config_path({"mean_abs": 1.0}, "loose").config_path, [NO_GUARD, *correction]),
                            scorer=mask_scores)
     drift = loose.info["backend_details"]["budget"]["drift"]["mean_abs"]
-    result = build_artifact(load_build_config(config_path({"mean_abs": drift * 0.9}).config_path, [NO_GUARD, correction]),
+    assert drift > 0.01
+    result = build_artifact(load_build_config(config_path({"mean_abs": drift * 0.9}).config_path, [NO_GUARD, *correction]),
                             scorer=mask_scores)
     details = result.info["backend_details"]
     assert details["bias_correction"]["convs"] > 0
