@@ -11,7 +11,8 @@ Each build goes through ``isnet compare`` (so the numbers are the ones a user se
 S-measure and max F of every build and their change from fp32 (dMAE, dSm, dmaxF), the mean
 |difference| of the raw maps from fp32's, images/s and the build time. ``*_no_fallback`` builds
 quantize the tensors with an outlier channel too (``outlier_channel_ratio: null``), as every
-build did before the fallback; ``*_bias_corrected`` builds add ``bias_correction: true``.
+build did before the fallback; ``*_bias_corrected`` builds add ``bias_correction: true``,
+``*_equalized`` builds ``equalize: true``; suffixes combine (``int8_max_equalized_bias_corrected``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from pretrained import fetch_u2netp
 BUILDS = ("fp32,int8_auto,int8_max,int8_max_bias_corrected,int8_max_no_fallback,int8_kl,int8_percentile,int8_mse,"
           "ov_int8_max")
 # Name suffixes: settings added to the preset named before them.
-VARIANTS = {"_no_fallback": {"outlier_channel_ratio": None}, "_bias_corrected": {"bias_correction": True}}
+VARIANTS = {"_no_fallback": {"outlier_channel_ratio": None}, "_bias_corrected": {"bias_correction": True},
+            "_equalized": {"equalize": True}}
 # The issue's goal for a budgeted build, and the budget int8_auto gets (validated on 0051-0100).
 BUDGET = {"mae": 0.0005, "sm": 0.001, "maxfmeasure": 0.002}
 
@@ -38,14 +40,14 @@ def _builds(names: list[str]) -> dict:
 
     builds = {}
     for name in names:
-        suffix = next((s for s in VARIANTS if name.endswith(s)), "")
-        preset = name.removesuffix(suffix) if suffix else name
+        preset, settings = name, {}
+        while suffix := next((s for s in VARIANTS if preset.endswith(s)), ""):
+            preset, settings = preset.removesuffix(suffix), {**VARIANTS[suffix], **settings}
         if preset not in PRESETS:
             raise SystemExit(f"bench/fidelity.py: unknown build {name}; presets: {', '.join(PRESETS)}")
         spec = {key: dict(value) if isinstance(value, dict) else value for key, value in PRESETS[preset].items()}
-        if suffix:
-            spec["backend"] = {**spec["backend"], "quantize": {**spec["backend"].get("quantize", {}),
-                                                               **VARIANTS[suffix]}}
+        if settings:
+            spec["backend"] = {**spec["backend"], "quantize": {**spec["backend"].get("quantize", {}), **settings}}
         builds[name] = spec
     return builds
 

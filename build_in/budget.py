@@ -40,6 +40,10 @@ from isnet.core import IsnetError
 MaskScorer = Callable[[list[np.ndarray], list[np.ndarray]], dict[str, float]]
 # Past this share of the quantized activations kept in float, int8 buys little: the search stops there.
 MAX_FLOAT_SHARE = 0.25
+# The ranking: validation images the layer-wise drift and the effect of each leading candidate are
+# measured on, and how many leading candidates are measured (rank_by_effect).
+DRIFT_IMAGES = 8
+MEASURED_CANDIDATES = 32
 
 
 def validation_pairs(config: BuildConfig) -> list[tuple[str, Path, Path]]:
@@ -300,9 +304,7 @@ def _unreachable(judge: DriftJudge, check: BudgetCheck, count: int) -> str:
 def describe_budget(record: dict) -> str:
     """One line for a ``build.json`` budget record (``backend_details.budget``)."""
     drift = ", ".join(f"{key} {record['drift'][key]:.4f} (<= {bound:g})" for key, bound in record["bounds"].items())
-    if "trials" not in record:  # OpenVINO: NNCF's accuracy control
-        how = f"{record['method']} took {record['accuracy_control_seconds']:.0f} s"
-    elif record["float_nodes"]:
+    if record["float_nodes"]:
         how = (f"kept {len(record['float_nodes'])} more nodes in float (estimated speed cost "
                f"{record['estimated_speed_cost']:.0%}); {len(record['trials'])} trials")
     else:

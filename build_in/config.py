@@ -127,9 +127,13 @@ class QuantizeConfig:
     # A tensor whose widest channel reaches this many times its median channel stays in float
     # (isnet.build_in.calibration.outlier_channels); null quantizes it anyway.
     outlier_channel_ratio: float | None = bounded(10.0, above=1)
-    # Fold each quantized Conv's mean output shift into its bias (ONNX Runtime;
-    # isnet.build_in.bias_correction).
+    # Fold each quantized Conv's mean output shift into its bias (ONNX Runtime:
+    # isnet.build_in.bias_correction; OpenVINO: NNCF's fast bias correction).
     bias_correction: bool = False
+    # Scale outlier channels down where they are made and up in the Convs reading them, so they
+    # can be quantized instead of kept float (isnet.build_in.equalize); what it cannot reach the
+    # outlier_channel_ratio fallback keeps in float.
+    equalize: bool = False
 
 
 @dataclass(frozen=True)

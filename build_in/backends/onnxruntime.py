@@ -7,6 +7,7 @@ import fnmatch
 import io
 import logging
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -14,18 +15,16 @@ import onnx
 
 from isnet.build_in.backends.onnxruntime_runner import OnnxRuntimeRunner, open_runner  # noqa: F401 -- a backend opens its artifacts
 from isnet.build_in.bias_correction import conv_weight_error_shifts, correct_biases
-from isnet.build_in.budget import MAX_FLOAT_SHARE, DriftJudge, rank_by_effect, search_float_nodes
+from isnet.build_in.budget import (DRIFT_IMAGES, MAX_FLOAT_SHARE, MEASURED_CANDIDATES, DriftJudge, rank_by_effect,
+                                   search_float_nodes)
 from isnet.build_in.calibration import (MSE_MAX_BINS, OUTLIER_RATIO, CalibrationSource, compute_tensor_ranges,
                                         float_tensor_nodes, outlier_channels)
 from isnet.build_in.config import BuildConfig, CalibrationMode, Precision, QuantType
+from isnet.build_in.equalize import equalize_outlier_channels
 from isnet.build_in.layer_drift import float_candidates, measure_layer_drift
 from isnet.core import IsnetError
 
 MODEL_FILE = "model.onnx"
-# A budgeted build's ranking: validation images the layer-wise drift and the effect of each leading
-# candidate are measured on, and how many leading candidates are measured (budget.rank_by_effect).
-DRIFT_IMAGES = 8
-MEASURED_CANDIDATES = 32
 # Calibration images bias correction measures the shifts on.
 BIAS_CORRECTION_IMAGES = 16
 PRECISIONS = (Precision.FP32, Precision.FP16, Precision.INT8)
@@ -126,6 +125,19 @@ def _quantize_int8(source: Path, target: Path, config: BuildConfig, work: Path,
     # Which tensors the quantizer reads depends on the excluded nodes, so calibration runs again
     # (unless it measured every tensor, as it does for a budgeted build).
     outliers = outlier_channels(channel_ranges, quant.outlier_channel_ratio or OUTLIER_RATIO)
+    equalized: list = []
+    if quant.equalize and outliers:
+        # Equalised channels are quantized like the others; calibration runs again on the
+        # rescaled graph, and what equalisation could not reach is left to the float fallback.
+        model = onnx.load(str(prepared))
+        equalized = equalize_outlier_channels(model, channel_ranges, outliers)
+        if equalized:
+            prepared = work / "equalized.onnx"
+            onnx.save(model, str(prepared))
+            graph = model.graph
+            channel_ranges = {}
+            ranges = calibrate(exclude, "calibrate (equalised)", channel_ranges)
+            outliers = outlier_channels(channel_ranges, quant.outlier_channel_ratio or OUTLIER_RATIO)
     kept_float = []
     if quant.outlier_channel_ratio is not None and outliers:
         kept_float = float_tensor_nodes(graph, [item["tensor"] for item in outliers], exclude)
@@ -174,6 +186,8 @@ def _quantize_int8(source: Path, target: Path, config: BuildConfig, work: Path,
 
     details = {"excluded_nodes": exclude, "calibrated_tensors": len(ranges.data),
                "outlier_tensors": outliers[:10], "outlier_nodes_in_float": kept_float}
+    if quant.equalize:
+        details["equalized_channels"] = [asdict(item) for item in equalized]
     if quant.bias_correction:
         details["bias_correction"] = _measure_bias_shifts(prepared, quantize, source_data, progress, shifts)
     if judge is None:

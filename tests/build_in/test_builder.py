@@ -185,6 +185,14 @@ def test_a_tensor_with_an_outlier_channel_stays_float_and_the_build_drifts_less(
     assert any(n.op_type == "QuantizeLinear" and lifted in n.input for n in plain_model.graph.node)
     assert plain.info["backend_details"]["outlier_nodes_in_float"] == []
     assert guarded.info["fidelity"]["mean_abs_diff"] < plain.info["fidelity"]["mean_abs_diff"]
+    # Equalisation rescales the wide channels it can reach exactly (on this random model, many
+    # concatenations of branches of very different reach), but not the lifted one: that ReLU
+    # output is also the RSU block's residual, read by an Add. The fallback still keeps it float.
+    equalized = build_artifact(load_build_config(config, ["name=equalized", "backend.quantize.equalize=true"]))
+    after = equalized.info["backend_details"]
+    assert after["equalized_channels"] and lifted not in {item["tensor"] for item in after["equalized_channels"]}
+    assert lifted in {item["tensor"] for item in after["outlier_tensors"]}
+    assert set(details["outlier_nodes_in_float"]) & set(after["outlier_nodes_in_float"])
     # The detector itself: one channel 20x the median reach, near-constant.
     low, high = np.zeros(8, np.float32), np.full(8, 2.0, np.float32)
     low[3], high[3] = 39.5, 40.0
