@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -186,3 +187,14 @@ def equalize_outlier_channels(model: onnx.ModelProto, channel_ranges: dict[str, 
             done.append(ScaledChannel(item["tensor"], int(channel), conv.name, out_channel, round(scale, 3),
                                       tuple(reader.name for reader, _ in readers)))
     return done
+
+
+def equalize_model_file(source: Path, target: Path, channel_ranges: dict[str, tuple[np.ndarray, np.ndarray]],
+                        outliers: Sequence[dict]) -> list[ScaledChannel]:
+    """:func:`equalize_outlier_channels` on the ONNX file ``source``; the result is written to
+    ``target`` when a channel was scaled (nothing is written otherwise)."""
+    model = onnx.load(str(source))
+    scaled = equalize_outlier_channels(model, channel_ranges, outliers)
+    if scaled:
+        onnx.save(model, str(target))
+    return scaled

@@ -20,7 +20,7 @@ from isnet.build_in.budget import (DRIFT_IMAGES, MAX_FLOAT_SHARE, MEASURED_CANDI
 from isnet.build_in.calibration import (MSE_MAX_BINS, OUTLIER_RATIO, CalibrationSource, compute_tensor_ranges,
                                         float_tensor_nodes, outlier_channels)
 from isnet.build_in.config import BuildConfig, CalibrationMode, Precision, QuantType
-from isnet.build_in.equalize import equalize_outlier_channels
+from isnet.build_in.equalize import equalize_model_file
 from isnet.build_in.layer_drift import float_candidates, measure_layer_drift
 from isnet.core import IsnetError
 
@@ -129,12 +129,10 @@ def _quantize_int8(source: Path, target: Path, config: BuildConfig, work: Path,
     if quant.equalize and outliers:
         # Equalised channels are quantized like the others; calibration runs again on the
         # rescaled graph, and what equalisation could not reach is left to the float fallback.
-        model = onnx.load(str(prepared))
-        equalized = equalize_outlier_channels(model, channel_ranges, outliers)
+        equalized = equalize_model_file(prepared, work / "equalized.onnx", channel_ranges, outliers)
         if equalized:
             prepared = work / "equalized.onnx"
-            onnx.save(model, str(prepared))
-            graph = model.graph
+            graph = onnx.load(str(prepared), load_external_data=False).graph
             channel_ranges = {}
             ranges = calibrate(exclude, "calibrate (equalised)", channel_ranges)
             outliers = outlier_channels(channel_ranges, quant.outlier_channel_ratio or OUTLIER_RATIO)
