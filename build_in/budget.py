@@ -304,7 +304,9 @@ def _unreachable(judge: DriftJudge, check: BudgetCheck, count: int) -> str:
 def describe_budget(record: dict) -> str:
     """One line for a ``build.json`` budget record (``backend_details.budget``)."""
     drift = ", ".join(f"{key} {record['drift'][key]:.4f} (<= {bound:g})" for key, bound in record["bounds"].items())
-    if record["float_nodes"]:
+    if "trials" not in record:  # an OpenVINO artifact built before 2026-12-04: NNCF's accuracy control
+        how = f"{record.get('method', 'accuracy control')} took {record.get('accuracy_control_seconds', 0):.0f} s"
+    elif record["float_nodes"]:
         how = (f"kept {len(record['float_nodes'])} more nodes in float (estimated speed cost "
                f"{record['estimated_speed_cost']:.0%}); {len(record['trials'])} trials")
     else:

@@ -81,7 +81,7 @@ class _Graph:
                 return None
             if node.op_type == "Conv":
                 return (node, channel) if self._own_weights(node) else None
-            if node.op_type in _HOMOGENEOUS:
+            if _channel_wise(node):
                 tensor = node.input[0]
             elif node.op_type == "Concat" and _concat_axis(node, self) == 1:
                 for name in node.input:
@@ -92,6 +92,8 @@ class _Graph:
                         tensor = name
                         break
                     channel -= count
+                else:
+                    return None  # shape information that does not add up
             else:
                 return None
 
@@ -107,7 +109,7 @@ class _Graph:
             if tensor in self.outputs:
                 return None
             for node, slot in self.readers.get(tensor, []):
-                if node.op_type in _HOMOGENEOUS and slot == 0:
+                if _channel_wise(node) and slot == 0:
                     stack.append((node.output[0], index))
                 elif node.op_type == "Concat" and _concat_axis(node, self) == 1:
                     counts = [self.channels.get(name) for name in node.input[:slot]]
@@ -136,6 +138,13 @@ class _Graph:
         init.CopyFrom(numpy_helper.from_array(values.astype(numpy_helper.to_array(init).dtype), name))
 
 
+def _channel_wise(node: onnx.NodeProto) -> bool:
+    """Whether ``node`` commutes with a positive per-channel scale (:data:`_HOMOGENEOUS`); a crop-and-resize
+    fills outside the crop with a constant, which a scale would not reach."""
+    return node.op_type in _HOMOGENEOUS and _attribute(node, "coordinate_transformation_mode", "") not in (
+        "tf_crop_and_resize", b"tf_crop_and_resize")
+
+
 def _attribute(node: onnx.NodeProto, name: str, default):
     attr = next((a for a in node.attribute if a.name == name), None)
     return default if attr is None else onnx.helper.get_attribute_value(attr)
@@ -154,8 +163,12 @@ def equalize_outlier_channels(model: onnx.ModelProto, channel_ranges: dict[str, 
 
     A channel is left alone when it is not made by a Conv of its own (reached through channel-wise
     ops and concatenations) or when something other than Convs reads it (an Add, a graph output):
-    there the scale could not be undone exactly. Each Conv channel is scaled once.
+    there the scale could not be undone exactly. Each Conv channel is scaled once. A graph with
+    subgraphs (If, Loop, Scan) is left as it is.
     """
+    if any(attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+           for node in model.graph.node for attr in node.attribute):
+        return []  # If / Loop / Scan bodies may read any tensor: the readers would not all be known
     graph = _Graph(model)
     done: list[ScaledChannel] = []
     scaled: set[tuple[str, int]] = set()
@@ -165,7 +178,7 @@ def equalize_outlier_channels(model: onnx.ModelProto, channel_ranges: dict[str, 
         target = target_ratio * item["median_reach"]
         for channel in np.flatnonzero(reach > target):
             made = graph.origin(item["tensor"], int(channel))
-            if made is None or (made[0].name, made[1]) in scaled:
+            if made is None or (made[0].output[0], made[1]) in scaled:  # names are optional in ONNX; outputs not
                 continue
             conv, out_channel = made
             readers = graph.region(conv, out_channel)
@@ -183,7 +196,7 @@ def equalize_outlier_channels(model: onnx.ModelProto, channel_ranges: dict[str, 
                 weight = graph.weight(reader)
                 weight[:, in_channel] *= scale
                 graph.replace(reader.input[1], weight)
-            scaled.add((conv.name, out_channel))
+            scaled.add((conv.output[0], out_channel))
             done.append(ScaledChannel(item["tensor"], int(channel), conv.name, out_channel, round(scale, 3),
                                       tuple(reader.name for reader, _ in readers)))
     return done

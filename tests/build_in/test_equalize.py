@@ -9,12 +9,13 @@ from isnet.build_in.equalize import equalize_outlier_channels
 from onnx import TensorProto, helper, numpy_helper
 
 
-def _model(rng, residual: bool = False) -> onnx.ModelProto:
+def _model(rng, residual: bool = False, exposed: bool = False) -> onnx.ModelProto:
     """x -> Conv a (3x3, padded) -> Relu -> MaxPool -> Resize x2 -> Concat with Conv b -> Relu -> Conv c.
 
     Channel 1 of Conv a gets a bias of 50 beside channels near 1: a near-constant outlier channel
     in the Concat that Conv c reads. ``residual`` also adds Conv a's ReLU output to a branch, so
-    the channel reaches an Add, where a scale cannot be undone.
+    the channel reaches an Add, where a scale cannot be undone; ``exposed`` makes that ReLU output a
+    graph output, which a scale would change.
     """
     def weights(name, *shape, bias=None):
         w = numpy_helper.from_array(rng.normal(0, 0.3, shape).astype(np.float32), name + "_w")
@@ -42,6 +43,8 @@ def _model(rng, residual: bool = False) -> onnx.ModelProto:
         nodes += [helper.make_node("Conv", ["a_relu", "d_w", "d_b"], ["d"], name="conv_d"),
                   helper.make_node("Add", ["d", "a_relu"], ["z"], name="add")]
         outputs.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 4, 16, 16]))
+    if exposed:
+        outputs.append(helper.make_tensor_value_info("a_relu", TensorProto.FLOAT, [1, 4, 16, 16]))
     graph = helper.make_graph(nodes, "outlier", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
                               outputs, inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -79,9 +82,10 @@ def test_equalised_model_gives_the_same_output_with_a_narrow_channel():
     assert not outlier_channels(after)
 
 
-def test_a_channel_that_reaches_an_add_is_left_alone():
+@pytest.mark.parametrize("reaches", ["residual", "exposed"])
+def test_a_channel_that_reaches_an_add_or_a_graph_output_is_left_alone(reaches):
     rng = np.random.default_rng(0)
-    model = _model(rng, residual=True)
+    model = _model(rng, **{reaches: True})
     images = [rng.uniform(0, 1, (1, 3, 16, 16)).astype(np.float32)]
     ranges = _channel_ranges(model, images)
     weights = {i.name: numpy_helper.to_array(i).copy() for i in model.graph.initializer}

@@ -126,19 +126,20 @@ def test_openvino_budget_keeps_layers_float_until_it_holds(write_config, calib_i
     assert not record["trials"][0]["within"] and any(trial["within"] for trial in record["trials"])
 
     # What the record says stayed float did: in the saved IR those convolutions read float
-    # weights and an input no FakeQuantize rounds; every other one keeps int8 weights.
+    # weights and an input no FakeQuantize rounds, not even before a Concat or pooling on the way;
+    # every other one keeps int8 weights.
     def float_layers(artifact) -> set[str]:
         model = ov.Core().read_model(artifact.artifact_dir / "model.xml")
         return {op.get_friendly_name() for op in model.get_ops() if op.get_type_name() == "Convolution"
                 and op.input_value(1).get_node().get_type_name() == "Constant"
                 and op.input_value(1).get_element_type() == ov.Type.f32
-                and op.input_value(0).get_node().get_type_name() != "FakeQuantize"}
+                and not backend._input_fakequantizes(op)}
 
     assert float_layers(loose) == set()
     assert float_layers(result) == set(record["float_nodes"])
 
 
-def test_bias_correction_turns_on_nncfs_fast_bias_correction(write_config):
+def test_bias_correction_turns_on_nncfs_fast_bias_correction(write_config, calib_images):
     """Off by default (NNCF's own default is on): ``bias_correction: true`` asks NNCF for it, and it
     changes the biases the IR holds."""
     config = write_config({"backend": {"type": "openvino", "dtype": "int8", "quantize": {"calibrate_mode": "max"}}})
@@ -147,3 +148,7 @@ def test_bias_correction_turns_on_nncfs_fast_bias_correction(write_config):
     assert plain.info["backend_details"]["nncf_fast_bias_correction"] is False
     assert corrected.info["backend_details"]["nncf_fast_bias_correction"] is True
     assert (plain.artifact_dir / "model.bin").read_bytes() != (corrected.artifact_dir / "model.bin").read_bytes()
+    # With a budget it is refused: layers the search keeps float would keep NNCF's corrected biases.
+    budget = ["backend.quantize.max_drift.mean_abs=1", f"backend.quantize.validation.path={calib_images.parent}"]
+    with pytest.raises(IsnetError, match="cannot be undone"):
+        build_artifact(load_build_config(config, ["name=budgeted", "backend.quantize.bias_correction=true", *budget]))
