@@ -162,10 +162,6 @@ class DriftJudge:
         self.stage = f"validate int8 ({self.trials})"
         return self.check(*self._run(self.open_runner(model_file)))
 
-    def validation_items(self) -> list[tuple[np.ndarray, object]]:
-        """(pre-processed input, geometry) of every validation image, in order."""
-        return list(self._inputs())
-
     def check(self, maps: list[np.ndarray], masks: list[np.ndarray], speed: float = float("nan")) -> BudgetCheck:
         """Score one model's raw maps and uint8 masks of the validation images (in order) against fp32's."""
         drift: dict[str, float] = {}
@@ -178,11 +174,6 @@ class DriftJudge:
         drift["mean_abs"] = difference.total().mean_abs
         within = all(drift[key] <= bound for key, bound in self.bounds.items())
         return BudgetCheck(within, drift, speed)
-
-    def budget_used(self, check: BudgetCheck) -> float:
-        """The largest share of a bound used: 1.0 is exactly at the budget."""
-        return max(check.drift[key] / bound if bound > 0 else (0.0 if check.drift[key] == 0 else float("inf"))
-                   for key, bound in self.bounds.items())
 
     def misses(self, check: BudgetCheck) -> str:
         """The bounds ``check`` misses, for an error message (``sm 0.0041 > 0.003``)."""

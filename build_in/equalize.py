@@ -56,7 +56,6 @@ class _Graph:
 
     def __init__(self, model: onnx.ModelProto):
         inferred = onnx.shape_inference.infer_shapes(model)
-        self.model = model
         self.producer = {out: node for node in model.graph.node for out in node.output}
         self.readers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
         for node in model.graph.node:
@@ -83,7 +82,7 @@ class _Graph:
                 return (node, channel) if self._own_weights(node) else None
             if _channel_wise(node):
                 tensor = node.input[0]
-            elif node.op_type == "Concat" and _concat_axis(node, self) == 1:
+            elif node.op_type == "Concat" and _concat_axis(node) == 1:
                 for name in node.input:
                     count = self.channels.get(name)
                     if count is None:
@@ -111,7 +110,7 @@ class _Graph:
             for node, slot in self.readers.get(tensor, []):
                 if _channel_wise(node) and slot == 0:
                     stack.append((node.output[0], index))
-                elif node.op_type == "Concat" and _concat_axis(node, self) == 1:
+                elif node.op_type == "Concat" and _concat_axis(node) == 1:
                     counts = [self.channels.get(name) for name in node.input[:slot]]
                     if None in counts:
                         return None
@@ -150,7 +149,7 @@ def _attribute(node: onnx.NodeProto, name: str, default):
     return default if attr is None else onnx.helper.get_attribute_value(attr)
 
 
-def _concat_axis(node: onnx.NodeProto, graph: _Graph) -> int:
+def _concat_axis(node: onnx.NodeProto) -> int:
     axis = _attribute(node, "axis", 0)
     return axis + 4 if axis < 0 else axis  # NCHW feature maps: -3 is the channel axis
 

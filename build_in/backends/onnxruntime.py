@@ -124,7 +124,8 @@ def _quantize_int8(source: Path, target: Path, config: BuildConfig, work: Path,
     # other channels) stay float: the nodes producing and reading them are left out of quantization.
     # Which tensors the quantizer reads depends on the excluded nodes, so calibration runs again
     # (unless it measured every tensor, as it does for a budgeted build).
-    outliers = outlier_channels(channel_ranges, quant.outlier_channel_ratio or OUTLIER_RATIO)
+    ratio = quant.outlier_channel_ratio or OUTLIER_RATIO
+    outliers = outlier_channels(channel_ranges, ratio)
     equalized: list = []
     if quant.equalize and outliers:
         # Equalised channels are quantized like the others; calibration runs again on the
@@ -135,7 +136,7 @@ def _quantize_int8(source: Path, target: Path, config: BuildConfig, work: Path,
             graph = onnx.load(str(prepared), load_external_data=False).graph
             channel_ranges = {}
             ranges = calibrate(exclude, "calibrate (equalised)", channel_ranges)
-            outliers = outlier_channels(channel_ranges, quant.outlier_channel_ratio or OUTLIER_RATIO)
+            outliers = outlier_channels(channel_ranges, ratio)
     kept_float = []
     if quant.outlier_channel_ratio is not None and outliers:
         kept_float = float_tensor_nodes(graph, [item["tensor"] for item in outliers], exclude)

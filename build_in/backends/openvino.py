@@ -248,12 +248,6 @@ def _quantize_int8(model, config: BuildConfig, source: CalibrationSource, outlie
 _CONVOLUTIONS = ("Convolution", "GroupConvolution")
 
 
-def _activation_fakequantizes(model) -> list:
-    """The FakeQuantize ops of a quantized IR that quantize activations (weights are stored in int8)."""
-    return [op for op in model.get_ops() if op.get_type_name() == "FakeQuantize"
-            and op.input_value(0).get_node().get_type_name() != "Constant"]
-
-
 def _float_weights(model) -> dict[str, np.ndarray]:
     """{convolution op: its float weights} of an IR before quantization (constant weights only)."""
     found = {}
