@@ -20,7 +20,7 @@ BACKENDS = {
 # The module that opens a backend's artifacts (``open_runner``), without the build code.
 RUNNERS = {
     "onnxruntime": "isnet.build_in.backends.onnxruntime_runner",
-    "openvino": "isnet.build_in.backends.openvino",
+    "openvino": "isnet.build_in.backends.openvino_runner",
 }
 # The package each backend needs, and the extra that installs it.
 _REQUIRES = {"onnxruntime": ("onnxruntime", None), "openvino": ("openvino", "openvino")}

@@ -13,7 +13,6 @@ import copy
 import fnmatch
 import io
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -21,16 +20,17 @@ from pathlib import Path
 
 import numpy as np
 
+from isnet.build_in.backends.openvino_runner import (PERFORMANCE_HINTS, OpenVinoRunner,  # noqa: F401 -- a backend
+                                                     open_runner)  # opens its artifacts
 from isnet.build_in.budget import (DRIFT_IMAGES, MAX_FLOAT_SHARE, MEASURED_CANDIDATES, DriftJudge, rank_by_effect,
                                    search_float_nodes)
 from isnet.build_in.calibration import (OUTLIER_RATIO, CalibrationSource, compute_tensor_ranges, float_tensor_nodes,
                                         outlier_channels)
 from isnet.build_in.config import BuildConfig, CalibrationMode, Precision, QuantType
-from isnet.core import IsnetError, first_line
+from isnet.core import IsnetError
 
 MODEL_FILE = "model.xml"
 PRECISIONS = (Precision.FP32, Precision.FP16, Precision.BF16, Precision.INT8)
-PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT")
 # What each build precision asks of the CPU plugin at compile time.
 _INFERENCE_PRECISION = {Precision.FP32: "f32", Precision.FP16: "f32", Precision.BF16: "bf16", Precision.INT8: "f32"}
 
@@ -41,68 +41,6 @@ def versions() -> dict[str, str]:
     import openvino
 
     return {"openvino": openvino.__version__, "nncf": nncf.__version__}
-
-
-class OpenVinoRunner:
-    """A compiled OpenVINO model on the CPU behind the :class:`~isnet.build_in.runner.Runner` contract.
-
-    The IR has a dynamic batch; the runner reshapes it to each batch size it sees (compiled once
-    per size and kept), which is what the CPU plugin runs fastest. ``streams`` > 1 with the
-    THROUGHPUT hint lets several infer requests run concurrently (see :meth:`infer_requests`).
-    """
-
-    def __init__(self, model_file: str | os.PathLike, threads: int | None = None,
-                 inference_precision: str = "f32", performance_hint: str = "LATENCY", streams: int | None = None):
-        import openvino as ov
-
-        self.path = Path(model_file)
-        self.core = ov.Core()
-        try:
-            self.model = self.core.read_model(str(self.path))
-        except Exception as exc:  # OpenVINO raises RuntimeError subclasses for unreadable IR
-            raise IsnetError(f"{self.path}: OpenVINO cannot read the model ({first_line(exc)})") from None
-        if performance_hint not in PERFORMANCE_HINTS:
-            raise IsnetError(f"performance hint must be one of {', '.join(PERFORMANCE_HINTS)}, got '{performance_hint}'")
-        self.config = {"INFERENCE_PRECISION_HINT": inference_precision, "PERFORMANCE_HINT": performance_hint}
-        if threads:
-            self.config["INFERENCE_NUM_THREADS"] = int(threads)
-        if streams:
-            self.config["NUM_STREAMS"] = int(streams)
-        self.input_name = self.model.inputs[0].get_any_name()
-        self.output_name = self.model.outputs[0].get_any_name()
-        self._compiled: dict[int, object] = {}
-        self._requests: dict[int, object] = {}
-
-    def compiled_for(self, batch: int):
-        """The model compiled for a static ``batch`` (cached)."""
-        if batch not in self._compiled:
-            model = self.model.clone()
-            shape = list(model.inputs[0].get_partial_shape())
-            shape[0] = batch
-            model.reshape({self.input_name: shape})
-            self._compiled[batch] = self.core.compile_model(model, "CPU", self.config)
-        return self._compiled[batch]
-
-    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run one synchronous request; outputs are float32."""
-        array = np.ascontiguousarray(inputs[self.input_name], dtype=np.float32)
-        batch = array.shape[0]
-        if batch not in self._requests:
-            self._requests[batch] = self.compiled_for(batch).create_infer_request()
-        result = self._requests[batch].infer({0: array})
-        return {self.output_name: np.asarray(result[0], dtype=np.float32).copy()}
-
-    def infer_requests(self, count: int, batch: int = 1) -> list:
-        """``count`` independent infer requests on one compiled model, for concurrent use."""
-        compiled = self.compiled_for(batch)
-        return [compiled.create_infer_request() for _ in range(count)]
-
-
-def open_runner(model_file, threads=None, inference_precision: str = "f32", performance_hint: str = "LATENCY",
-                streams: int | None = None, **_unused) -> OpenVinoRunner:
-    """Open an artifact's IR with the precision recorded at build time."""
-    return OpenVinoRunner(model_file, threads=threads, inference_precision=inference_precision,
-                          performance_hint=performance_hint, streams=streams)
 
 
 def resolve_ignored_names(model, patterns: tuple[str, ...]) -> list[str]:

@@ -353,12 +353,35 @@ asyncio.run(main(*sys.argv[1:3]))
 """
 
 
+def _answer_with_only_the_image(artifact: Path, image: Path, extra: set[str] = frozenset()):
+    allowed = sorted(_with_requirements(_dockerfile_packages() | extra))
+    return subprocess.run([sys.executable, "-c", SERVE_ONE_REQUEST, str(artifact), str(image), json.dumps(allowed)],
+                          capture_output=True, text=True, timeout=120)
+
+
 def test_serving_answers_with_only_what_the_image_holds(lite_artifact, photo_folder):
     """With nothing importable but the standard library, isnet and the Dockerfile's packages (and what
     they require), the app loads an artifact and answers a request: no PyTorch, no build tools."""
-    allowed = sorted(_with_requirements(_dockerfile_packages()))
-    result = subprocess.run([sys.executable, "-c", SERVE_ONE_REQUEST, str(lite_artifact), str(photo_folder / "p0.jpg"),
-                             json.dumps(allowed)], capture_output=True, text=True, timeout=120)
+    result = _answer_with_only_the_image(lite_artifact, photo_folder / "p0.jpg")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"status": 200, "torch": False}
+
+
+
+def test_openvino_artifacts_serve_with_only_the_openvino_extra(lite_onnx, photo_folder, tmp_path):
+    """The image built with ``--build-arg EXTRA=openvino`` serves OpenVINO artifacts: opening one needs
+    the openvino package, not NNCF, ONNX or the calibration code."""
+    pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    import yaml
+
+    from isnet.build_in import build_artifact, load_build_config
+
+    config = {"name": "ov_fp32", "frontend": {"checkpoint": str(lite_onnx), "shape": {"input": [1, 3, 64, 64]}},
+              "backend": {"type": "openvino", "dtype": "fp32"}, "workspace": {"path": str(tmp_path)}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    artifact = build_artifact(load_build_config(tmp_path / "c.yaml")).artifact_dir
+    assert "openvino" not in _dockerfile_packages()  # an extra of the image, not in it by default
+    result = _answer_with_only_the_image(artifact, photo_folder / "p0.jpg", {"openvino"})
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {"status": 200, "torch": False}
 
