@@ -11,7 +11,7 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     ISNET_SERVE_HOST=0.0.0.0
 
-RUN pip install numpy onnxruntime opencv-python-headless pillow pyyaml starlette uvicorn python-multipart $EXTRA
+RUN pip install numpy onnxruntime opencv-python-headless pillow pyyaml starlette uvicorn "python-multipart>=0.0.13" $EXTRA
 
 COPY . /tmp/isnet-src
 # --no-deps: isnet's own dependencies include PyTorch and the build tools, which serving never imports.

@@ -13,6 +13,7 @@ they still work, and the command prints a note naming the new flag.
 from __future__ import annotations
 
 import argparse
+import math
 
 # Where the notes of renamed flags are collected on the parsed namespace (the CLI prints them).
 RENAMED_NOTES = "_renamed_flag_notes"
@@ -23,7 +24,7 @@ def _number(text: str, kind: type, minimum: float, inclusive: bool, what: str):
         value = kind(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected {what}, got '{text}'") from None
-    if not (value > minimum or (inclusive and value == minimum)):  # also refuses nan
+    if not (value > minimum or (inclusive and value == minimum)) or not math.isfinite(value):  # nan, inf too
         raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
     return value
 
@@ -41,6 +42,11 @@ def non_negative_int(text: str) -> int:
 def positive_float(text: str) -> float:
     """argparse type: a number > 0."""
     return _number(text, float, 0.0, False, "a number > 0")
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a number >= 0."""
+    return _number(text, float, 0.0, True, "a number >= 0")
 
 
 def positive_int_list(text: str) -> list[int]:

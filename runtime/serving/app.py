@@ -9,7 +9,8 @@
 
 Every request past the checks that need no body counts against ``max_queue``: one more is answered
 503 with ``Retry-After`` before its body is read, so at most ``max_queue`` requests hold a body (and,
-once decoded, an image) at a time.
+once decoded, an image) at a time. A body must arrive whole within ``body_timeout`` seconds (408
+past it), so clients that stall their uploads hold those places only that long.
 Decoding and encoding run on worker threads, inference on one thread behind a
 :class:`~.batcher.MicroBatcher`; the event loop only moves bytes. Every error is JSON
 ``{"error": "..."}``; the access log has one line per request (method, path, status, bytes, ms).
@@ -22,6 +23,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -57,14 +59,16 @@ class ServeSettings:
     max_queue: int = 32
     max_body_mb: float = 6.0
     max_pixels: int = 50_000_000
+    body_timeout: float = 30.0  # seconds to receive a whole body
     threads: int | None = None  # inference threads (None: the runtime's default, every core)
 
     def __post_init__(self):
         for name in ("max_batch", "max_queue", "max_pixels"):
             if getattr(self, name) < 1:
                 raise IsnetError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.max_wait_ms < 0 or self.max_body_mb <= 0:
-            raise IsnetError("--max-wait-ms must be >= 0 and --max-body-mb > 0")
+        finite = all(math.isfinite(value) for value in (self.max_wait_ms, self.max_body_mb, self.body_timeout))
+        if not finite or self.max_wait_ms < 0 or self.max_body_mb <= 0 or self.body_timeout <= 0:
+            raise IsnetError("--max-wait-ms must be a number >= 0, --max-body-mb and --body-timeout numbers > 0")
 
     @property
     def max_body_bytes(self) -> int:
@@ -174,6 +178,7 @@ def create_app(model_path: str | Path, settings: ServeSettings | None = None,
     is called if that fails (``isnet serve`` then stops the server).
     """
     settings = settings or ServeSettings()
+    payloads.allow_pixels(settings.max_pixels)
     serving = _Serving(Path(model_path), settings, on_load_error)
     page = resources.files("isnet.runtime.serving").joinpath("page.html").read_text(encoding="utf-8")
 
@@ -250,18 +255,19 @@ def create_app(model_path: str | Path, settings: ServeSettings | None = None,
               Route("/api/remove", remove, methods=["POST"]), Route("/", index, methods=["GET"])]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
     app.state.serving = serving
-    return AccessLog(BodyLimit(app, settings.max_body_bytes))
+    return AccessLog(BodyLimit(app, settings.max_body_bytes, settings.body_timeout))
 
 
 class BodyLimit:
-    """ASGI middleware: 413 for a body over ``max_bytes``, before it is read whole.
+    """ASGI middleware: 413 for a body over ``max_bytes``, before it is read whole; 408 for a body
+    that has not arrived whole ``timeout`` seconds after the request's headers.
 
     A declared ``Content-Length`` over the limit is refused at once; a body sent without one
     (chunked) is counted as it arrives and refused when it passes the limit.
     """
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, timeout: float):
+        self.app, self.max_bytes, self.timeout = app, max_bytes, timeout
 
     def __getattr__(self, name):  # the wrapped app's state, for tests and tools
         return getattr(self.app, name)
@@ -278,13 +284,22 @@ class BodyLimit:
                 return await _error(400, "invalid Content-Length")(scope, receive, send)
             if too_large:
                 return await _error(413, f"the body is {int(declared):,} bytes; {limit}")(scope, receive, send)
-        received = 0
+        received, complete = 0, False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
 
         async def counted():
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete
+            if complete:  # past the body, the app only listens for a disconnect: no deadline
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                raise RequestError(408, f"the body did not arrive within {self.timeout:g} s "
+                                        f"({received:,} bytes came); --body-timeout") from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
                 if received > self.max_bytes:
                     raise RequestError(413, f"the body passed {self.max_bytes:,} bytes; {limit}")
             return message

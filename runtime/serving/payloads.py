@@ -49,14 +49,16 @@ def media_type(header: str | None) -> str:
 
 
 def response_type(accept: str | None) -> str:
-    """The response type an ``Accept`` header asks for (highest quality first, PNG for ``*/*``,
-    ``image/*`` or none); :class:`RequestError` 406 when it names only types not served."""
+    """The response type an ``Accept`` header asks for: the highest quality first; for a wildcard the
+    first served type it covers (PNG for ``*/*`` and ``image/*``, JSON for ``application/*``) that
+    is not refused with ``q=0``; PNG when there is no header. :class:`RequestError` 406 when it
+    admits none of the types served."""
     if not accept or not accept.strip():
         return PNG
-    ranked = []
+    ranked, refused = [], set()
     for position, part in enumerate(accept.split(",")):
         name, *params = [piece.strip() for piece in part.split(";")]
-        quality = 1.0
+        name, quality = name.lower(), 1.0
         for param in params:
             key, _, value = param.partition("=")
             if key.strip().lower() == "q":
@@ -64,15 +66,17 @@ def response_type(accept: str | None) -> str:
                     quality = float(value)
                 except ValueError:
                     quality = 0.0
-        if name and quality > 0:
-            ranked.append((-quality, position, name.lower()))
+        if not name:
+            continue
+        if quality > 0:
+            ranked.append((-quality, position, name))
+        else:
+            refused.add(name)
+    wildcards = {"*/*": (PNG, JSON, NPY), "image/*": (PNG,), "application/*": (JSON, NPY)}
     for _, _, name in sorted(ranked):
-        if name in RESPONSE_TYPES:
-            return name
-        if name in ("*/*", "image/*"):
-            return PNG
-        if name == "application/*":
-            return JSON
+        for served in wildcards.get(name, (name,)):
+            if served in RESPONSE_TYPES and served not in refused:
+                return served
     raise RequestError(406, f"cannot answer with {accept.strip()}; ask for one of {', '.join(RESPONSE_TYPES)}")
 
 
@@ -103,13 +107,36 @@ def body_kind(content_type: str, body: bytes) -> str:
     raise RequestError(415, f"unsupported Content-Type {content_type}; send one of {', '.join(ACCEPTED_TYPES)}")
 
 
-def image_pixels(body: bytes) -> tuple[int, int]:
-    """(width, height) from an image's header, without decoding it; 400 when it is no image."""
+def check_image_pixels(body: bytes, max_pixels: int) -> None:
+    """Refuse an image by its header alone, without decoding it: 413 past ``max_pixels``, 400 when
+    the header is no image's.
+
+    Pillow reads only the header here (OpenCV decodes). Pillow refuses headers past twice its own
+    ``MAX_IMAGE_PIXELS`` itself; the app raises that limit to at least ``max_pixels``
+    (:func:`allow_pixels`), so such a refusal always means "over this server's limit".
+    """
+    limit = f"this server takes at most {max_pixels:,} (--max-pixels)"
     try:
         with Image.open(io.BytesIO(body)) as image:
-            return image.size
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+            width, height = image.size
+    except Image.DecompressionBombError:
+        raise RequestError(413, f"the image's header declares over {2 * Image.MAX_IMAGE_PIXELS:,} pixels; "
+                                f"{limit}") from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        try:
+            check_complete(BODY, np.frombuffer(body, np.uint8))  # a header cut short: say "truncated"
+        except ImageDecodeError as truncated:
+            raise RequestError(400, str(truncated)) from None
         raise RequestError(400, f"not a decodable image ({type(exc).__name__})") from None
+    if width * height > max_pixels:
+        raise RequestError(413, f"the image is {width}x{height} = {width * height:,} pixels; {limit}")
+
+
+def allow_pixels(max_pixels: int) -> None:
+    """Raise Pillow's decompression-bomb limit (process-wide) to ``max_pixels`` when it is lower, so
+    that this server's own limit is the one that answers."""
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels
 
 
 def decode_body(body: bytes, kind: str, preprocessor: Preprocessor, max_pixels: int, keep_rgb: bool = False
@@ -118,17 +145,9 @@ def decode_body(body: bytes, kind: str, preprocessor: Preprocessor, max_pixels: 
     if not body:
         raise RequestError(400, "empty body")
     if kind == "image":
-        data = np.frombuffer(body, np.uint8)
+        check_image_pixels(body, max_pixels)  # first: a huge header is 413 even when the body is cut short
         try:
-            check_complete(BODY, data)
-        except ImageDecodeError as exc:
-            raise RequestError(400, str(exc)) from None
-        width, height = image_pixels(body)
-        if width * height > max_pixels:
-            raise RequestError(413, f"the image is {width}x{height} = {width * height:,} pixels; "
-                                    f"this server takes at most {max_pixels:,}")
-        try:
-            rgb = decode_image(BODY, data)
+            rgb = decode_image(BODY, np.frombuffer(body, np.uint8))  # truncated JPEG/PNG refused too
         except ImageDecodeError as exc:
             raise RequestError(400, str(exc)) from None
     else:

@@ -7,7 +7,10 @@ import logging
 import signal
 import socket
 import sys
+import warnings
 from pathlib import Path
+
+from PIL import Image
 
 from isnet.core import IsnetError
 from isnet.runtime.serving.app import ServeSettings, create_app
@@ -36,6 +39,8 @@ def serve(model_path: str | Path, host: str = "127.0.0.1", port: int = 8080,
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    # Pillow only reads headers here, and the app refuses images past --max-pixels (413) by itself.
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
     failure: list[str] = []
     server: uvicorn.Server | None = None
 

@@ -7,9 +7,12 @@ import io
 import json
 import re
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
@@ -73,6 +76,10 @@ def test_accept_chooses_png_npy_or_json(server, photo_folder):
     png = post_image(server.port, data, content_type="image/jpeg").body
     for accept in ("*/*", "image/*", "text/html;q=0.5, image/png"):
         assert post_image(server.port, data, accept, "image/jpeg").body == png, accept
+    # q=0 refuses a type, also where a wildcard would cover it.
+    refused = post_image(server.port, data, "image/png;q=0, */*", "image/jpeg")
+    assert refused.status == 200 and refused.headers["content-type"] == "application/json"
+    assert post_image(server.port, data, "image/png;q=0, image/*", "image/jpeg").status == 406
 
     npy = post_image(server.port, data, "application/x-npy", "image/jpeg")
     assert npy.status == 200 and npy.headers["content-type"] == "application/x-npy"
@@ -145,6 +152,44 @@ def test_decompression_bombs_are_refused_from_their_headers(server):
     assert len(packed.getvalue()) < 1024 * 1024
     reply = post_image(server.port, packed.getvalue(), content_type="application/x-npz")
     assert reply.status == 413 and "64,000,000 pixels" in json.loads(reply.body)["error"]
+    # A PNG cut short after its first compressed bytes: the header says 100 MP (past Pillow's warning
+    # level) or 400 MP (past its own refusal); both are this server's 413, not "truncated".
+    for side in (10_000, 20_000):
+        reply = post_image(server.port, _png_cut_short(side, side), content_type="image/png")
+        assert reply.status == 413, (side, reply.body)
+        assert "--max-pixels" in json.loads(reply.body)["error"]
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def _png_cut_short(width: int, height: int) -> bytes:
+    """An 8-bit gray PNG's signature, IHDR and a first IDAT chunk of zeros; no more data, no IEND."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
+            + _png_chunk(b"IDAT", zlib.compress(bytes(width + 1))))
+
+
+def test_a_stalled_upload_gets_408_and_frees_its_place(lite_artifact, photo_folder, tmp_path):
+    data = (photo_folder / "p0.jpg").read_bytes()
+    with running_server(lite_artifact, tmp_path, "--max-queue", "1", "--body-timeout", "1") as running:
+        with socket.create_connection(("127.0.0.1", running.port), timeout=10) as stalled:
+            stalled.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                            b"Content-Length: 100000\r\n\r\n" + data[:1000])
+            time.sleep(0.3)
+            # The stalled upload holds the only place meanwhile.
+            assert post_image(running.port, data, content_type="image/jpeg").status == 503
+            started = time.monotonic()
+            answer = b""
+            while b"}" not in answer and (chunk := stalled.recv(65536)):
+                answer += chunk
+            answer = answer.decode("latin-1")
+            waited = time.monotonic() - started
+        assert answer.startswith("HTTP/1.1 408"), answer[:200]
+        assert "--body-timeout" in json.loads(answer.split("\r\n\r\n", 1)[1])["error"]
+        assert waited < 5
+        assert post_image(running.port, data, content_type="image/jpeg").status == 200
 
 
 def test_access_log_has_method_path_status_bytes_and_latency(server, photo_folder):
@@ -259,6 +304,9 @@ def test_command_errors_are_one_line(run_isnet, lite_artifact, tmp_path):
     missing = run_isnet("serve", "--model", tmp_path / "nothing-here")
     assert missing.returncode == 2 and "model not found" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
+    for option, value in (("--max-wait-ms", "inf"), ("--max-wait-ms", "nan"), ("--body-timeout", "0")):
+        refused = run_isnet("serve", "--model", lite_artifact, option, value)
+        assert refused.returncode == 2 and option in refused.stderr, (option, value, refused.stderr)
     with running_server(lite_artifact, tmp_path) as running:
         taken = run_isnet("serve", "--model", lite_artifact, "--port", running.port, timeout=60)
     assert taken.returncode == 2 and "cannot listen on 127.0.0.1" in taken.stderr
@@ -276,7 +324,8 @@ def test_command_errors_are_one_line(run_isnet, lite_artifact, tmp_path):
 def _dockerfile_packages() -> set[str]:
     text = (ROOT / "Dockerfile").read_text()
     installs = " ".join(re.findall(r"pip install ([^&\n]*)", text))
-    return {re.split(r"[<>=\[]", word)[0].lower() for word in installs.split()
+    words = [word.strip("'\"") for word in installs.split()]
+    return {re.split(r"[<>=\[]", word)[0].lower() for word in words
             if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._\-]*([<>=\[].*)?", word)}
 
 

@@ -85,3 +85,21 @@ def test_page_reports_a_refused_image(browser, page_server, tmp_path):
     status = browser.find_element(By.ID, "status")
     assert status.get_attribute("className") == "error"
     assert status.text.startswith("Failed: request body: truncated PNG"), status.text
+
+
+def test_page_shows_the_cutout_of_a_format_the_browser_cannot_show(browser, page_server, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    image = tmp_path / "scan.tiff"
+    rng = np.random.default_rng(6)
+    cv2.imwrite(str(image), cv2.resize(rng.integers(0, 256, (6, 9, 3), dtype=np.uint8), (90, 60)))
+    browser.get(f"http://127.0.0.1:{page_server.port}/")
+    browser.find_element(By.ID, "file").send_keys(str(image))
+    _wait_for_answer(browser)
+    status = browser.find_element(By.ID, "status").text
+    assert "Failed" not in status and "90x60" in status, status
+    sizes = browser.execute_script(
+        "return ['mask', 'cutout'].map(id => { const i = document.getElementById(id); "
+        "return [i.complete, i.naturalWidth, i.naturalHeight]; });")
+    assert sizes == [[True, 90, 60]] * 2, sizes
+    assert browser.find_element(By.ID, "download-cutout").get_attribute("href").startswith("data:image/png;base64,")
