@@ -18,7 +18,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +32,10 @@ from isnet.runtime.stream import Item, StreamResult, finish_run, plan_folder, pr
 # Images per map_batches call: the unit Ray schedules, retries after a failure and reports back.
 IMAGES_PER_TASK = 64
 THREADS_PER_ACTOR = 2
+# Restarts of a dead actor, and retries of the batch it held, before the run stops with an error.
+WORKER_RETRIES = 3
+# How long the address of a cluster to join may take to accept a connection.
+REACH_TIMEOUT_SECONDS = 5
 
 
 def _import_ray():
@@ -44,25 +50,52 @@ def _import_ray():
 class MaskWriter:
     """A Ray Data actor: loads the model once, then writes the masks of each batch of image paths."""
 
-    def __init__(self, model: str, threads: int | None, load_options: dict, image_dir: str, output_dir: str,
-                 batch: int, min_max: bool):
+    def __init__(self, model: str, threads: int, io_threads: int, load_options: dict, image_dir: str,
+                 output_dir: str, batch: int, min_max: bool):
         from isnet.runtime.models import load_model
 
         self.model = load_model(model, threads=threads, **load_options)
         self.image_dir, self.output_dir = Path(image_dir), Path(output_dir)
-        self.batch, self.min_max = batch, min_max
+        self.io_threads, self.batch, self.min_max = io_threads, batch, min_max
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         items = [Item(str(relative), str(mask)) for relative, mask in zip(rows["relative"], rows["mask"])]
-        # Two I/O threads beside inference, as the local engine has on a 2-core host.
         finished = list(process_items(self.model, self.image_dir, self.output_dir, items, self.batch,
-                                      self.min_max, io_threads=2))
+                                      self.min_max, io_threads=self.io_threads))
         import ray
 
-        node = ray.get_runtime_context().get_node_id()
+        count = len(finished)
         return {"relative": np.array([item.relative for item in finished], dtype=object),
                 "error": np.array([item.error or "" for item in finished], dtype=object),
-                "node": np.array([node] * len(finished), dtype=object)}
+                "node": np.array([ray.get_runtime_context().get_node_id()] * count, dtype=object),
+                # What the command says of the model, as the local engine does after loading it.
+                "model": np.array([self.model.name] * count, dtype=object),
+                "sigmoid": np.array([self.model.apply_sigmoid] * count, dtype=bool)}
+
+
+def _check_address(address: str | None) -> None:
+    """A one-line error, within seconds, when ``address`` (else ``RAY_ADDRESS``) names a host and port
+    that accept no connection (``ray.init`` itself would retry for minutes), or a Ray Client address."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address or address in ("auto", "local"):
+        return
+    scheme, _, where = address.rpartition("://")
+    if scheme == "ray":
+        # Ray Data's streaming executor needs a driver of its own in the cluster (seen with Ray 2.60:
+        # "'Worker' object has no attribute 'core_worker'" over Ray Client).
+        raise IsnetError(f"{address}: Ray Client (ray://) cannot run Ray Data jobs; run isnet on a node of "
+                         "the cluster (--address HOST:6379, or auto) or submit it with `ray job submit`")
+    if scheme:
+        return  # another kind of address (a job server's http://, say): Ray's to judge
+    host, _, port = where.rstrip("/").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_TIMEOUT_SECONDS).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise IsnetError(f"cannot reach the Ray cluster at {address}: {reason} "
+                         f"(is it running, and is {host}:{port} its address?)") from None
 
 
 def _connect(ray, address: str | None) -> bool:
@@ -79,8 +112,10 @@ def _connect(ray, address: str | None) -> bool:
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = address or os.environ.get("RAY_ADDRESS") or "a local instance"
         raise IsnetError(f"cannot start or join Ray at {where}: {str(exc).splitlines()[0]}") from None
-    for name in ("ray", "ray.data"):  # its progress and plan notes; the command reports for itself
-        logging.getLogger(name).setLevel(logging.ERROR)
+    # Ray's progress and plan notes, and Ray Data's traceback of a failed task: the command reports
+    # for itself, the failure as one line (Ray's own logs keep the details).
+    logging.getLogger("ray").setLevel(logging.ERROR)
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)
     return True
 
 
@@ -102,45 +137,58 @@ def _sweep_temporary_masks(output_dir: Path, items: list[Item]) -> int:
     return removed
 
 
-def _one_line(exc: BaseException) -> IsnetError:
+def _one_line(exc: BaseException, ray) -> IsnetError:
     """A worker's failure as the one-line error the command prints: an IsnetError raised in an actor
-    (a model its node cannot open, say) keeps its message; anything else is named by its first line."""
-    seen = exc
+    (a model its node cannot open, say) keeps its message; a worker that kept dying is said so;
+    anything else is named by its first line."""
+    chain, seen = [], exc
     while seen is not None:
-        if isinstance(seen, IsnetError):
-            return IsnetError(f"a Ray worker failed: {seen}")
+        chain.append(seen)
         seen = getattr(seen, "cause", None) or seen.__cause__
+    for error in chain:
+        if isinstance(error, IsnetError):
+            return IsnetError(f"a Ray worker failed: {error}")
     # An actor that died in its constructor reaches the driver as text: its error is one of the lines.
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
     for line in text.splitlines():
         if "IsnetError: " in line:
             return IsnetError(f"a Ray worker failed: {line.split('IsnetError: ', 1)[1]}")
+    if any(isinstance(error, ray.exceptions.ActorDiedError) for error in chain):
+        return IsnetError(f"a Ray worker process died {WORKER_RETRIES + 1} times on the same images "
+                          "(a crash in native code, or out of memory: the workers' logs are in Ray's "
+                          "session folder); the masks written so far are complete, --resume keeps them")
     return IsnetError(f"a Ray worker failed: {first_line(Exception(text))}")
 
 
 def run_folder_on_ray(model: str | os.PathLike, image_dir: str | os.PathLike, output_dir: str | os.PathLike,
                       batch: int = 1, resume: bool = False, suffixes: str | None = None, min_max: bool = False,
                       address: str | None = None, actors: int | None = None, threads_per_actor: int | None = None,
-                      load_options: dict | None = None,
-                      progress: Callable[[int, int], None] | None = None) -> StreamResult:
+                      io_threads: int | None = None, load_options: dict | None = None,
+                      progress: Callable[[int, int], None] | None = None,
+                      on_model: Callable[[str, bool], None] | None = None) -> StreamResult:
     """:func:`isnet.runtime.run_folder`'s job with ``actors`` Ray actors of ``threads_per_actor`` inference
-    threads each (default: as many as the cluster's CPUs allow, at least one). Same outputs, same
-    ``failures.txt``, same ``progress(n, total)`` calls; ``load_options`` go to ``load_model`` (``size``,
-    ``preprocess``)."""
+    threads each (default: as many as the cluster's CPUs allow, at least one) and ``io_threads``
+    decode/save threads each (default: one per inference thread, at most 4). Same outputs, same
+    ``failures.txt``, same ``progress(n, total)`` calls; ``load_options`` go to ``load_model``
+    (``size``, ``preprocess``). ``on_model(name, sigmoid_applied)`` is called once, when the first
+    masks come back from an actor that loaded the model."""
     threads_per_actor = threads_per_actor or THREADS_PER_ACTOR
-    if batch < 1 or threads_per_actor < 1 or (actors is not None and actors < 1):
-        raise IsnetError("--batch, --actors and --threads-per-actor must be at least 1")
+    io_threads = io_threads or min(4, threads_per_actor)
+    if batch < 1 or threads_per_actor < 1 or io_threads < 1 or (actors is not None and actors < 1):
+        raise IsnetError("--batch, --actors, --threads-per-actor and --io-threads must be at least 1")
     ray = _import_ray()
     from isnet.runtime.models import model_kind
 
-    model, image_dir, output_dir = Path(model).resolve(), Path(image_dir).resolve(), Path(output_dir).resolve()
+    given_output = Path(output_dir)
+    model, image_dir, output_dir = Path(model).resolve(), Path(image_dir).resolve(), given_output.resolve()
     model_kind(model)  # a missing model is a one-line error before Ray starts
+    _check_address(address)
     total, plan = plan_folder(image_dir, output_dir, suffixes, resume)
     to_process = len(plan.todo) + len(plan.failures)
     failures = list(plan.failures)
+    started_here = _connect(ray, address) if plan.todo else False
     if progress is not None:
         progress(len(failures), to_process)
-    started_here = _connect(ray, address) if plan.todo else False
     done, nodes = 0, set()
     start = time.perf_counter()
     try:
@@ -150,22 +198,31 @@ def run_folder_on_ray(model: str | os.PathLike, image_dir: str | os.PathLike, ou
             cpus = int(ray.cluster_resources().get("CPU", 1))
             pool = actors or max(1, cpus // threads_per_actor)
             # Ray Data bundles blocks up to batch_size rows per task: at most IMAGES_PER_TASK images, and
-            # few enough that a small folder still gives every actor a share.
-            per_task = max(1, min(IMAGES_PER_TASK, -(-len(plan.todo) // pool)))
+            # few enough that a small folder still gives every actor a share and the bar several steps.
+            per_task = max(1, min(IMAGES_PER_TASK, -(-len(plan.todo) // (4 * pool))))
             blocks = min(len(plan.todo), max(4 * pool, -(-len(plan.todo) // per_task)))
             dataset = ray.data.from_items([{"relative": item.relative, "mask": item.mask} for item in plan.todo],
                                           override_num_blocks=blocks)
-            written = dataset.map_batches(
-                MaskWriter, batch_size=per_task, batch_format="numpy",
-                # One batch at a time per actor: a batch queued behind a busy actor would wait while another idles.
-                compute=ray.data.ActorPoolStrategy(size=pool, max_tasks_in_flight_per_actor=1),
-                num_cpus=min(threads_per_actor, cpus),
-                fn_constructor_kwargs={"model": str(model), "threads": threads_per_actor,
-                                       "load_options": load_options or {}, "image_dir": str(image_dir),
-                                       "output_dir": str(output_dir), "batch": batch, "min_max": min_max})
-            # Ray Data restarts a dead actor and retries its batch by default (max_restarts=-1).
+            with warnings.catch_warnings():
+                # Ray Data would restart a dead actor and retry its batch forever: a batch that kills
+                # its worker every time (an image that crashes a native decoder) would hang the run.
+                # Ray 2.60 takes max_restarts only through **ray_remote_args, which it calls deprecated
+                # without offering a named parameter for it yet.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                written = dataset.map_batches(
+                    MaskWriter, batch_size=per_task, batch_format="numpy",
+                    # One batch at a time per actor: a batch queued behind a busy one would wait while another idles.
+                    compute=ray.data.ActorPoolStrategy(size=pool, max_tasks_in_flight_per_actor=1),
+                    num_cpus=min(threads_per_actor, cpus),
+                    max_restarts=WORKER_RETRIES, max_task_retries=WORKER_RETRIES,
+                    fn_constructor_kwargs={"model": str(model), "threads": threads_per_actor,
+                                           "io_threads": io_threads, "load_options": load_options or {},
+                                           "image_dir": str(image_dir), "output_dir": str(output_dir),
+                                           "batch": batch, "min_max": min_max})
             try:
                 for rows in written.iter_batches(batch_size=None, batch_format="numpy"):
+                    if on_model is not None and not nodes and len(rows["model"]):
+                        on_model(str(rows["model"][0]), bool(rows["sigmoid"][0]))
                     nodes.update(rows["node"])
                     for relative, error in zip(rows["relative"], rows["error"]):
                         if error:
@@ -175,9 +232,10 @@ def run_folder_on_ray(model: str | os.PathLike, image_dir: str | os.PathLike, ou
                     if progress is not None:
                         progress(len(rows["relative"]), to_process)
             except ray.exceptions.RayError as exc:
-                raise _one_line(exc) from None
+                raise _one_line(exc, ray) from None
     finally:
         if started_here:
             ray.shutdown()
         _sweep_temporary_masks(output_dir, plan.todo)
-    return finish_run(output_dir, total, done, plan.skipped, failures, time.perf_counter() - start, nodes=len(nodes))
+    return finish_run(given_output, total, done, plan.skipped, failures, time.perf_counter() - start,
+                      nodes=len(nodes))

@@ -160,8 +160,13 @@ def plan_folder(image_dir: Path, output_dir: Path, suffixes: str | None, resume:
     suffix_list = parse_suffixes(suffixes)
     if output_dir.resolve() == image_dir.resolve():
         raise IsnetError(f"--output-dir must differ from --image-dir ({image_dir}); masks would mix with images")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise IsnetError(f"--output-dir {output_dir} is a file; name a folder")
     total, plan = _plan(image_dir, output_dir, suffix_list, resume)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise IsnetError(f"cannot create --output-dir {output_dir}: {exc.strerror or exc}") from None
     return total, plan
 
 

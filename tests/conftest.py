@@ -23,10 +23,12 @@ def isnet_executable() -> str:
 
 @pytest.fixture
 def run_isnet(tmp_path):
-    """Run ``isnet ARGS...`` in a temporary working folder; return the CompletedProcess."""
+    """Run ``isnet ARGS...`` in a temporary working folder (``env``: variables to add); return the
+    CompletedProcess."""
 
-    def run(*args, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+    def run(*args, cwd: Path | None = None, timeout: float = 600, env: dict | None = None
+            ) -> subprocess.CompletedProcess:
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         return subprocess.run([isnet_executable(), *map(str, args)], cwd=cwd or tmp_path, env=env,
                               capture_output=True, text=True, timeout=timeout)
 

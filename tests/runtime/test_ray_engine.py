@@ -42,9 +42,12 @@ def test_ray_engine_writes_the_local_engines_bytes(local_ray, lite_artifact, mes
 
     root, expected, broken = messy_folder
     local = run_folder(load_model(lite_artifact), root, tmp_path / "local", batch=2)
-    reports = []
+    reports, models = [], []
     on_ray = run_folder_on_ray(lite_artifact, root, tmp_path / "ray", batch=2, actors=2, threads_per_actor=1,
-                               progress=lambda n, total: reports.append((n, total)))
+                               progress=lambda n, total: reports.append((n, total)),
+                               on_model=lambda *told: models.append(told))
+    assert models == [("lite-test", False)]  # the build's name, and no sigmoid added: told once
+    assert len(reports) > 2  # the bar moves more than once on a small folder
     assert _files(tmp_path / "ray") == _files(tmp_path / "local")  # masks, names, sub-folders, failures.txt
     assert (on_ray.total, on_ray.done, on_ray.failed) == (local.total, len(expected), len(broken))
     assert sum(n for n, _ in reports) == len(expected) + len(broken) and {t for _, t in reports} == {on_ray.total}
@@ -114,6 +117,71 @@ def test_a_model_the_workers_cannot_open_is_a_one_line_error(local_ray, lite_art
                           load_options={"size": (64, 64)})
     message = str(error.value)
     assert message.startswith("a Ray worker failed: ") and "drop --size" in message and "\n" not in message
+
+
+def test_unreachable_cluster_and_file_output_are_one_line_errors(run_isnet, lite_artifact, photo_folder, tmp_path):
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for address, words in ((f"127.0.0.1:{port}", f"cannot reach the Ray cluster at 127.0.0.1:{port}"),
+                           (f"ray://127.0.0.1:{port}", "Ray Client (ray://) cannot run Ray Data jobs")):
+        started = time.monotonic()
+        result = run_isnet("run", "--engine", "ray", "--address", address, "--model", lite_artifact,
+                           "--image-dir", photo_folder, "--output-dir", tmp_path / "masks", timeout=120)
+        assert result.returncode == 2 and words in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and time.monotonic() - started < 60
+    from_env = run_isnet("run", "--engine", "ray", "--model", lite_artifact, "--image-dir", photo_folder,
+                         "--output-dir", tmp_path / "masks", env={"RAY_ADDRESS": f"127.0.0.1:{port}"}, timeout=120)
+    assert from_env.returncode == 2 and "cannot reach the Ray cluster" in from_env.stderr
+    assert not (tmp_path / "masks").exists()  # refused before anything was written
+    taken = tmp_path / "masks.txt"
+    taken.write_text("a file, not a folder")
+    for engine in ("local", "ray"):
+        result = run_isnet("run", "--engine", engine, "--model", lite_artifact, "--image-dir", photo_folder,
+                           "--output-dir", taken)
+        assert result.returncode == 2 and "is a file" in result.stderr, (engine, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+# Loaded by every Python process of the command's own Ray instance (through PYTHONPATH): a Ray
+# worker that is handed an image named poison* dies on the spot, every time it is tried.
+_POISON = """
+import os, sys
+if any(arg.endswith("default_worker.py") for arg in sys.argv):
+    from isnet.runtime import ray_engine
+    _process_items = ray_engine.process_items
+
+    def _poisoned(model, image_dir, output_dir, items, *args, **kwargs):
+        items = list(items)
+        if any(os.path.basename(item.relative).startswith("poison") for item in items):
+            os._exit(17)
+        return _process_items(model, image_dir, output_dir, items, *args, **kwargs)
+
+    ray_engine.process_items = _poisoned
+"""
+
+
+@pytest.mark.slow
+def test_a_worker_that_dies_on_every_try_stops_the_run(run_isnet, lite_artifact, tmp_path):
+    images = tmp_path / "images"
+    _write_photos(images, 8)
+    (images / "000.png").rename(images / "poison.png")
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_POISON)
+    started = time.monotonic()
+    result = run_isnet("run", "--engine", "ray", "--threads-per-actor", "1", "--model", lite_artifact,
+                       "--image-dir", images, "--output-dir", tmp_path / "masks",
+                       env={"PYTHONPATH": str(hook), "RAY_ADDRESS": ""}, timeout=300)
+    assert result.returncode == 2, (result.stdout[-2000:], result.stderr[-3000:])
+    assert "a Ray worker process died 4 times on the same images" in result.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in result.stderr
+    assert time.monotonic() - started < 240
+    masks = list((tmp_path / "masks").rglob("*"))
+    assert all(mask_is_complete(mask) for mask in masks if mask.suffix == ".png")
+    assert not [mask for mask in masks if mask.name.startswith(".")], "temporary files left behind"
 
 
 def test_without_the_extra_the_error_names_it(lite_artifact, photo_folder, tmp_path):

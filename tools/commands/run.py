@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from isnet.core import IsnetError
 from isnet.tools.args import (add_batch_arg, add_image_dir_arg, add_io_threads_arg, add_min_max_arg, add_model_args,
@@ -34,7 +35,8 @@ class RunCommand:
         engine.add_argument("--engine", choices=("local", "ray"), default="local",
                             help="local: this process's pipeline (default); ray: a Ray cluster (needs isnet[ray])")
         engine.add_argument("--address", default=None,
-                            help="Ray cluster to join (default $RAY_ADDRESS, else a local Ray instance)")
+                            help="Ray cluster to join, HOST:PORT of its head (default $RAY_ADDRESS, else a local Ray "
+                                 "instance; ray:// is refused: Ray Data does not run over Ray Client)")
         engine.add_argument("--actors", type=positive_int, default=None,
                             help="Ray actors, each holding the model once (default: cluster CPUs / threads)")
         engine.add_argument("--threads-per-actor", type=positive_int, default=None,
@@ -50,12 +52,22 @@ class RunCommand:
         if args.engine == "local" and ray_only:
             raise IsnetError(f"{', '.join(ray_only)} apply to --engine ray only")
         bars = []
-        name = [str(args.model)]
+        name = [Path(args.model).name]
 
         def progress(count: int, total: int) -> None:
             if not bars:  # created on the first report, once the number of images is known
                 bars.append(tqdm(total=total, desc=f"isnet run {name[0]}", unit="img", dynamic_ncols=True))
             bars[0].update(count)
+
+        def sigmoid_note(model_name: str) -> str:
+            return f"note: {model_name}'s output is a logit map (values outside [0, 1]); the sigmoid is applied"
+
+        def on_model(model_name: str, applies_sigmoid: bool) -> None:  # the Ray engine's actors loaded it
+            name[0] = model_name
+            if bars:
+                bars[0].set_description(f"isnet run {model_name}")
+            if applies_sigmoid:
+                (bars[0].write if bars else print)(sigmoid_note(model_name))
 
         try:
             if args.engine == "ray":
@@ -66,14 +78,14 @@ class RunCommand:
                 result = run_folder_on_ray(args.model, args.image_dir, args.output_dir, batch=args.batch,
                                            resume=args.resume, suffixes=args.suffix, min_max=args.min_max_normalize,
                                            address=args.address, actors=args.actors,
-                                           threads_per_actor=args.threads_per_actor,
+                                           threads_per_actor=args.threads_per_actor, io_threads=args.io_threads,
                                            load_options={"size": args.size, "preprocess": args.preprocess},
-                                           progress=progress)
+                                           progress=progress, on_model=on_model)
             else:
                 model = load_model(args.model, threads=args.threads, size=args.size, preprocess=args.preprocess)
                 name[0] = model.name
                 if model.apply_sigmoid:
-                    print(f"note: {model.name}'s output is a logit map (values outside [0, 1]); the sigmoid is applied")
+                    print(sigmoid_note(model.name))
                 result = run_folder(model, args.image_dir, args.output_dir, batch=args.batch, resume=args.resume,
                                     suffixes=args.suffix, min_max=args.min_max_normalize, io_threads=args.io_threads,
                                     progress=progress)
