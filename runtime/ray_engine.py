@@ -197,10 +197,11 @@ def run_folder_on_ray(model: str | os.PathLike, image_dir: str | os.PathLike, ou
             context.enable_progress_bars = False  # the command draws its own
             cpus = int(ray.cluster_resources().get("CPU", 1))
             pool = actors or max(1, cpus // threads_per_actor)
-            # Ray Data bundles blocks up to batch_size rows per task: at most IMAGES_PER_TASK images, and
-            # few enough that a small folder still gives every actor a share and the bar several steps.
+            # One block per task (batch_size=None: Ray Data would otherwise bundle blocks smaller than
+            # batch_size into one task): at most IMAGES_PER_TASK images, and few enough that a small
+            # folder still gives every actor a share and the bar several steps.
             per_task = max(1, min(IMAGES_PER_TASK, -(-len(plan.todo) // (4 * pool))))
-            blocks = min(len(plan.todo), max(4 * pool, -(-len(plan.todo) // per_task)))
+            blocks = -(-len(plan.todo) // per_task)
             dataset = ray.data.from_items([{"relative": item.relative, "mask": item.mask} for item in plan.todo],
                                           override_num_blocks=blocks)
             with warnings.catch_warnings():
@@ -210,7 +211,7 @@ def run_folder_on_ray(model: str | os.PathLike, image_dir: str | os.PathLike, ou
                 # without offering a named parameter for it yet.
                 warnings.simplefilter("ignore", DeprecationWarning)
                 written = dataset.map_batches(
-                    MaskWriter, batch_size=per_task, batch_format="numpy",
+                    MaskWriter, batch_size=None, batch_format="numpy",
                     # One batch at a time per actor: a batch queued behind a busy one would wait while another idles.
                     compute=ray.data.ActorPoolStrategy(size=pool, max_tasks_in_flight_per_actor=1),
                     num_cpus=min(threads_per_actor, cpus),
@@ -220,7 +221,7 @@ def run_folder_on_ray(model: str | os.PathLike, image_dir: str | os.PathLike, ou
                                            "image_dir": str(image_dir), "output_dir": str(output_dir),
                                            "batch": batch, "min_max": min_max})
             try:
-                for rows in written.iter_batches(batch_size=None, batch_format="numpy"):
+                for rows in written.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
                     if on_model is not None and not nodes and len(rows["model"]):
                         on_model(str(rows["model"][0]), bool(rows["sigmoid"][0]))
                     nodes.update(rows["node"])
