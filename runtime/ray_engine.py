@@ -32,7 +32,7 @@ from isnet.runtime.stream import Item, StreamResult, finish_run, plan_folder, pr
 # Images per map_batches call: the unit Ray schedules, retries after a failure and reports back.
 IMAGES_PER_TASK = 64
 THREADS_PER_ACTOR = 2
-# Restarts of a dead actor, and retries of the batch it held, before the run stops with an error.
+# Retries of a batch whose worker died, before the run stops with an error.
 WORKER_RETRIES = 3
 # How long the address of a cluster to join may take to accept a connection.
 REACH_TIMEOUT_SECONDS = 5
@@ -153,10 +153,13 @@ def _one_line(exc: BaseException, ray) -> IsnetError:
     for line in text.splitlines():
         if "IsnetError: " in line:
             return IsnetError(f"a Ray worker failed: {line.split('IsnetError: ', 1)[1]}")
-    if any(isinstance(error, ray.exceptions.ActorDiedError) for error in chain):
-        return IsnetError(f"a Ray worker process died {WORKER_RETRIES + 1} times on the same images "
-                          "(a crash in native code, or out of memory: the workers' logs are in Ray's "
-                          "session folder); the masks written so far are complete, --resume keeps them")
+    died = next((error for error in chain if isinstance(error, ray.exceptions.RayActorError)), None)
+    if died is not None:
+        where = ("while loading the model" if getattr(died, "actor_init_failed", False)
+                 else f"{WORKER_RETRIES + 1} times on the same images")
+        return IsnetError(f"a Ray worker process died {where} (a crash in native code, or out of memory: "
+                          "the workers' logs are in Ray's session folder); the masks written so far are "
+                          "complete, --resume keeps them")
     return IsnetError(f"a Ray worker failed: {first_line(Exception(text))}")
 
 
@@ -182,10 +185,11 @@ def run_folder_on_ray(model: str | os.PathLike, image_dir: str | os.PathLike, ou
     given_output = Path(output_dir)
     model, image_dir, output_dir = Path(model).resolve(), Path(image_dir).resolve(), given_output.resolve()
     model_kind(model)  # a missing model is a one-line error before Ray starts
-    _check_address(address)
     total, plan = plan_folder(image_dir, output_dir, suffixes, resume)
     to_process = len(plan.todo) + len(plan.failures)
     failures = list(plan.failures)
+    if plan.todo:  # with nothing to do (all resumed), no cluster is needed
+        _check_address(address)
     started_here = _connect(ray, address) if plan.todo else False
     if progress is not None:
         progress(len(failures), to_process)
@@ -207,15 +211,16 @@ def run_folder_on_ray(model: str | os.PathLike, image_dir: str | os.PathLike, ou
             with warnings.catch_warnings():
                 # Ray Data would restart a dead actor and retry its batch forever: a batch that kills
                 # its worker every time (an image that crashes a native decoder) would hang the run.
-                # Ray 2.60 takes max_restarts only through **ray_remote_args, which it calls deprecated
-                # without offering a named parameter for it yet.
+                # Actors are still restarted without limit (a long run may lose several nodes), but a
+                # batch is retried WORKER_RETRIES times. Ray 2.60 takes max_task_retries only through
+                # **ray_remote_args, which it calls deprecated (gone in 2.64: hence ray<2.64).
                 warnings.simplefilter("ignore", DeprecationWarning)
                 written = dataset.map_batches(
                     MaskWriter, batch_size=None, batch_format="numpy",
                     # One batch at a time per actor: a batch queued behind a busy one would wait while another idles.
                     compute=ray.data.ActorPoolStrategy(size=pool, max_tasks_in_flight_per_actor=1),
                     num_cpus=min(threads_per_actor, cpus),
-                    max_restarts=WORKER_RETRIES, max_task_retries=WORKER_RETRIES,
+                    max_restarts=-1, max_task_retries=WORKER_RETRIES,
                     fn_constructor_kwargs={"model": str(model), "threads": threads_per_actor,
                                            "io_threads": io_threads, "load_options": load_options or {},
                                            "image_dir": str(image_dir), "output_dir": str(output_dir),

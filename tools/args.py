@@ -24,7 +24,7 @@ def _number(text: str, kind: type, minimum: float, inclusive: bool, what: str):
         value = kind(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected {what}, got '{text}'") from None
-    if not (value > minimum or (inclusive and value == minimum)) or not math.isfinite(value):  # nan, inf too
+    if not (value > minimum or (inclusive and value == minimum)) or (kind is float and not math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
     return value
 
@@ -170,7 +170,8 @@ def add_io_threads_arg(parser: argparse.ArgumentParser) -> None:
     """``--io-threads N``: decode/pre-process and post-process/save threads beside inference."""
     action = parser.add_argument("--io-threads", type=positive_int, default=None, metavar="N",
                                  help="decode/pre-process and post-process/save threads each "
-                                      "(default: one per core, at most 4)")
+                                      "(default: one per core, at most 4; with --engine ray one per "
+                                      "inference thread of an actor)")
     add_renamed(parser, "--workers", action)
 
 

@@ -157,6 +157,8 @@ def _json_errors(endpoint):
         except RequestError as exc:
             if exc.status == 503:
                 return _busy(str(exc))
+            if exc.status == 408:  # a stalled upload: close its connection rather than wait on it again
+                return _error(exc.status, str(exc), Connection="close")
             return _error(exc.status, str(exc))
         except QueueFull as exc:
             return _busy(f"busy: {exc}; retry shortly")
@@ -295,7 +297,7 @@ class BodyLimit:
             try:
                 message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
             except TimeoutError:
-                raise RequestError(408, f"the body did not arrive within {self.timeout:g} s "
+                raise RequestError(408, f"the body was not received within {self.timeout:g} s "
                                         f"({received:,} bytes came); --body-timeout") from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))

@@ -49,16 +49,18 @@ def media_type(header: str | None) -> str:
 
 
 def response_type(accept: str | None) -> str:
-    """The response type an ``Accept`` header asks for: the highest quality first; for a wildcard the
-    first served type it covers (PNG for ``*/*`` and ``image/*``, JSON for ``application/*``) that
-    is not refused with ``q=0``; PNG when there is no header. :class:`RequestError` 406 when it
-    admits none of the types served."""
+    """The response type an ``Accept`` header asks for, as RFC 9110 reads it: each served type takes
+    the quality of the most specific range that matches it (``image/png``, then ``image/*``, then
+    ``*/*``), ``q=0`` refuses it, and the highest quality wins (ties: PNG, JSON, NPY). PNG when
+    there is no header; :class:`RequestError` 406 when it admits none of the types served."""
     if not accept or not accept.strip():
         return PNG
-    ranked, refused = [], set()
-    for position, part in enumerate(accept.split(",")):
+    qualities: dict[str, float] = {}
+    for part in accept.split(","):
         name, *params = [piece.strip() for piece in part.split(";")]
-        name, quality = name.lower(), 1.0
+        if not name:
+            continue
+        quality = 1.0
         for param in params:
             key, _, value = param.partition("=")
             if key.strip().lower() == "q":
@@ -66,18 +68,18 @@ def response_type(accept: str | None) -> str:
                     quality = float(value)
                 except ValueError:
                     quality = 0.0
-        if not name:
-            continue
-        if quality > 0:
-            ranked.append((-quality, position, name))
-        else:
-            refused.add(name)
-    wildcards = {"*/*": (PNG, JSON, NPY), "image/*": (PNG,), "application/*": (JSON, NPY)}
-    for _, _, name in sorted(ranked):
-        for served in wildcards.get(name, (name,)):
-            if served in RESPONSE_TYPES and served not in refused:
-                return served
-    raise RequestError(406, f"cannot answer with {accept.strip()}; ask for one of {', '.join(RESPONSE_TYPES)}")
+        qualities.setdefault(name.lower(), quality)  # the first mention of a range counts
+    best, best_quality = None, 0.0
+    for served in (PNG, JSON, NPY):
+        kind = served.split("/")[0]
+        for name in (served, f"{kind}/*", "*/*"):
+            if name in qualities:
+                if qualities[name] > best_quality:
+                    best, best_quality = served, qualities[name]
+                break
+    if best is None:
+        raise RequestError(406, f"cannot answer with {accept.strip()}; ask for one of {', '.join(RESPONSE_TYPES)}")
+    return best
 
 
 @dataclass(frozen=True)

@@ -135,7 +135,7 @@ def test_unreachable_cluster_and_file_output_are_one_line_errors(run_isnet, lite
     from_env = run_isnet("run", "--engine", "ray", "--model", lite_artifact, "--image-dir", photo_folder,
                          "--output-dir", tmp_path / "masks", env={"RAY_ADDRESS": f"127.0.0.1:{port}"}, timeout=120)
     assert from_env.returncode == 2 and "cannot reach the Ray cluster" in from_env.stderr
-    assert not (tmp_path / "masks").exists()  # refused before anything was written
+    assert not list((tmp_path / "masks").rglob("*.png"))  # refused before any mask was written
     taken = tmp_path / "masks.txt"
     taken.write_text("a file, not a folder")
     for engine in ("local", "ray"):

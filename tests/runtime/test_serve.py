@@ -80,6 +80,8 @@ def test_accept_chooses_png_npy_or_json(server, photo_folder):
     refused = post_image(server.port, data, "image/png;q=0, */*", "image/jpeg")
     assert refused.status == 200 and refused.headers["content-type"] == "application/json"
     assert post_image(server.port, data, "image/png;q=0, image/*", "image/jpeg").status == 406
+    for accept in ("image/*;q=0, */*", "image/png;q=0.1, */*"):  # the most specific range gives PNG's quality
+        assert post_image(server.port, data, accept, "image/jpeg").headers["content-type"] == "application/json"
 
     npy = post_image(server.port, data, "application/x-npy", "image/jpeg")
     assert npy.status == 200 and npy.headers["content-type"] == "application/x-npy"
@@ -187,6 +189,7 @@ def test_a_stalled_upload_gets_408_and_frees_its_place(lite_artifact, photo_fold
             answer = answer.decode("latin-1")
             waited = time.monotonic() - started
         assert answer.startswith("HTTP/1.1 408"), answer[:200]
+        assert "connection: close" in answer.lower()  # the stalled client's socket is closed, not kept
         assert "--body-timeout" in json.loads(answer.split("\r\n\r\n", 1)[1])["error"]
         assert waited < 5
         assert post_image(running.port, data, content_type="image/jpeg").status == 200
@@ -305,7 +308,7 @@ def test_command_errors_are_one_line(run_isnet, lite_artifact, tmp_path):
     assert missing.returncode == 2 and "model not found" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
     for option, value in (("--max-wait-ms", "inf"), ("--max-wait-ms", "nan"), ("--body-timeout", "0")):
-        refused = run_isnet("serve", "--model", lite_artifact, option, value)
+        refused = run_isnet("serve", "--model", lite_artifact, option, value, timeout=60)
         assert refused.returncode == 2 and option in refused.stderr, (option, value, refused.stderr)
     with running_server(lite_artifact, tmp_path) as running:
         taken = run_isnet("serve", "--model", lite_artifact, "--port", running.port, timeout=60)
