@@ -193,7 +193,7 @@ def run_folder_on_ray(model: str | os.PathLike, image_dir: str | os.PathLike, ou
     started_here = _connect(ray, address) if plan.todo else False
     if progress is not None:
         progress(len(failures), to_process)
-    done, nodes = 0, set()
+    done, nodes, model_told = 0, set(), False
     start = time.perf_counter()
     try:
         if plan.todo:
@@ -227,8 +227,9 @@ def run_folder_on_ray(model: str | os.PathLike, image_dir: str | os.PathLike, ou
                                            "batch": batch, "min_max": min_max})
             try:
                 for rows in written.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
-                    if on_model is not None and not nodes and len(rows["model"]):
+                    if on_model is not None and not model_told and len(rows["model"]):
                         on_model(str(rows["model"][0]), bool(rows["sigmoid"][0]))
+                        model_told = True
                     nodes.update(rows["node"])
                     for relative, error in zip(rows["relative"], rows["error"]):
                         if error:

@@ -75,12 +75,15 @@ class ServeSettings:
         return int(self.max_body_mb * 1024 * 1024)
 
 
+# Headers every answer of a status carries: when to retry a busy server; a stalled upload's
+# connection is closed rather than waited on again.
+STATUS_HEADERS = {503: {"Retry-After": str(RETRY_AFTER_SECONDS)}, 408: {"Connection": "close"}}
+
+
 def _error(status: int, message: str, **headers: str) -> Response:
-    return Response(json.dumps({"error": message}), status_code=status, media_type=payloads.JSON, headers=headers)
-
-
-def _busy(message: str) -> Response:
-    return _error(503, message, **{"Retry-After": str(RETRY_AFTER_SECONDS)})
+    """The JSON answer ``{"error": message}``, with the headers its status carries."""
+    return Response(json.dumps({"error": message}), status_code=status, media_type=payloads.JSON,
+                    headers={**STATUS_HEADERS.get(status, {}), **headers})
 
 
 class _Serving:
@@ -155,13 +158,9 @@ def _json_errors(endpoint):
         try:
             return await endpoint(request)
         except RequestError as exc:
-            if exc.status == 503:
-                return _busy(str(exc))
-            if exc.status == 408:  # a stalled upload: close its connection rather than wait on it again
-                return _error(exc.status, str(exc), Connection="close")
             return _error(exc.status, str(exc))
         except QueueFull as exc:
-            return _busy(f"busy: {exc}; retry shortly")
+            return _error(503, f"busy: {exc}; retry shortly")
         except HTTPException as exc:  # Starlette's own refusals (a malformed multipart form: 400)
             return _error(exc.status_code, str(exc.detail), **(exc.headers or {}))
         except ClientDisconnect:
@@ -191,7 +190,7 @@ def create_app(model_path: str | Path, settings: ServeSettings | None = None,
 
     async def ping(request: Request) -> Response:
         if serving.model is None:
-            return _busy("the model is still loading")
+            return _error(503, "the model is still loading")
         return Response(b"", status_code=200)
 
     async def predict(model: LoadedModel, body: bytes, kind: str, keep_rgb: bool = False):
