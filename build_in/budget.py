@@ -241,6 +241,8 @@ def search_float_nodes(quantize: Callable[[list[str]], Path], judge: DriftJudge,
             break
         if count == len(ranked):
             raise IsnetError(_unreachable(judge, checks[count], count))
+        if count >= EARLY_VERDICT_AFTER and (hopeless := _out_of_reach(judge, first, checks[count], count, len(ranked))):
+            raise IsnetError(hopeless)
         failing, count = count, count * 2
     passing = count
     while passing - failing > 1:
@@ -283,6 +285,30 @@ def order_by_gain_per_cost(base: Probe, probes: Sequence[Probe]) -> list[int]:
         steps = max(1, math.ceil(round(slowdown / COST_STEP, 6)))
         return (0, -gain / steps, index)
     return sorted(range(len(probes)), key=key)
+
+
+# The search gives its verdict early once this many candidates are in float: see _out_of_reach.
+EARLY_VERDICT_AFTER = 2
+
+
+def _out_of_reach(judge: DriftJudge, first: BudgetCheck, check: BudgetCheck, count: int, total: int) -> str | None:
+    """Why the budget cannot be met with all ``total`` candidates in float, judged after ``count``, or None.
+
+    The candidates come most effective first, so the drift the first ``count`` took off, scaled up to
+    all ``total`` (a straight line through the all-int8 model and this one), is more than the rest will
+    take off. When even that misses a bound, trying the rest (each trial a quantization and a
+    validation run: minutes at 1024x1024) cannot succeed.
+    """
+    for key, bound in judge.bounds.items():
+        removed = first.drift[key] - check.drift[key]
+        best = first.drift[key] - max(removed, 0.0) * total / count
+        if check.drift[key] > bound and best > bound:
+            return (f"backend.quantize.max_drift cannot be met: the {count} most damaging of {total} candidate layers "
+                    f"in float took {key} from {first.drift[key]:.4g} to {check.drift[key]:.4g} on "
+                    f"{len(judge.pairs)} validation images; at that rate all {total} would still leave about "
+                    f"{best:.4g} > {bound:g}. No artifact written. Loosen the budget, try another calibrate_mode or "
+                    "build fp16/bf16")
+    return None
 
 
 def _unreachable(judge: DriftJudge, check: BudgetCheck, count: int) -> str:

@@ -9,6 +9,7 @@ interrupted build leaves nothing and never clobbers a good artifact unless ``for
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -206,7 +207,8 @@ def build_artifact(config: BuildConfig, force: bool = False, progress: Progress 
         source, arch = _source_onnx(config, work)
         reference = work / "fp32.onnx"
         prepared = prepare_source(source, reference, size, [tensor for _, tensor in samples],
-                                  output=config.frontend.output, activation=config.frontend.output_activation)
+                                  output=config.frontend.output, activation=config.frontend.output_activation,
+                                  upcast=config.frontend.upcast)
         step()
         judge = None
         if config.backend.dtype is Precision.INT8 and config.backend.quantize.validation.path is not None:
@@ -244,7 +246,8 @@ def build_artifact(config: BuildConfig, force: bool = False, progress: Progress 
                 "versions": _versions(backend),
                 "source": {"path": str(config.frontend.checkpoint), "sha256": sha256_file(config.frontend.checkpoint),
                            "input": prepared.input_name, "output": prepared.output_name,
-                           "opset": list(prepared.opset), "notes": prepared.notes},
+                           "opset": list(prepared.opset), "notes": prepared.notes,
+                           "upcast": dataclasses.asdict(prepared.upcast) if prepared.upcast else None},
                 "artifact_sha256": {p.name: sha256_file(p) for p in model_files},
                 "calibration": None if config.backend.dtype is not Precision.INT8 else {
                     "mode": config.backend.quantize.calibrate_mode.value,

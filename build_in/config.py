@@ -17,7 +17,7 @@ from pathlib import Path
 
 from isnet.build_in.imageio import list_images, parse_suffixes
 from isnet.build_in.ops import Preprocessor, default_process_ops, resolve_process_ops
-from isnet.build_in.source_model import OutputActivation, read_onnx_signature
+from isnet.build_in.source_model import OutputActivation, Upcast, read_onnx_signature
 from isnet.core import IsnetError, apply_overrides, bounded, internal, load_dataclass, read_yaml_mapping, to_plain
 
 
@@ -66,8 +66,10 @@ class FrontendConfig:
 
     ``shape`` is ``[N, 3, H, W]`` (or ``{input_name: [N, 3, H, W]}``, the reference recipe's form);
     it may be left out when the ONNX file's input size is fixed, or when ``dataset.process_ops``
-    resizes to the size. ``output`` picks one of several outputs by name or index;
-    ``output_activation`` says whether it is a logit map (see :mod:`isnet.build_in.source_model`).
+    resizes to the size; it may differ from a size fixed in the file (the build makes the file's
+    fixed Resize sizes follow the input). ``output`` picks one of several outputs by name or index;
+    ``output_activation`` says whether it is a logit map; ``upcast`` whether a file that computes
+    in fp16 is made fp32 first (see :mod:`isnet.build_in.source_model`).
     """
 
     checkpoint: Path
@@ -78,6 +80,7 @@ class FrontendConfig:
     opset: int = 17
     output: int | str = 0
     output_activation: OutputActivation = OutputActivation.AUTO
+    upcast: Upcast = Upcast.AUTO
 
 
 # The metric keys of a drift budget: |metric of the int8 build - metric of fp32| on validation images.
@@ -298,6 +301,9 @@ def _resolve_input(config: BuildConfig, source: str) -> tuple[str, tuple[int, ..
         except IsnetError as exc:
             raise fail("frontend.output", str(exc)) from None
         name, static_hw = signature.input_name, signature.static_hw
+        if signature.input_half and front.upcast is Upcast.NEVER:
+            raise fail("frontend.upcast", "never keeps the file's fp16 input, and isnet feeds float32 images; "
+                                          "use auto (the default)")
     else:
         if front.output != 0:
             raise fail("frontend.output", "applies to ONNX models; an exported ISNet has one output")
@@ -322,11 +328,8 @@ def _resolve_input(config: BuildConfig, source: str) -> tuple[str, tuple[int, ..
         shape = tuple(given)
         if len(shape) != 4 or shape[1] != 3 or any(s <= 0 for s in shape):
             raise fail(key, f"expected [N, 3, H, W] with positive sizes, got {list(shape)}")
-        if static_hw is not None and shape[2:] != static_hw:
-            raise fail(key, f"{list(shape)} does not match the model's fixed input {static_hw[0]}x{static_hw[1]} "
-                            f"in {front.checkpoint}")
         return name, shape
-    hw = static_hw or resize
+    hw = resize or static_hw
     if hw is None:
         raise fail("frontend.shape", "the model's input size is not fixed in the file; give frontend.shape: "
                                      "[1, 3, H, W] or a Resize in dataset.process_ops")

@@ -8,7 +8,11 @@ takes ``input.1`` at a fixed 1x3x320x320, returns seven maps (the fused one firs
   graph allows it (checked by running a batch of two against two single runs);
 - the one chosen output (``frontend.output``, a name or an index, default the first); the others
   and every node only they needed are removed, so they cost nothing;
+- float32 arithmetic: a file that computes in fp16 (IMG.LY's ISNet) is upcast exactly first
+  (:mod:`isnet.build_in.upcast`; ``frontend.upcast``: ``auto`` / ``never``);
 - opset 17 at least (per-channel int8 needs 13; one opset for every backend), converted with a note;
+- the build's input size, also where the file fixes another one: Resize ops with sizes written in
+  as constants then follow the tensors they meet (:mod:`isnet.build_in.input_size`);
 - a probability map: an output that is not already a sigmoid and takes values outside [0, 1] on
   the sample images is a logit map, and gets a Sigmoid (``frontend.output_activation``: ``auto``
   detects, ``sigmoid`` / ``none`` decide).
@@ -26,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from isnet.build_in.input_size import resizes_follow_input
+from isnet.build_in.upcast import HALF_TYPES, UpcastReport, computes_in_half, fp32_from_half
 from isnet.core import IsnetError, first_line
 from isnet.export.onnx_graph import constant_values, names_read
 
@@ -44,6 +50,13 @@ class OutputActivation(str, enum.Enum):
     NONE = "none"        # the output is a probability map already
 
 
+class Upcast(str, enum.Enum):
+    """What a build does with a source file that computes in fp16 / bf16."""
+
+    AUTO = "auto"    # upcast it to fp32, exactly (isnet.build_in.upcast)
+    NEVER = "never"  # build it as it is: it keeps computing in half precision
+
+
 class MapKind(str, enum.Enum):
     """What the prepared graph's output was in the source file (the prepared graph always gives probabilities)."""
 
@@ -59,6 +72,7 @@ class OnnxSignature:
     input_dims: tuple[int | None, ...]  # None where the dimension is dynamic
     outputs: tuple[str, ...]
     opset: int
+    input_half: bool = False  # the input is fp16 / bf16 (upcast to float32 by the build)
 
     @property
     def static_hw(self) -> tuple[int, int] | None:
@@ -120,12 +134,13 @@ def read_onnx_signature(path: str | os.PathLike) -> OnnxSignature:
         raise IsnetError(f"{path}: the input's batch is fixed at {dims[0]}; isnet builds models that take one "
                          "image (batch 1) or any number (dynamic)")
     element = inputs[0].type.tensor_type.elem_type
-    if element != onnx.TensorProto.FLOAT:
+    if element != onnx.TensorProto.FLOAT and element not in HALF_TYPES:
         raise IsnetError(f"{path}: the input '{inputs[0].name}' is {onnx.TensorProto.DataType.Name(element).lower()};"
-                         " isnet builds from float32 models (export the fp32 model; builds make fp16/int8 from it)")
+                         " isnet builds from models that take float images (float32, or fp16 / bf16)")
     if not model.graph.output:
         raise IsnetError(f"{path} has no outputs")
-    return OnnxSignature(inputs[0].name, dims, tuple(o.name for o in model.graph.output), _default_opset(model))
+    return OnnxSignature(inputs[0].name, dims, tuple(o.name for o in model.graph.output), _default_opset(model),
+                         input_half=element in HALF_TYPES)
 
 
 @dataclass
@@ -140,6 +155,7 @@ class PreparedSource:
     activation_reason: str
     opset: tuple[int, int]           # (in the source file, in the prepared graph)
     notes: list[str] = field(default_factory=list)
+    upcast: UpcastReport | None = None  # what the fp16 -> fp32 upcast changed, when the file computed in half
 
 
 def _keep_only(model, output_name: str) -> int:
@@ -285,7 +301,8 @@ def _append(model, op_type: str, output_name: str, extra_inputs: Sequence = ()) 
 
 def prepare_source(source: str | os.PathLike, target: str | os.PathLike, input_hw: tuple[int, int],
                    samples: Sequence[np.ndarray], output: int | str = 0,
-                   activation: OutputActivation = OutputActivation.AUTO) -> PreparedSource:
+                   activation: OutputActivation = OutputActivation.AUTO,
+                   upcast: Upcast = Upcast.AUTO) -> PreparedSource:
     """Write the fp32 graph every backend compiles from ``source`` to ``target`` (see the module docstring).
 
     ``samples`` are pre-processed CHW inputs at ``input_hw`` (at least two): the activation and the
@@ -300,6 +317,14 @@ def prepare_source(source: str | os.PathLike, target: str | os.PathLike, input_h
     model = _load(source)
     notes: list[str] = []
 
+    upcast_report = None
+    if computes_in_half(model):
+        if upcast is Upcast.AUTO:
+            upcast_report = fp32_from_half(model)
+            notes.append(upcast_report.describe())
+        else:
+            notes.append("the file computes in fp16 and frontend.upcast is never: built as it is, it keeps "
+                         "computing in half precision whatever backend.dtype says")
     dropped = _keep_only(model, output_name)
     if dropped:
         notes.append(f"kept output '{output_name}' ({signature.outputs.index(output_name)} of "
@@ -314,8 +339,15 @@ def prepare_source(source: str | os.PathLike, target: str | os.PathLike, input_h
         notes.append(f"converted opset {opset} to {TARGET_OPSET}")
     height, width = input_hw
     if signature.static_hw not in (None, (height, width)):
-        raise IsnetError(f"{source}: the model's input is fixed at {signature.static_hw[0]}x{signature.static_hw[1]}, "
-                         f"not {height}x{width}")
+        fixed = f"{signature.static_hw[0]}x{signature.static_hw[1]}"
+        try:
+            changed = resizes_follow_input(model)
+        except IsnetError as exc:
+            raise IsnetError(f"{source}: the model's input is fixed at {fixed}, and {exc}; build it at {fixed}") \
+                from None
+        notes.append(f"the file's input is fixed at {fixed}; built at {height}x{width}"
+                     + (f", with its {changed} Resize ops of fixed output size made to follow the tensors they "
+                        "meet" if changed else ""))
     _set_input_dims(model, signature.input_name, ["batch", 3, height, width])
     model = _simplify(model, notes)
     if _drop_empty_resize_inputs(model):
@@ -367,4 +399,4 @@ def prepare_source(source: str | os.PathLike, target: str | os.PathLike, input_h
         notes.append(f"added a Sigmoid after the output ({reason})")
     onnx.save(model, str(target))
     return PreparedSource(target, signature.input_name, final_output, dynamic, kind, reason,
-                          (signature.opset, _default_opset(model)), notes)
+                          (signature.opset, _default_opset(model)), notes, upcast_report)

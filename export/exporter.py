@@ -229,6 +229,9 @@ def export_model(request: ExportRequest) -> ExportResult:
     result = ExportResult(arch=model.arch.name,
                           params_m=sum(p.numel() for p in model.parameters()) / 1e6,
                           gmacs=count_macs(model, *request.size) / 1e9)
+    if str(request.weights).lower().endswith(".onnx"):
+        result.notes.append(f"weights from {Path(request.weights).name}: its convolutions, with BatchNorm folded in "
+                            "by its exporter, loaded exactly (the BatchNorm layers are identities)")
     out = Path(request.output_dir)
     for fmt in request.formats:
         final = out / f"{request.name}{SUFFIXES[fmt]}"

@@ -169,6 +169,7 @@ class ISNet(nn.Module):
         super().__init__()
         self.arch = ARCHS[arch] if isinstance(arch, str) else arch
         self.deploy = deploy
+        self.frozen_batch_norm = False
         a = self.arch
         # Official quirk: `conv_in` is a plain strided conv (no BN/ReLU) and the module's
         # `pool_in` is defined but never used, so stage 1 runs at half resolution.
@@ -187,6 +188,21 @@ class ISNet(nn.Module):
         side_in = [a.decoder[4 - i].out for i in range(5)] + [a.encoder[-1].out]
         for i, ch in enumerate(side_in, start=1):
             setattr(self, f"side{i}", nn.Conv2d(ch, 1, 3, padding=1))
+
+    def freeze_batch_norm(self) -> None:
+        """Keep every BatchNorm on its running statistics in training mode too (its scale and shift still
+        learn): fine-tuning weights whose BatchNorm an exporter folded into the convolutions, where
+        batch statistics would change what the loaded network computes."""
+        self.frozen_batch_norm = True
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "ISNet":
+        super().train(mode)
+        if self.frozen_batch_norm:
+            for module in self.modules():
+                if isinstance(module, nn.BatchNorm2d):
+                    module.eval()
+        return self
 
     def side_logits(self, x: torch.Tensor, heads: int = 6) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Run the network; return the first ``heads`` side logits (at input size) and the decoder features."""

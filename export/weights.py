@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -120,9 +121,10 @@ def load_isnet_weights(model: ISNet, state: Mapping[str, torch.Tensor], source: 
 
 def build_isnet(weights: str | os.PathLike, seed: int = 0, arch: str | None = None,
                 deploy: bool = True) -> ISNet:
-    """Build an ISNet in eval mode from a checkpoint path, or from ``"random"`` with ``seed``.
+    """Build an ISNet in eval mode from a checkpoint path, an ISNet ONNX file (:func:`isnet_from_onnx`),
+    or ``"random"`` with ``seed``.
 
-    ``arch`` names a known architecture; for a checkpoint it is read from the file when
+    ``arch`` names a known architecture; for a checkpoint or ONNX file it is read from the file when
     omitted, for ``random`` it defaults to the official ``isnet``.
     """
     if arch is not None and arch not in ARCHS:
@@ -130,6 +132,8 @@ def build_isnet(weights: str | os.PathLike, seed: int = 0, arch: str | None = No
     if str(weights) == RANDOM:
         torch.manual_seed(seed)
         model = ISNet(arch or "isnet", deploy=deploy)
+    elif str(weights).lower().endswith(".onnx"):
+        model, _ = isnet_from_onnx(weights, arch=arch, deploy=deploy)
     else:
         state, stored = read_checkpoint(weights)
         chosen = ARCHS[arch] if arch else stored or _match_arch(state, Path(weights))
@@ -164,24 +168,175 @@ def load_gt_encoder(path: str | os.PathLike, arch: str | None = None) -> ISNetGT
     return encoder.eval()
 
 
-def _onnx_convolutions(path: Path) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(weight, bias) of every Conv of an ONNX model, in graph (execution) order."""
+@dataclass(frozen=True)
+class OnnxConvolution:
+    """One convolution of an ONNX file: its node name and its float32 weight and bias."""
+
+    name: str
+    weight: np.ndarray
+    bias: np.ndarray
+
+
+def _load_onnx(path: Path):
     import onnx
 
-    from isnet.export.onnx_graph import constant_values
-
+    if not path.is_file():
+        raise IsnetError(f"ONNX file not found: {path}")
     try:
-        model = onnx.load(str(path))
+        return onnx.load(str(path))
     except Exception as exc:  # protobuf raises its own DecodeError
         raise IsnetError(f"{path}: not a readable ONNX model ({first_line(exc, 160)})") from None
-    weights = constant_values(model.graph)
+
+
+def _integer_convolution(node, constants: dict, producers: dict, readers: dict
+                         ) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """Float weight and bias of a ``ConvInteger`` written by ONNX Runtime's dynamic quantization, or None.
+
+    That pattern is ``ConvInteger(x_q, w_q, x_zero, w_zero) -> Cast -> Mul(input scale x weight scale)
+    -> Add(bias)``: the weight is (w_q - w_zero) x weight scale, the bias the constant added last.
+    """
+    def only_reader(name: str, op_type: str):
+        found = readers.get(name, [])
+        return found[0] if len(found) == 1 and found[0].op_type == op_type else None
+
+    cast = only_reader(node.output[0], "Cast")
+    rescale = cast and only_reader(cast.output[0], "Mul")
+    scales = rescale and producers.get(next(i for i in rescale.input if i != cast.output[0]))
+    if node.input[1] not in constants or not scales or scales.op_type != "Mul":
+        return None
+    weight_scale = next((constants[i] for i in scales.input if i in constants), None)
+    if weight_scale is None:
+        return None
+    quantized = constants[node.input[1]].astype(np.float32)
+    zero = constants[node.input[3]].astype(np.float32) if len(node.input) > 3 and node.input[3] in constants else 0.0
+    weight = (quantized - zero) * np.asarray(weight_scale, np.float32).reshape(-1, *([1] * (quantized.ndim - 1)))
+    add = only_reader(rescale.output[0], "Add")
+    bias = None
+    for name in add.input if add else ():
+        source = producers.get(name)
+        if source is not None and source.op_type == "Reshape":
+            name = source.input[0]  # the bias, reshaped to broadcast over N x C x H x W
+        if name in constants:
+            bias = constants[name]
+    return weight, bias
+
+
+def onnx_convolutions(path: str | os.PathLike) -> list[OnnxConvolution]:
+    """Every convolution of an ONNX file whose weights are constants, in graph order, as float32.
+
+    Reads float convolutions (fp32, or fp16 / bf16 weights, made float32 exactly) and the
+    ``ConvInteger`` of dynamically quantized files (IMG.LY's 8-bit ISNet), whose weights are
+    dequantized (:func:`_integer_convolution`).
+    """
+    from isnet.export.onnx_graph import constant_values
+
+    path = Path(path)
+    graph = _load_onnx(path).graph
+    constants = constant_values(graph)
+    producers = {out: node for node in graph.node for out in node.output}
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
     convolutions = []
-    for node in model.graph.node:
-        if node.op_type == "Conv" and node.input[1] in weights:
-            weight = weights[node.input[1]]
-            bias = weights.get(node.input[2]) if len(node.input) > 2 else None
-            convolutions.append((weight, bias if bias is not None else np.zeros(weight.shape[0], weight.dtype)))
+    for node in graph.node:
+        if node.op_type == "Conv" and node.input[1] in constants:
+            weight = constants[node.input[1]].astype(np.float32)
+            bias = constants.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        elif node.op_type == "ConvInteger" and (found := _integer_convolution(node, constants, producers, readers)):
+            weight, bias = found
+        else:
+            continue
+        bias = np.zeros(weight.shape[0], np.float32) if bias is None else np.array(bias, np.float32).reshape(-1)
+        convolutions.append(OnnxConvolution(node.name or node.output[0], weight, bias))
     return convolutions
+
+
+def _module_name(node_name: str) -> str:
+    """The PyTorch module a traced node belongs to: ``/stage1/rebnconvin/conv_s1/Conv`` -> ``stage1.rebnconvin.conv_s1``."""
+    return ".".join(node_name.strip("/").split("/")[:-1])
+
+
+# Side heads a deploy-mode export (this project's own, sigmoid(d1) only) leaves out of the graph.
+_DEPLOY_ONLY_MISSING = frozenset(f"side{i}" for i in range(2, 7))
+
+
+def read_isnet_onnx(path: Path, arch: str | None = None) -> tuple[IsnetArch, dict[str, OnnxConvolution], list[str]]:
+    """The architecture an ISNet ONNX file holds, its convolutions by module name, and the side heads it
+    leaves out; IsnetError when its convolutions are not an ISNet's."""
+    convolutions = onnx_convolutions(path)
+    if not convolutions:
+        raise IsnetError(f"{path}: no convolutions with constant weights; not an ISNet ONNX file")
+    candidates = [ARCHS[arch]] if arch else list(ARCHS.values())
+    problems = []
+    for candidate in candidates:
+        expected = {name: tuple(module.weight.shape) for name, module in ISNet(candidate).named_modules()
+                    if isinstance(module, torch.nn.Conv2d)}
+        by_name = {_module_name(c.name): c for c in convolutions}
+        if set(by_name) - set(expected) or len(by_name) != len(convolutions):
+            # Names that are not module paths (another exporter): pair in order, when the shapes agree.
+            order = list(expected)
+            if [tuple(c.weight.shape) for c in convolutions] == [expected[n] for n in order[:len(convolutions)]]:
+                by_name = dict(zip(order, convolutions))
+        wrong = [f"{n}: file {tuple(c.weight.shape)} vs model {expected[n]}" for n, c in by_name.items()
+                 if n in expected and tuple(c.weight.shape) != expected[n]]
+        missing = [n for n in expected if n not in by_name]
+        unknown = [n for n in by_name if n not in expected]
+        if not wrong and not unknown and set(missing) <= _DEPLOY_ONLY_MISSING:
+            return candidate, by_name, missing
+        problems.append(f"'{candidate.name}': {len(missing)} of its {len(expected)} convolutions missing"
+                        + (f", shapes differ ({'; '.join(wrong[:2])})" if wrong else "")
+                        + (f", {len(unknown)} unknown" if unknown else ""))
+    raise IsnetError(f"{path}: not an ISNet ONNX file ({len(convolutions)} convolutions; "
+                     f"{'; '.join(problems)})")
+
+
+def _absorb_input_affine(weight: np.ndarray, bias: np.ndarray, affine: tuple[np.ndarray, np.ndarray]
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """A first convolution that takes ``scale * x + shift`` (per input channel) instead of ``x``."""
+    scale, shift = (np.asarray(v, dtype=np.float32) for v in affine)
+    # W * (scale x + shift) + b = (W scale) x + (b + sum W shift), exact away from the border.
+    return weight * scale[None, :, None, None], bias + np.einsum("oikl,i->o", weight, shift)
+
+
+def load_folded_convolutions(model: ISNet, convolutions: Mapping[str, OnnxConvolution],
+                             input_affine: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    """Copy convolutions whose BatchNorm an exporter folded in into ``model`` exactly: each conv gets the
+    folded weight and bias, and the BatchNorm after it becomes an exact identity in eval mode (mean 0,
+    variance 1 - eps, scale 1, shift 0), so ``model`` computes what the file computes. ``input_affine``
+    (scale, shift) maps ``model``'s input to the file's when their pre-processing differs: ``conv_in``
+    absorbs it."""
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for name, convolution in convolutions.items():
+            conv = modules[name]
+            weight, bias = convolution.weight, convolution.bias
+            if name == "conv_in" and input_affine is not None:
+                weight, bias = _absorb_input_affine(weight, bias, input_affine)
+            conv.weight.copy_(torch.as_tensor(weight))
+            conv.bias.copy_(torch.as_tensor(bias))
+            bn = modules.get(name.rsplit(".", 1)[0] + ".bn_s1") if name.endswith("conv_s1") else None
+            if isinstance(bn, torch.nn.BatchNorm2d):
+                bn.reset_parameters()
+                # (x - 0) / sqrt((1 - eps) + eps) * 1 + 0 is x to the last bit in float32.
+                bn.running_var.fill_(1.0 - bn.eps)
+
+
+def isnet_from_onnx(path: str | os.PathLike, arch: str | None = None, deploy: bool = True
+                    ) -> tuple[ISNet, list[str]]:
+    """An ISNet holding the weights of an ISNet ONNX file (rembg's ``isnet-general-use.onnx``, IMG.LY's
+    fp16 and 8-bit files, this project's own exports), in eval mode, and the side heads the file left
+    out (kept at their initial values).
+
+    Convolutions are matched to modules by the node names tracing exporters write
+    (``/stage1/rebnconvin/conv_s1/Conv``), else in order when every shape agrees; BatchNorm, folded
+    into the convolutions by the exporter, is loaded as such (:func:`load_folded_convolutions`).
+    The architecture (``isnet``, ``isnet-lite``) is read from the shapes unless ``arch`` names it.
+    """
+    found, convolutions, missing = read_isnet_onnx(Path(path), arch)
+    model = ISNet(found, deploy=deploy)
+    load_folded_convolutions(model, convolutions)
+    return model.eval(), missing
 
 
 def _execution_order(model: torch.nn.Module, images: torch.Tensor) -> list[str]:
@@ -236,7 +391,7 @@ def init_from_onnx(model: torch.nn.Module, path: str | os.PathLike, images: torc
     in ``model``).
     """
     path = Path(path)
-    theirs = _onnx_convolutions(path)
+    theirs = [(c.weight, c.bias) for c in onnx_convolutions(path)]
     order = _execution_order(model, images)
     modules = dict(model.named_modules())
     pairs = _align([tuple(modules[name].weight.shape) for name in order], [tuple(w.shape) for w, _ in theirs])
@@ -258,10 +413,7 @@ def init_from_onnx(model: torch.nn.Module, path: str | os.PathLike, images: torc
             conv = modules[order[mine]]
             weight, bias = (np.array(a, dtype=np.float32) for a in theirs[other])
             if index == 0 and input_affine is not None and weight.shape[1] == len(input_affine[0]):
-                scale, shift = (np.asarray(v, dtype=np.float32) for v in input_affine)
-                # W * (scale x + shift) + b = (W scale) x + (b + sum W shift), exact away from the border.
-                bias = bias + np.einsum("oikl,i->o", weight, shift)
-                weight = weight * scale[None, :, None, None]
+                weight, bias = _absorb_input_affine(weight, bias, input_affine)
             conv.weight.copy_(torch.from_numpy(weight))
             if conv.bias is not None:
                 conv.bias.copy_(torch.from_numpy(bias))

@@ -43,18 +43,43 @@ def ecssd() -> Path:
     return ECSSD
 
 
-PRETRAINED_U2NETP = Path(__file__).resolve().parents[1] / ".cache" / "pretrained" / "u2netp.onnx"
+PRETRAINED = Path(__file__).resolve().parents[1] / ".cache" / "pretrained"
+
+
+def _pretrained(name: str, what: str) -> Path:
+    """``PRETRAINED/name`` (``make pretrained``); missing, it fails the test in CI and skips it elsewhere."""
+    path = PRETRAINED / name
+    if not path.is_file():
+        message = f"{what} is not at {path}; run `make pretrained`"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
 
 
 @pytest.fixture(scope="session")
 def u2netp() -> Path:
-    """rembg's pretrained U^2-Netp (``make pretrained``); missing, it fails the test in CI and skips it elsewhere."""
-    if not PRETRAINED_U2NETP.is_file():
-        message = f"the pretrained U^2-Netp is not at {PRETRAINED_U2NETP}; run `make pretrained`"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return PRETRAINED_U2NETP
+    """rembg's pretrained U^2-Netp (320x320, seven outputs, opset 11)."""
+    return _pretrained("u2netp.onnx", "the pretrained U^2-Netp")
+
+
+@pytest.fixture(scope="session")
+def isnet_fp16() -> Path:
+    """The DIS authors' ISNet as IMG.LY ships it: fp16 weights computing in fp16, input fixed at 1024x1024,
+    12 outputs (``output`` first), opset 15."""
+    return _pretrained("isnet-fp16.onnx", "the real ISNet (fp16)")
+
+
+@pytest.fixture(scope="session")
+def isnet_fp32() -> Path:
+    """:func:`isnet_fp16` upcast to fp32 by isnet (the size and interface of rembg's isnet-general-use.onnx)."""
+    return _pretrained("isnet-fp32.onnx", "the real ISNet (fp32)")
+
+
+@pytest.fixture(scope="session")
+def isnet_8bit() -> Path:
+    """IMG.LY's own 8-bit ISNet (DynamicQuantizeLinear + ConvInteger), input fixed at 1024x1024."""
+    return _pretrained("isnet-8bit.onnx", "IMG.LY's 8-bit ISNet")
 
 
 @pytest.fixture(scope="session")

@@ -108,7 +108,8 @@ def add_weights_args(parser: argparse.ArgumentParser) -> None:
     """``--weights PATH|random``, ``--seed`` and ``--arch``: which ISNet to build."""
     group = parser.add_argument_group("model")
     group.add_argument("--weights", required=True, metavar="PATH|random",
-                       help="ISNet checkpoint (.pth: official, DataParallel or isnet's own), "
+                       help="ISNet checkpoint (.pth: official, DataParallel or isnet's own), an ISNet "
+                            "ONNX file (rembg's isnet-general-use.onnx, IMG.LY's fp16 or 8-bit file), "
                             "or 'random' for a randomly initialised model")
     group.add_argument("--seed", type=int, default=0, help="seed for --weights random (default 0)")
     group.add_argument("--arch", default=None,

@@ -166,14 +166,15 @@ def test_a_preset_names_the_pre_processing(foreign, tmp_path, calib_images):
     path = _config(tmp_path, foreign, calib_images, name="preset")
     data = yaml.safe_load(path.read_text())
     data["dataset"]["process_ops"] = "u2net"
-    data["frontend"]["shape"] = [1, 3, 320, 320]
+    # The preset's Resize sets the size, also over the file's fixed 32x32 (the build makes the file follow it) ...
     path.write_text(yaml.safe_dump(data))
-    with pytest.raises(IsnetError, match="does not match the model's fixed input 32x32"):
-        load_build_config(path)
-    data["frontend"].pop("shape")
+    assert load_build_config(path).input_shape == (1, 3, 320, 320)
+    # ... and a shape that contradicts the Resize is one line.
+    data["frontend"]["shape"] = [1, 3, 64, 64]
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(IsnetError, match=r"Resize.size \[320, 320\] does not match the model's input"):
         load_build_config(path)
+    data["frontend"].pop("shape")
     data["dataset"]["process_ops"] = "u2nett"
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(IsnetError, match="unknown preset 'u2nett' \\(did you mean 'u2net'\\?\\)"):
@@ -242,8 +243,14 @@ def test_odd_graphs_prepare_or_fail_in_one_line(tmp_path):
     session = ort.InferenceSession(str(prepared.path), providers=["CPUExecutionProvider"])
     out = session.run(None, {"x": np.stack(SAMPLES)})[0]
     assert out.shape == (2, 1, 8, 8) and 0 <= out.min() <= out.max() <= 1
+    # An fp16 input (and weights) is upcast: the prepared graph takes float32.
+    half = _graph(tmp_path, "fp16", [conv], [numpy_helper.from_array(
+        rng.normal(0, 0.5, (1, 3, 3, 3)).astype(np.float16), "w")], ["map"], input_type=TensorProto.FLOAT16)
+    prepared = prepare_source(half, tmp_path / "fp16_prepared.onnx", (8, 8), SAMPLES)
+    assert onnx.load(str(prepared.path)).graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert prepared.upcast.weights == 1 and any("upcast from fp16" in note for note in prepared.notes)
     # Inputs isnet cannot feed are refused with one line.
-    for name, kwargs, message in (("fp16", {"input_type": TensorProto.FLOAT16}, "is float16"),
+    for name, kwargs, message in (("int8", {"input_type": TensorProto.INT8}, "is int8"),
                                   ("batch2", {"batch": 2}, "batch is fixed at 2")):
         path = _graph(tmp_path, name, [conv], _weights(rng, ("w", (1, 3, 3, 3))), ["map"], **kwargs)
         with pytest.raises(IsnetError, match=message):

@@ -38,6 +38,8 @@ class BuildCommand:
         detail = f", calibration: {calibration['mode']} on {len(calibration['images'])} images" if calibration else ""
         print(f"built {result.artifact_dir} ({info['backend']} {info['precision']}, {size_mb:.1f} MB, "
               f"{info['build_seconds']:.1f} s{detail})")
+        for note in info["source"]["notes"]:
+            print(f"source: {note}")
         print(f"fidelity vs fp32 on {len(fidelity['images'])} {fidelity['source']}: "
               f"mean |diff| {fidelity['mean_abs_diff']:.2e}, max |diff| {fidelity['max_abs_diff']:.2e}")
         details = info.get("backend_details") or {}

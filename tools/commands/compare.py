@@ -66,7 +66,7 @@ class CompareCommand:
 
         with StageBars() as bars:
             result = run_experiment(experiment, force=args.force, progress=bars)
-        header, rows = table_rows(result.reports, result.reference)
+        header, rows = table_rows(result.reports, result.reference, result.failures)
         widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
         print("  ".join(h.rjust(w) for h, w in zip(header, widths)))
         for row in rows:

@@ -11,6 +11,7 @@ An experiment (YAML or JSON; every key can also come from flags or ``--set``)::
     calibration: {path: calib/image, count: 50}
     builds:                           # build-config overrides, a config file, or an existing artifact
       fp32: {backend: {dtype: fp32}}
+      bf16_768: {preset: ov_bf16, input_size: [768, 768]}   # a preset at another input size
       int8_kl: {backend: {dtype: int8, quantize: {calibrate_mode: kl_divergence}}}
       mine: {config: my_build.yaml}
       old: {artifact: deploy_weights/old}
@@ -20,6 +21,11 @@ An experiment (YAML or JSON; every key can also come from flags or ``--set``)::
     max_delta: {mae: 0.002, sm: 0.003, maxfmeasure: 0.005}
     report: {path: report, strip_images: 4, photos: ["matplotlib:mpl-data/sample_data/grace_hopper.jpg"],
              notes: ["int8_kl is the reference recipe's mode, shown for comparison"]}
+
+A build's ``input_size`` runs it at another size than the experiment's (the pre-processing resizes
+to it; a model file fixed at one size is made to follow the input, see
+:mod:`isnet.build_in.input_size`), so one report can set sizes against precisions; ``preset`` starts
+a build from a preset (:data:`PRESETS`) that its other keys then change.
 
 ``report.photos`` are extra pictures without ground truth, each a file or ``package:path`` inside an
 installed Python package (entries whose package is not installed are left out with a note):
@@ -41,7 +47,7 @@ from typing import ClassVar
 
 from isnet.build_in import read_build_info
 from isnet.build_in.config import BUDGET_METRICS, BuildConfig, load_build_config, validate_build_config
-from isnet.build_in.ops import resolve_process_ops
+from isnet.build_in.ops import resolve_process_ops, with_input_size
 from isnet.core import (IsnetError, apply_overrides, bounded, did_you_mean, load_dataclass, read_yaml_mapping,
                         resolve_path)
 from isnet.eval import ecssd_folders
@@ -240,10 +246,30 @@ def _build_entry(name: str, spec, base_config: dict, source: str, base: Path, gi
                 return BuildEntry(name, config=load_build_config(path))
             except IsnetError as exc:
                 raise IsnetError(f"{source}: {key}.{special}: {exc}") from None
+    spec = dict(spec)
+    size = spec.pop("input_size", None)
     merged = _merge(base_config, spec)
+    if size is not None:
+        _set_input_size(merged, size, f"{source}: {key}.input_size")
     merged["name"] = name
     return BuildEntry(name, config=validate_build_config(merged, source=f"{source}: {key}", base_dir=base,
                                                          cwd_keys=mine))
+
+
+def _set_input_size(config: dict, size, where: str) -> None:
+    """Make a build config (a dict) run at ``size`` = [height, width]: its shape, and its Resize if it has one."""
+    if (not isinstance(size, (list, tuple)) or len(size) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+        raise IsnetError(f"{where}: expected [height, width] of positive integers, got {size!r}")
+    config.setdefault("frontend", {})["shape"] = [1, 3, *size]
+    ops = (config.get("dataset") or {}).get("process_ops")
+    if ops is not None:
+        try:
+            resized = with_input_size(ops, size)
+        except IsnetError as exc:
+            raise IsnetError(f"{where}: {exc}") from None
+        config["dataset"]["process_ops"] = [{k: list(v) if isinstance(v, tuple) else v for k, v in op.items()}
+                                            for op in resized]
 
 
 def _override_key(override) -> str:
@@ -291,8 +317,6 @@ def load_experiment(data: Mapping, source: str, base: Path, overrides: Sequence[
             raise IsnetError(f"{source}: frontend.{key}: set by the experiment's "
                              f"{'input_size' if key == 'shape' else 'model'}; remove it here")
     frontend = {**spec.frontend, "type": "onnx" if is_onnx else "pytorch", "checkpoint": str(spec.model)}
-    if input_size is not None:
-        frontend["shape"] = [1, 3, *input_size]
     dataset = {"path": str(calibration_dir), "sampler": {"get_data_num": spec.calibration.count}}
     if spec.process_ops is not None:
         try:
@@ -302,8 +326,12 @@ def load_experiment(data: Mapping, source: str, base: Path, overrides: Sequence[
             raise IsnetError(f"{source}: {exc}") from None
     base_config = {"frontend": frontend, "backend": {"type": "onnxruntime"}, "dataset": dataset,
                    "workspace": {"path": str(output / "artifacts")}}
-    specs = {name: _with_budget(name, build, spec, calibration_dir, images, source)
-             for name, build in spec.builds.items()}
+    if input_size is not None:
+        _set_input_size(base_config, list(input_size), f"{source}: input_size")
+    specs = {}
+    for name, build in spec.builds.items():
+        build, preset = _from_preset(name, build, source)
+        specs[name] = _with_budget(name, preset, build, spec, calibration_dir, images, source)
     builds = tuple(_build_entry(name, build, base_config, source, base, frozenset(overridden))
                    for name, build in specs.items())
     names = [b.name for b in builds]
@@ -321,9 +349,23 @@ def load_experiment(data: Mapping, source: str, base: Path, overrides: Sequence[
                       notes=tuple(spec.report.notes) + tuple(notes))
 
 
-def _with_budget(name: str, build, spec: ExperimentFile, calibration_dir: Path, images: Path, source: str):
+def _from_preset(name: str, build, source: str) -> tuple[object, str]:
+    """A build's settings with its ``preset`` key expanded (the preset's settings, then the build's own
+    on top), and the preset it is (its own name when it gives none)."""
+    if not isinstance(build, Mapping) or "preset" not in build:
+        return build, name
+    preset = build["preset"]
+    if not isinstance(preset, str) or preset not in PRESETS:
+        raise IsnetError(f"{source}: builds.{name}.preset: unknown preset '{preset}'"
+                         f"{did_you_mean(str(preset), PRESETS)}; presets: {', '.join(PRESETS)}")
+    rest = {key: value for key, value in build.items() if key != "preset"}
+    return _merge(PRESETS[preset], rest), preset
+
+
+def _with_budget(name: str, preset: str, build, spec: ExperimentFile, calibration_dir: Path, images: Path,
+                 source: str):
     """A budgeted preset (:data:`BUDGETED_PRESETS`) with its max_drift and validation filled in."""
-    if name not in BUDGETED_PRESETS or not isinstance(build, Mapping):
+    if preset not in BUDGETED_PRESETS or not isinstance(build, Mapping):
         return build
     quantize = dict(build.get("backend", {}).get("quantize", {}))
     budget = {key: spec.max_delta[key] for key in BUDGET_METRICS if key in spec.max_delta}

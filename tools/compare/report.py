@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +34,12 @@ class BuildReport:
     reused: list[str] = field(default_factory=list)
     calibration_overlap: int = 0
     nonfinite: int = 0  # NaN/inf values in its output maps on the drift images
+    drift_resized: bool = False  # its maps were resized to the reference's size to measure drift
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        shape = (self.info.get("input") or {}).get("shape")
+        return (int(shape[2]), int(shape[3])) if shape and len(shape) == 4 else None
 
     @property
     def precision(self) -> str:
@@ -49,15 +55,27 @@ class BuildReport:
         return calibration["mode"] if calibration else "-"
 
 
-def gate(reports: list[BuildReport], reference: str, max_delta: Mapping[str, float]) -> list[str]:
-    """Each build whose metric moved from the reference by more than its tolerance, as a sentence."""
-    ref = next(r for r in reports if r.name == reference)
-    violations = []
+@dataclass(frozen=True)
+class FailedBuild:
+    """A build of the experiment that could not be made, and why (one line)."""
+
+    name: str
+    backend: str
+    precision: str
+    reason: str
+
+
+def gate(reports: list[BuildReport], reference: str, max_delta: Mapping[str, float],
+         failures: Sequence[FailedBuild] = ()) -> list[str]:
+    """Each build that failed, and each whose metric moved from the reference by more than its tolerance,
+    as a sentence."""
+    violations = [f"{f.name}: not built: {f.reason}" for f in failures]
+    ref = next((r for r in reports if r.name == reference), None)
     for report in reports:
         if report.nonfinite:
             # A map with NaN or inf in it is broken whatever the tolerances say.
             violations.append(f"{report.name}: {report.nonfinite} NaN/inf values in its output maps")
-        if report.name == reference:
+        if report.name == reference or ref is None:
             continue
         for metric, tolerance in max_delta.items():
             if metric == "drift":
@@ -72,16 +90,21 @@ def gate(reports: list[BuildReport], reference: str, max_delta: Mapping[str, flo
     return violations
 
 
-def table_rows(reports: list[BuildReport], reference: str) -> tuple[list[str], list[list[str]]]:
-    """The report table: header and rows of formatted cells."""
-    header = ["build", "backend", "precision", "calibration", "size MB", *[HEADERS[m] for m in METRIC_COLUMNS],
-              f"drift vs {reference}", "images/s", "p50 ms"]
+def table_rows(reports: list[BuildReport], reference: str, failures: Sequence[FailedBuild] = ()
+               ) -> tuple[list[str], list[list[str]]]:
+    """The report table: header and rows of formatted cells; failed builds last, marked as such."""
+    sizes = {r.input_size for r in reports}
+    header = ["build", "backend", "precision", "calibration", *(["input"] if len(sizes) > 1 else []), "size MB",
+              *[HEADERS[m] for m in METRIC_COLUMNS], f"drift vs {reference}", "images/s", "p50 ms"]
     rows = []
     for r in reports:
-        rows.append([r.name, r.backend, r.precision, r.calibration_mode, f"{r.size_mb:.1f}",
+        size = [f"{r.input_size[0]}x{r.input_size[1]}" if r.input_size else "?"] if len(sizes) > 1 else []
+        rows.append([r.name, r.backend, r.precision, r.calibration_mode, *size, f"{r.size_mb:.1f}",
                      *[f"{r.metrics[m]:.4f}" for m in METRIC_COLUMNS],
                      "-" if r.drift_mean_abs is None else f"{r.drift_mean_abs:.2e}",
                      f"{r.throughput_ips:.1f}", f"{r.latency_p50_ms:.1f}"])
+    for f in failures:
+        rows.append([f.name, f.backend, f.precision, "FAILED", *[""] * (len(header) - 4)])
     return header, rows
 
 
@@ -94,22 +117,25 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 def write_report(experiment: Experiment, reports: list[BuildReport], notes: list[str], violations: list[str],
                  mask_dirs: dict[str, Path], images: list[Path], photo_masks: dict[str, Path] | None = None,
-                 photos: list[Path] = ()) -> dict[str, Path]:
-    """Write report.md, report.json, the curve plots and the mask strip; return their paths."""
+                 photos: list[Path] = (), failures: Sequence[FailedBuild] = ()) -> dict[str, Path]:
+    """Write report.md, report.json, the curve plots, the accuracy-speed plot and the mask strip; return
+    their paths."""
     from isnet.eval import EvalResult, plot_curves
 
     out = experiment.output
-    header, rows = table_rows(reports, experiment.reference)
+    header, rows = table_rows(reports, experiment.reference, failures)
     results = {experiment.name: {r.name: EvalResult(metrics=r.metrics, curves=r.curves, num_images=len(images))
                                  for r in reports}}
-    plots = plot_curves(out, results)
-    count = min(experiment.strip_images, len(images))
+    plots = plot_curves(out, results) if reports else []
+    count = min(experiment.strip_images, len(images)) if reports else 0
     picks = [images[round(i * (len(images) - 1) / max(count - 1, 1))] for i in range(count)] if count else []
     names = [r.name for r in reports]
     strip_rows = [(image, experiment.masks / f"{image.stem}.png", {b: mask_dirs[b] / f"{image.stem}.png" for b in names})
                   for image in picks]
-    strip_rows += [(photo, None, {b: photo_masks[b] / f"{photo.stem}.png" for b in names}) for photo in photos]
+    strip_rows += [(photo, None, {b: photo_masks[b] / f"{photo.stem}.png" for b in names}) for photo in photos
+                   if reports]
     strip = strip_image(out / "strip.png", strip_rows, names) if strip_rows else None
+    speed = accuracy_speed_plot(out / "accuracy_speed.png", reports) if reports else None
 
     md = [f"# {experiment.name}: accuracy and speed per build", "",
           f"{len(images)} images from `{experiment.images}`, ground truth `{experiment.masks}`. "
@@ -117,6 +143,10 @@ def write_report(experiment: Experiment, reports: list[BuildReport], notes: list
           f"{min(experiment.run.drift_images, len(images))} images; speed is inference only, batch "
           f"{experiment.profile.batch}, {experiment.profile.seconds:g} s per build.", "",
           markdown_table(header, rows), ""]
+    if failures:
+        md += ["## Builds that failed", ""] + [f"- {f.name}: {f.reason}" for f in failures] + [""]
+    if speed:
+        md += ["## Accuracy against speed", "", f"![accuracy against images/s]({speed.name})", ""]
     if plots:
         md += ["## Curves", ""] + [f"![PR and F-measure curves]({p.name})" for p in plots] + [""]
     if strip:
@@ -141,14 +171,40 @@ def write_report(experiment: Experiment, reports: list[BuildReport], notes: list
                     "calibration": r.calibration_mode, "size_mb": r.size_mb, "metrics": r.metrics,
                     "drift_mean_abs": r.drift_mean_abs, "throughput_ips": r.throughput_ips,
                     "latency_p50_ms": r.latency_p50_ms, "reused": r.reused, "nonfinite": r.nonfinite,
-                    "calibration_overlap": r.calibration_overlap} for r in reports],
+                    "calibration_overlap": r.calibration_overlap,
+                    "input_size": list(r.input_size) if r.input_size else None} for r in reports],
+        "failed": [{"name": f.name, "backend": f.backend, "precision": f.precision, "reason": f.reason}
+                   for f in failures],
     }
     report_json = write_text_atomic(out / "report.json", json.dumps(payload, indent=2, default=jsonable) + "\n")
     files = {"report.md": report_md, "report.json": report_json}
     files.update({p.name: p for p in plots})
     if strip:
         files[strip.name] = strip
+    if speed:
+        files[speed.name] = speed
     return files
+
+
+def accuracy_speed_plot(path: Path, reports: list[BuildReport]) -> Path:
+    """S-measure and MAE of every build against its images/s, each point named: what a faster build costs."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(11, 4.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    for ax, metric, label in zip(figure.subplots(1, 2), ("sm", "mae"), ("S-measure (higher is better)",
+                                                                       "MAE (lower is better)")):
+        for report in reports:
+            ax.scatter(report.throughput_ips, report.metrics[metric], s=30)
+            ax.annotate(report.name, (report.throughput_ips, report.metrics[metric]), fontsize=8,
+                        xytext=(4, 4), textcoords="offset points")
+        ax.set_xlabel("images/s (inference only)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=90)
+    return path
 
 
 def strip_image(path: Path, rows: list[tuple[Path, Path | None, dict[str, Path]]], builds: list[str]) -> Path:

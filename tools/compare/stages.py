@@ -23,7 +23,7 @@ from isnet.core import IsnetError, digest_of, sha256_file, write_bytes_atomic
 from isnet.eval import validation_scores
 from isnet.tools.compare.cache import StageCache, artifact_key, image_list_key
 from isnet.tools.compare.experiment import BuildEntry, Experiment
-from isnet.tools.compare.report import BuildReport, gate, write_report
+from isnet.tools.compare.report import BuildReport, FailedBuild, gate, write_report
 
 Progress = Callable[[str, int, int], None]
 
@@ -38,6 +38,8 @@ class CompareResult:
     violations: list[str]
     warnings: list[str]
     files: dict[str, Path]
+    # Builds that could not be made (a budget that cannot be met, a backend's refusal), with their reasons.
+    failures: list[FailedBuild] = field(default_factory=list)
     # Wall seconds per stage of this run (export, build, run, eval, profile, drift, photos, report).
     # export, build, photos and report are always timed (a reused one costs its cache check); run,
     # eval, profile and drift appear only when they ran.
@@ -102,17 +104,23 @@ def _export_once(experiment: Experiment, cache: StageCache, force: bool) -> tupl
     return tuple(builds)
 
 
-def _drift(reference_maps: Path, maps: Path, relatives: list[str]) -> dict | None:
+def _drift(reference_maps: Path, maps: Path, relatives: list[str]) -> dict:
     """Mean |difference| of two builds' raw output maps (kept by the run stage), and the number of
-    NaN/inf values (left out of the mean); None when the maps differ in size (other input sizes)."""
-    difference = DifferenceAccumulator()
+    NaN/inf values (left out of the mean). A map of another size (a build at another input size) is
+    resized (bilinear) to the reference's first (``resized``)."""
+    import cv2
+
+    difference, resized = DifferenceAccumulator(), False
     for relative in relatives:
         want, have = np.load(reference_maps / f"{relative}.npy"), np.load(maps / f"{relative}.npy")
         if want.shape != have.shape:
-            return None
+            height, width = want.shape[-2:]
+            have = cv2.resize(have.reshape(have.shape[-2:]), (width, height),
+                              interpolation=cv2.INTER_LINEAR).reshape(want.shape)
+            resized = True
         difference.add(want, have)
     total = difference.total()
-    return {"mean_abs": total.mean_abs, "nonfinite": total.nonfinite}
+    return {"mean_abs": total.mean_abs, "nonfinite": total.nonfinite, "resized": resized}
 
 
 def _photo_stage(experiment: Experiment, infos: dict, cache: StageCache, force: bool,
@@ -171,8 +179,18 @@ def run_experiment(experiment: Experiment, force: bool = False, progress: Progre
     clock = _StageClock()
     with clock("export"):
         experiment = dataclasses.replace(experiment, builds=_export_once(experiment, cache, force))
+    infos, failed = {}, {}
     with clock("build"):
-        infos = {entry.name: _build_stage(entry, force, progress) for entry in experiment.builds}
+        for entry in experiment.builds:
+            try:
+                infos[entry.name] = _build_stage(entry, force, progress)
+            except IsnetError as exc:
+                # One build the user's settings cannot make (its budget, a backend's refusal) must not throw
+                # away the others: it is reported as failed, with its reason, and the gate fails.
+                failed[entry.name] = str(exc)
+    all_builds = experiment.builds
+    built = tuple(entry for entry in all_builds if entry.name not in failed)
+    experiment = dataclasses.replace(experiment, builds=built)
 
     for entry in experiment.builds:
         info, built_reused = infos[entry.name]
@@ -251,29 +269,36 @@ def run_experiment(experiment: Experiment, force: bool = False, progress: Progre
 
     # Drift of raw output maps against the reference build, on the first `drift_images` images.
     by_name = {r.name: r for r in reports}
-    reference = by_name[experiment.reference]
+    reference = by_name.get(experiment.reference)
     for report in reports:
         if report.name == experiment.reference:
             report.drift_mean_abs = 0.0
             report.nonfinite = sum(int(np.count_nonzero(~np.isfinite(np.load(out / "maps" / report.name / f"{r}.npy"))))
                                    for r in drift_relatives)
             continue
+        if reference is None:
+            continue  # the reference build failed: no drift to measure
         drift_inputs = digest_of({"ref": artifact_key(reference.info), "build": artifact_key(report.info),
                                   "images": image_list_key(images[: run.drift_images])})
         cached = None if force else cache.get("drift", report.name, drift_inputs)
         if cached is None:
             with clock("drift"):
                 cached = _drift(out / "maps" / reference.name, out / "maps" / report.name, drift_relatives)
-            if cached is None:
-                notes.append(f"{report.name}: input size differs from {experiment.reference}; no drift figure")
-                cached = {"mean_abs": None}
             cache.put("drift", report.name, drift_inputs, cached)
         report.drift_mean_abs = cached["mean_abs"]
         report.nonfinite = cached.get("nonfinite", 0)
+        report.drift_resized = cached.get("resized", False)
+    if any(r.drift_resized for r in reports):
+        notes.append(f"drift of builds at another input size than {experiment.reference} is measured on their maps "
+                     f"resized (bilinear) to {experiment.reference}'s size")
 
     with clock("photos"):
         photos, photo_masks = _photo_stage(experiment, infos, cache, force, progress)
-    violations = gate(reports, experiment.reference, experiment.max_delta)
+    failures = [FailedBuild(entry.name, entry.config.backend.type.value if entry.config else "?",
+                            entry.config.backend.dtype.value if entry.config else "?", failed[entry.name])
+                for entry in all_builds if entry.name in failed]
+    violations = gate(reports, experiment.reference, experiment.max_delta, failures)
     with clock("report"):
-        files = write_report(experiment, reports, notes, violations, mask_dirs, images, photo_masks, photos)
-    return CompareResult(out, reports, experiment.reference, violations, notes, files, clock.seconds)
+        files = write_report(experiment, reports, notes, violations, mask_dirs, images, photo_masks, photos,
+                             failures)
+    return CompareResult(out, reports, experiment.reference, violations, notes, files, failures, clock.seconds)

@@ -15,8 +15,8 @@ from isnet.build_in.ops import Normalize, Preprocessor, resolve_process_ops
 from isnet.core import IsnetError, write_text_atomic
 from isnet.eval import ecssd_pairs
 from isnet.export.model import ISNet, ISNetGTEncoder
-from isnet.export.weights import (init_from_onnx, load_gt_encoder, load_isnet_weights, read_checkpoint,
-                                  read_checkpoint_arch, save_checkpoint)
+from isnet.export.weights import (init_from_onnx, load_folded_convolutions, load_gt_encoder, load_isnet_weights,
+                                  read_checkpoint, read_checkpoint_arch, read_isnet_onnx, save_checkpoint)
 from isnet.tools.train.checkpoints import check_resumable, read_training_state
 from isnet.tools.train.config import (MIN_LR_RATIO, HISTORY, LAST_CHECKPOINT, MODEL_FILES, Augment, Precision, Task,
                                       TrainConfig, TrainEvent, TrainResult)
@@ -72,19 +72,27 @@ def train_gt_encoder(config: TrainConfig, progress: Callable[[TrainEvent], None]
     return _train(Task.GT_ENCODER, config, progress)
 
 
-def _resolve_arch(config: TrainConfig) -> str:
+def _resolve_arch(config: TrainConfig, isnet_file) -> str:
     if config.init_weights is not None:
-        if not config.init_weights.is_file():
-            raise IsnetError(f"initial weights not found: {config.init_weights} (pass an official or isnet .pth, "
-                             "or an ONNX model to copy matching convolutions from)")
         if config.init_weights.suffix.lower() == ".onnx":
-            return config.arch or "isnet"
-        stored = read_checkpoint_arch(config.init_weights).name
+            if isnet_file is None:
+                return config.arch or "isnet"
+            stored = isnet_file[0].name
+        else:
+            stored = read_checkpoint_arch(config.init_weights).name
         if config.arch is not None and config.arch != stored:
             raise IsnetError(f"--arch {config.arch} does not match {config.init_weights}, which holds "
                              f"'{stored}' weights")
         return stored
     return config.arch or "isnet"
+
+
+def _isnet_onnx(path: Path):
+    """(arch, convolutions, side heads left out) of an ISNet ONNX file, None for another network's file."""
+    try:
+        return read_isnet_onnx(path)
+    except IsnetError:
+        return None
 
 
 def _prepare_output(config: TrainConfig) -> None:
@@ -119,7 +127,12 @@ def _train_loop(task: Task, config: TrainConfig, progress: Callable[[TrainEvent]
         raise IsnetError(f"{config.data_dir} has {len(pairs)} pairs, fewer than one batch of {config.batch_size}; "
                          "lower --batch-size or add pictures")
     digest = data_digest(pairs)
-    arch = _resolve_arch(config) if task is Task.ISNET else (config.arch or "isnet")
+    if config.init_weights is not None and not config.init_weights.is_file():
+        raise IsnetError(f"initial weights not found: {config.init_weights} (pass an official or isnet .pth, "
+                         "or an ONNX model: an ISNet file loads whole, another network's matching convolutions)")
+    isnet_file = _isnet_onnx(config.init_weights) if config.init_weights is not None \
+        and config.init_weights.suffix.lower() == ".onnx" and task is Task.ISNET else None
+    arch = _resolve_arch(config, isnet_file) if task is Task.ISNET else (config.arch or "isnet")
     encoder = load_gt_encoder(config.gt_encoder, arch) if config.gt_encoder is not None else None
     if encoder is not None:
         encoder.requires_grad_(False).to(memory_format=torch.channels_last)
@@ -129,8 +142,20 @@ def _train_loop(task: Task, config: TrainConfig, progress: Callable[[TrainEvent]
     torch.manual_seed(config.seed)
     model = ISNet(arch) if task is Task.ISNET else ISNetGTEncoder(arch)
     init_note = None
+    if isnet_file is not None:
+        # An ISNet file: its convolutions hold the folded BatchNorm; the BatchNorm layers are identities and
+        # stay on those statistics, so training starts from exactly the file's network.
+        model.freeze_batch_norm()
     if config.init_weights is not None and resumed is None:
-        if config.init_weights.suffix.lower() == ".onnx":
+        if isnet_file is not None:
+            affine = input_affine(deploy_preprocessor(config.train_size), config.init_preprocess) \
+                if config.init_preprocess else None
+            load_folded_convolutions(model, isnet_file[1], input_affine=affine)
+            init_note = (f"loaded the {len(isnet_file[1])} convolutions of {config.init_weights.name} exactly "
+                         "(BatchNorm folded into them: the BatchNorm layers are identities, frozen; their scale "
+                         "and shift train)" + (f"; {', '.join(isnet_file[2])} not in the file, trained from "
+                                               "scratch" if isnet_file[2] else ""))
+        elif config.init_weights.suffix.lower() == ".onnx":
             probe = deploy_preprocessor(config.train_size)
             images = torch.from_numpy(np.stack([probe.load(image)[0] for _, image, _ in pairs[:16]]))
             affine = input_affine(probe, config.init_preprocess) if config.init_preprocess else None
