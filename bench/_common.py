@@ -95,6 +95,28 @@ def in_child(target, *args, what: str) -> dict:
     return result
 
 
+def timed(command: list[str], env: dict | None = None) -> tuple[float, float]:
+    """Run ``command``; return (wall seconds, peak resident memory in MB) as GNU time reports them."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as report:
+        subprocess.run(["/usr/bin/time", "-f", "%e %M", "-o", report.name, *command], check=True, env=env,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        seconds, kilobytes = report.read().split()[-2:]
+    return float(seconds), float(kilobytes) / 1024
+
+
+def mask_drift(folder_a: Path, folder_b: Path) -> float:
+    """Mean |difference| in [0, 1] of the same-named 8-bit masks of two folders."""
+    import numpy as np
+
+    from isnet.build_in import decode_mask
+
+    diffs = [np.abs(decode_mask(a).astype(np.float64) - decode_mask(folder_b / a.name).astype(np.float64)).mean()
+             for a in sorted(folder_a.glob("*.png"))]
+    return float(np.mean(diffs)) / 255.0
+
+
 def build_in_child(config: dict, base_dir: Path) -> dict:
     """``build_artifact`` in a fresh process: its time, its own peak RSS (GB) and the build.json."""
     return in_child(_build_child, config, str(base_dir), what=f"build {config.get('name')}")
@@ -117,9 +139,11 @@ def rembg_venv(work: Path) -> Path:
     return rembg
 
 
-def build_preset(name: str, preset: str, model: Path, calib: Path, work: Path) -> Path:
-    """``work/artifacts/<name>``: ``model`` built with an ``isnet compare`` preset, rembg's U^2-Net
-    pre-processing and the first 50 images of ``calib`` (reused when already built)."""
+def build_preset(name: str, preset: str, model: Path, calib: Path, work: Path, process_ops: str = "u2net",
+                 calibration: int = 50) -> Path:
+    """``work/artifacts/<name>``: ``model`` built with an ``isnet compare`` preset, ``process_ops`` (default
+    rembg's U^2-Net pre-processing) and the first ``calibration`` images of ``calib`` (reused when already
+    built)."""
     from isnet.build_in import build_artifact, read_build_info, validate_build_config
     from isnet.tools.compare import PRESETS
 
@@ -127,7 +151,8 @@ def build_preset(name: str, preset: str, model: Path, calib: Path, work: Path) -
     if not (artifact / "build.json").is_file():
         print(f"building {name} ...", file=sys.stderr, flush=True)
         config = {"name": name, "frontend": {"checkpoint": str(model)}, **PRESETS[preset],
-                  "dataset": {"path": str(calib), "process_ops": "u2net", "sampler": {"get_data_num": 50}},
+                  "dataset": {"path": str(calib), "process_ops": process_ops,
+                              "sampler": {"get_data_num": calibration}},
                   "workspace": {"path": str(work / "artifacts")}}
         build_artifact(validate_build_config(config, source="bench", base_dir=work), force=True)
     read_build_info(artifact)

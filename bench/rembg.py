@@ -19,34 +19,12 @@ import argparse
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-from _common import REMBG, build_preset, markdown, rembg_venv, split_ecssd
+from _common import REMBG, build_preset, markdown, mask_drift, rembg_venv, split_ecssd, timed
 from pretrained import fetch_u2netp
-
-TIME = "/usr/bin/time"
-
-
-def _timed(command: list[str], env: dict | None = None) -> tuple[float, float]:
-    """Run ``command``; return (wall seconds, peak resident memory in MB) as GNU time reports them."""
-    with tempfile.NamedTemporaryFile("r", suffix=".time") as report:
-        subprocess.run([TIME, "-f", "%e %M", "-o", report.name, *command], check=True, env=env,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        seconds, kilobytes = report.read().split()[-2:]
-    return float(seconds), float(kilobytes) / 1024
-
-
-def _mean_abs(folder_a: Path, folder_b: Path) -> float:
-    from isnet.build_in import decode_mask
-
-    diffs = [np.abs(decode_mask(a).astype(np.float64) - decode_mask(folder_b / a.name).astype(np.float64)).mean()
-             for a in sorted(folder_a.glob("*.png"))]
-    return float(np.mean(diffs)) / 255.0
-
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -75,7 +53,7 @@ def main() -> int:
     out = work / "masks" / "rembg"
     shutil.rmtree(out, ignore_errors=True)
     print("running rembg ...", file=sys.stderr, flush=True)
-    seconds, peak = _timed([str(rembg), "p", "-m", "u2netp", "-om", str(images), str(out)],
+    seconds, peak = timed([str(rembg), "p", "-m", "u2netp", "-om", str(images), str(out)],
                            env={**os.environ, **threads, "U2NET_HOME": str(home)})
     rows.append((f"rembg {REMBG.split('==')[1]} (onnxruntime fp32)", out, seconds, peak))
 
@@ -85,7 +63,7 @@ def main() -> int:
         out = work / "masks" / preset
         shutil.rmtree(out, ignore_errors=True)
         print(f"running isnet {preset} ...", file=sys.stderr, flush=True)
-        seconds, peak = _timed([isnet, "run", "--model", str(artifact), "--image-dir", str(images),
+        seconds, peak = timed([isnet, "run", "--model", str(artifact), "--image-dir", str(images),
                                 "--output-dir", str(out), "--min-max-normalize"], env={**os.environ, **threads})
         rows.append((f"isnet {preset}", out, seconds, peak))
 
@@ -93,7 +71,7 @@ def main() -> int:
     table = []
     for label, out, seconds, peak in rows:
         scores = evaluate_folders(out, gt, metric_names=("mae", "fmeasure", "sm")).metrics
-        drift = "-" if label.startswith("rembg") else f"{_mean_abs(out, reference):.4f}"
+        drift = "-" if label.startswith("rembg") else f"{mask_drift(out, reference):.4f}"
         table.append([label, f"{seconds:.1f}", f"{count / seconds:.2f}", f"{peak:.0f}", f"{scores['mae']:.4f}",
                       f"{scores['maxfmeasure']:.4f}", f"{scores['sm']:.4f}", drift])
     host = host_info()
@@ -101,7 +79,7 @@ def main() -> int:
           f"{host['logical_cores']} threads, Python {platform.python_version()}; masks min-max stretched as "
           "rembg's; wall time of the whole command, start-up included")
     print(markdown(["", "wall s", "images/s", "peak MB", "MAE", "maxF", "Sm", f"drift vs isnet {builds[0]}"], table))
-    print(f"\nmean |isnet {builds[0]} mask - rembg mask| = {_mean_abs(reference, work / 'masks' / 'rembg'):.4f}")
+    print(f"\nmean |isnet {builds[0]} mask - rembg mask| = {mask_drift(reference, work / 'masks' / 'rembg'):.4f}")
     return 0
 
 

@@ -173,3 +173,92 @@ def test_init_from_onnx_reproduces_the_exported_network(tmp_path):
         student.train()  # batch statistics of the same images: the BN set from them is the identity too
         got_train = torch.sigmoid(student.side_logits(images, heads=1)[0][0])
     np.testing.assert_allclose(got_train.numpy(), expected.numpy(), atol=2e-3)
+
+
+@pytest.fixture(scope="module")
+def folded_export(tmp_path_factory):
+    """isnet-lite with non-trivial BatchNorm statistics, exported in deploy mode by PyTorch's tracing exporter
+    (which folds each BatchNorm into its convolution): (the file, the model)."""
+    import warnings
+
+    torch.manual_seed(0)
+    source = ISNet("isnet-lite", deploy=True).eval()
+    for module in source.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+    path = tmp_path_factory.mktemp("folded") / "lite.onnx"
+    dynamic = {0: "batch", 2: "height", 3: "width"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(source, (torch.zeros(1, 3, 64, 64),), str(path), input_names=["input"],
+                          output_names=["output"], dynamic_axes={"input": dynamic, "output": dynamic},
+                          dynamo=False, opset_version=17)
+    return path, source
+
+
+def test_an_isnet_onnx_file_loads_exactly_with_batchnorm_folded(folded_export):
+    import numpy as np
+    import onnxruntime as ort
+
+    from isnet.export.weights import isnet_from_onnx
+
+    path, source = folded_export
+    model, missing = isnet_from_onnx(path)
+    assert model.arch.name == "isnet-lite" and model.deploy and not model.training
+    assert missing == ["side2", "side3", "side4", "side5", "side6"]  # a deploy export computes side1 only
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):  # identities, not statistics estimated from pictures
+            assert torch.all(module.running_mean == 0) and torch.all(module.weight == 1)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for shape in ((2, 3, 64, 64), (1, 3, 96, 80)):
+        x = torch.rand(*shape) - 0.5
+        with torch.no_grad():
+            got = model(x).numpy()
+            original = source(x).numpy()
+        np.testing.assert_allclose(got, session.run(None, {"input": x.numpy()})[0], atol=1e-5)
+        np.testing.assert_allclose(got, original, atol=1e-5)
+    # build_isnet, and with it export, run and every command taking --weights, read ONNX files too.
+    assert build_isnet(path).arch.name == "isnet-lite"
+
+
+def test_another_networks_onnx_file_is_not_an_isnet(u2netp):
+    from isnet.export.weights import isnet_from_onnx
+
+    with pytest.raises(IsnetError, match="not an ISNet ONNX file"):
+        isnet_from_onnx(u2netp)
+
+
+@pytest.mark.slow
+def test_the_real_isnet_files_load_into_the_pytorch_isnet(isnet_fp16, isnet_fp32, isnet_8bit, ecssd):
+    """The DIS authors' weights in the project's own ISNet: the first proof that it is the real network.
+    At 1024x1024 on real pictures its map equals the ONNX file's to 1e-4."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from isnet.build_in.ops import PRESETS, Preprocessor
+    from isnet.export.weights import isnet_from_onnx, onnx_convolutions
+
+    model, missing = isnet_from_onnx(isnet_fp16)
+    assert model.arch.name == "isnet" and not missing
+    full, _ = isnet_from_onnx(isnet_fp32)
+    for (key, a), b in zip(model.state_dict().items(), full.state_dict().values()):
+        assert torch.equal(a, b), key  # fp16 weights are float32 numbers: the two files hold one network
+    # IMG.LY's 8-bit file: dynamically quantized weights (uint8 per tensor), dequantized within one step.
+    exact_by_module = {c.name.rsplit("/", 1)[0]: c for c in onnx_convolutions(isnet_fp32)}
+    quantized_by_module = {c.name.rsplit("/", 1)[0]: c for c in onnx_convolutions(isnet_8bit)}
+    assert set(quantized_by_module) == set(exact_by_module) and len(exact_by_module) == 119
+    for module, quantized in quantized_by_module.items():
+        exact = exact_by_module[module]
+        step = (max(exact.weight.max(), 0) - min(exact.weight.min(), 0)) / 255
+        assert np.abs(quantized.weight - exact.weight).max() <= step, module
+        # Its biases are float32 and the fp16 file's are those rounded to fp16 (rounding: < 2^-11 relative).
+        np.testing.assert_allclose(quantized.bias, exact.bias, rtol=2 ** -11, atol=1e-7)
+    preprocessor = Preprocessor.from_specs(list(PRESETS["isnet-1024"]))
+    x = np.stack([preprocessor.load(ecssd / "image" / "0010.jpg")[0]])
+    want = ort.InferenceSession(str(isnet_fp32), providers=["CPUExecutionProvider"]).run(["output"], {"input": x})[0]
+    with torch.no_grad():
+        got = model(torch.from_numpy(x)).numpy()
+    assert np.abs(got - want).max() <= 1e-4
+    assert 0.05 < float((want > 0.5).mean()) < 0.95

@@ -64,3 +64,13 @@ def test_output_dir_that_is_a_file(run_isnet, tmp_path):
     blocker.write_text("x")
     _assert_one_line_error(run_isnet("export", "--weights", "random", "--size", "64", "64",
                                      "--output-dir", blocker / "sub"), "not writable")
+
+
+def test_export_from_an_isnet_onnx_file(run_isnet, lite_onnx, u2netp, tmp_path):
+    """--weights takes an ISNet ONNX file (BatchNorm folded): loaded exactly, re-exported to TorchScript."""
+    proc = run_isnet("export", "--weights", lite_onnx, "--size", "64", "64", "--formats", "torchscript",
+                     "--output-dir", tmp_path / "out", "--name", "again")
+    assert proc.returncode == 0, proc.stderr
+    assert "ISNet 'isnet-lite'" in proc.stdout and "loaded exactly" in proc.stdout
+    assert (tmp_path / "out" / "again.torchscript.pt").is_file()
+    _assert_one_line_error(run_isnet("export", "--weights", u2netp, "--size", "64", "64"), "not an ISNet ONNX file")

@@ -233,3 +233,21 @@ def test_command_errors_are_one_line(run_isnet, tiny_set, tmp_path):
                            "not a GT encoder checkpoint")
     _assert_one_line_error(run_isnet("train", "--dataset", tiny_set, "--resume", tmp_path / "isnet.pth", *base),
                            "not a resumable training checkpoint")
+
+
+def test_fine_tuning_starts_from_exactly_the_isnet_onnx_file(tiny_set, tmp_path, lite_onnx):
+    """An ISNet ONNX file (BatchNorm folded into its convolutions) loads whole, and its BatchNorm layers stay
+    on their statistics in training: with a vanishing learning rate the trained model is the file's network
+    (batch statistics in training would move the running ones, and the map, far past the tolerance)."""
+    import onnxruntime as ort
+
+    events = []
+    result = train_isnet(TrainConfig(tiny_set, tmp_path / "run", init_weights=lite_onnx, epochs=1, lr=1e-12,
+                                     **TINY), progress=events.append)
+    note = next(e.note for e in events if e.kind == "start")
+    assert "loaded the 114 convolutions of" in note and "exactly" in note and "side2" in note
+    model = build_isnet(result.model_path)
+    x = np.random.default_rng(0).uniform(-0.5, 0.5, (2, 3, 64, 64)).astype(np.float32)
+    want = ort.InferenceSession(str(lite_onnx), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(model(torch.from_numpy(x)).numpy(), want, atol=1e-5)
