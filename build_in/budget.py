@@ -4,7 +4,8 @@
 ``backend.quantize.validation`` (images with masks, neither calibration nor evaluation images):
 the quantized model's masks are scored against the fp32 model's on the validation images
 (:class:`DriftJudge`); while the budget does not hold, layers stay in float, fewest first
-(:func:`search_float_nodes`). Candidates come from the layer-wise drift
+(:func:`search_float_nodes`), once one trial with every candidate in float has shown that the
+budget can be met at all. Candidates come from the layer-wise drift
 (:func:`isnet.build_in.layer_drift.float_candidates`): the tensors whose quantization adds the
 most error first, each kept float with every node computing or reading it. The local error is a
 poor guide to what a tensor does to the masks (on the pretrained U²-Netp the tensor that moved
@@ -73,6 +74,9 @@ class Probe:
     seconds: float  # inference time of those images
 
 
+# Every candidate in float leaving a metric's drift above this many times its bound ends a budget search
+# at once; a narrower miss goes on searching (a subset of the candidates may drift less than all of them).
+HOPELESS_FACTOR = 2.0
 # A candidate's speed cost is measured on a few images, with the timer's noise (a few percent on a
 # busy 2-core host): slowdowns count in steps of this share, the first step for free, so that
 # candidates of equal effect keep their order unless one is really slower.
@@ -207,14 +211,21 @@ class SearchResult:
 
 def search_float_nodes(quantize: Callable[[list[str]], Path], judge: DriftJudge,
                        candidates: Callable[[], Sequence[tuple[str, ...]]],
-                       progress: Callable[[int], None] | None = None) -> SearchResult:
-    """The fewest leading ``candidates`` to keep in float for ``judge``'s budget to hold.
+                       progress: Callable[[str, int, int], None] | None = None) -> SearchResult:
+    """The fewest leading candidates to keep in float for ``judge``'s budget to hold.
 
     ``quantize(nodes)`` writes the model with ``nodes`` (beyond the build's own exclusions) in
-    float and returns its file. Tries the model as it is, then the first 1, 2, 4, ... candidates
-    until the budget holds, then bisects down to the fewest (the error of a layer mostly adds up,
-    so more float layers rarely drift more). ``candidates()`` is called only if the first try
-    fails. IsnetError when even all candidates in float miss the budget.
+    float and returns its file; ``candidates()`` gives the groups of nodes that may stay float,
+    most damaging first by their local error (called only if the model as it is misses the
+    budget). The search tries the model as it is, then every candidate in float at once: where
+    even that leaves a metric at more than :data:`HOPELESS_FACTOR` times its bound, no choice
+    among them will meet it, and one trial says so (at 1024x1024 a trial takes minutes, and a
+    search that doubles its way up to all of them ten). Otherwise it ranks the leading candidates
+    by measured effect (:func:`rank_by_effect`) and keeps the first 1, 2, 4, ... in float until the
+    budget holds, then bisects down to the fewest (the error of a layer mostly adds up, so more
+    float layers rarely drift more; near the noise a subset can drift less than all of them, which
+    is why a narrow miss with all of them in float does not end the search). IsnetError when the
+    budget cannot be met.
     """
     trials: list[dict] = []
 
@@ -223,28 +234,29 @@ def search_float_nodes(quantize: Callable[[list[str]], Path], judge: DriftJudge,
         check = judge(quantize(nodes))
         trials.append({"float_candidates": count, "float_nodes": len(nodes), "drift": check.drift,
                        "within": check.within})
-        if progress:
-            progress(len(trials))
         return check
 
     first = attempt(0, [])
     if first.within:
         return SearchResult([], first, first, trials)
-    ranked = list(candidates())
-    if not ranked:
+    groups = list(candidates())
+    if not groups:
         raise IsnetError(_unreachable(judge, first, 0))
-    failing, count, checks = 0, 1, {}
-    while True:
-        count = min(count, len(ranked))
+    everything = attempt(len(groups), groups)
+    if any(everything.drift[key] > HOPELESS_FACTOR * bound for key, bound in judge.bounds.items()):
+        raise IsnetError(_unreachable(judge, everything, len(groups)))
+    step = (lambda n, total: progress("rank layers", 1, total)) if progress else None
+    ranked = rank_by_effect(groups[:MEASURED_CANDIDATES], quantize, judge, DRIFT_IMAGES, step) + \
+        groups[MEASURED_CANDIDATES:]
+    failing, count, checks = 0, 1, {len(ranked): everything}
+    while count < len(ranked):
         checks[count] = attempt(count, ranked)
         if checks[count].within:
             break
-        if count == len(ranked):
-            raise IsnetError(_unreachable(judge, checks[count], count))
-        if count >= EARLY_VERDICT_AFTER and (hopeless := _out_of_reach(judge, first, checks[count], count, len(ranked))):
-            raise IsnetError(hopeless)
         failing, count = count, count * 2
-    passing = count
+    passing = min(count, len(ranked))
+    if not checks[passing].within:
+        raise IsnetError(_unreachable(judge, checks[passing], passing))
     while passing - failing > 1:
         middle = (passing + failing) // 2
         checks[middle] = attempt(middle, ranked)
@@ -253,7 +265,7 @@ def search_float_nodes(quantize: Callable[[list[str]], Path], judge: DriftJudge,
         else:
             failing = middle
     nodes = list(dict.fromkeys(n for group in ranked[:passing] for n in group))
-    if trials[-1]["float_candidates"] != passing:
+    if trials[-1]["float_candidates"] != passing or trials[-1]["float_nodes"] != len(nodes):
         quantize(nodes)  # the file on disk must be the passing model
     return SearchResult(nodes, checks[passing], first, trials, ranked)
 
@@ -285,30 +297,6 @@ def order_by_gain_per_cost(base: Probe, probes: Sequence[Probe]) -> list[int]:
         steps = max(1, math.ceil(round(slowdown / COST_STEP, 6)))
         return (0, -gain / steps, index)
     return sorted(range(len(probes)), key=key)
-
-
-# The search gives its verdict early once this many candidates are in float: see _out_of_reach.
-EARLY_VERDICT_AFTER = 2
-
-
-def _out_of_reach(judge: DriftJudge, first: BudgetCheck, check: BudgetCheck, count: int, total: int) -> str | None:
-    """Why the budget cannot be met with all ``total`` candidates in float, judged after ``count``, or None.
-
-    The candidates come most effective first, so the drift the first ``count`` took off, scaled up to
-    all ``total`` (a straight line through the all-int8 model and this one), is more than the rest will
-    take off. When even that misses a bound, trying the rest (each trial a quantization and a
-    validation run: minutes at 1024x1024) cannot succeed.
-    """
-    for key, bound in judge.bounds.items():
-        removed = first.drift[key] - check.drift[key]
-        best = first.drift[key] - max(removed, 0.0) * total / count
-        if check.drift[key] > bound and best > bound:
-            return (f"backend.quantize.max_drift cannot be met: the {count} most damaging of {total} candidate layers "
-                    f"in float took {key} from {first.drift[key]:.4g} to {check.drift[key]:.4g} on "
-                    f"{len(judge.pairs)} validation images; at that rate all {total} would still leave about "
-                    f"{best:.4g} > {bound:g}. No artifact written. Loosen the budget, try another calibrate_mode or "
-                    "build fp16/bf16")
-    return None
 
 
 def _unreachable(judge: DriftJudge, check: BudgetCheck, count: int) -> str:

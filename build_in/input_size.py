@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from isnet.core import IsnetError
-from isnet.export.onnx_graph import constant_values
+from isnet.export.onnx_graph import constant_values, producers_and_readers
 
 # Ops that combine their inputs element-wise or along channels: a map resized to meet one of these
 # must have the spatial size of the other inputs.
@@ -103,11 +103,7 @@ def resizes_follow_input(model) -> int:
 
     graph = model.graph
     constants = constant_values(graph)
-    producers = {out: node for node in graph.node for out in node.output}
-    readers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    producers, readers = producers_and_readers(graph)
     shapes = _spatial_shapes(model)
     changed = 0
     for node in list(graph.node):

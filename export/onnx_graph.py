@@ -39,3 +39,13 @@ def constant_values(graph) -> dict[str, np.ndarray]:
             if value is not None:
                 values[node.output[0]] = numpy_helper.to_array(value)
     return values
+
+
+def producers_and_readers(graph) -> tuple[dict, dict[str, list]]:
+    """Value name -> the node of ``graph`` computing it, and value name -> the nodes reading it (in order)."""
+    producers = {out: node for node in graph.node for out in node.output}
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    return producers, readers

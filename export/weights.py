@@ -228,16 +228,12 @@ def onnx_convolutions(path: str | os.PathLike) -> list[OnnxConvolution]:
     ``ConvInteger`` of dynamically quantized files (IMG.LY's 8-bit ISNet), whose weights are
     dequantized (:func:`_integer_convolution`).
     """
-    from isnet.export.onnx_graph import constant_values
+    from isnet.export.onnx_graph import constant_values, producers_and_readers
 
     path = Path(path)
     graph = _load_onnx(path).graph
     constants = constant_values(graph)
-    producers = {out: node for node in graph.node for out in node.output}
-    readers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    producers, readers = producers_and_readers(graph)
     convolutions = []
     for node in graph.node:
         if node.op_type == "Conv" and node.input[1] in constants:

@@ -15,7 +15,7 @@ import onnx
 
 from isnet.build_in.backends.onnxruntime_runner import OnnxRuntimeRunner, open_runner  # noqa: F401 -- a backend opens its artifacts
 from isnet.build_in.bias_correction import conv_weight_error_shifts, correct_biases
-from isnet.build_in.budget import (DRIFT_IMAGES, MAX_FLOAT_SHARE, MEASURED_CANDIDATES, DriftJudge, rank_by_effect,
+from isnet.build_in.budget import (DRIFT_IMAGES, MAX_FLOAT_SHARE, DriftJudge,
                                    search_float_nodes)
 from isnet.build_in.calibration import (MSE_MAX_BINS, OUTLIER_RATIO, CalibrationSource, compute_tensor_ranges,
                                         float_tensor_nodes, outlier_channels)
@@ -202,11 +202,9 @@ def _quantize_int8(source: Path, target: Path, config: BuildConfig, work: Path,
         ranked = float_candidates(drifts, max(1, int(len(drifts) * MAX_FLOAT_SHARE)))
         groups = [tuple(float_tensor_nodes(graph, [tensor], exclude)) for tensor in ranked]
         groups = list(dict.fromkeys(group for group in groups if group))  # tensors joined by a ReLU share one
-        step = (lambda n, total: progress("rank layers", 1, total)) if progress else None
-        return rank_by_effect(groups[:MEASURED_CANDIDATES], quantize, judge, DRIFT_IMAGES, step) + \
-            groups[MEASURED_CANDIDATES:]
+        return groups
 
-    result = search_float_nodes(quantize, judge, candidates)
+    result = search_float_nodes(quantize, judge, candidates, progress)
     details["budget"] = judge.summary(result)
     if shifts:
         details["bias_correction"]["convs"] = corrected_convs[0]  # the model written last is the one kept

@@ -22,7 +22,7 @@ import numpy as np
 
 from isnet.build_in.backends.openvino_runner import (PERFORMANCE_HINTS, OpenVinoRunner,  # noqa: F401 -- a backend
                                                      open_runner)  # opens its artifacts
-from isnet.build_in.budget import (DRIFT_IMAGES, MAX_FLOAT_SHARE, MEASURED_CANDIDATES, DriftJudge, rank_by_effect,
+from isnet.build_in.budget import (DRIFT_IMAGES, MAX_FLOAT_SHARE, DriftJudge,
                                    search_float_nodes)
 from isnet.build_in.calibration import (OUTLIER_RATIO, CalibrationSource, compute_tensor_ranges, float_tensor_nodes,
                                         outlier_channels)
@@ -317,12 +317,10 @@ def _search_float_layers(quantized, float_weights: dict[str, np.ndarray], target
     def candidates() -> list[tuple[str, ...]]:
         noise = _layer_noise(quantized, float_weights, judge.inputs(DRIFT_IMAGES))
         groups = [(name,) for name, _ in noise[:max(1, int(len(noise) * MAX_FLOAT_SHARE))]]
-        step = (lambda n, total: progress("rank layers", 1, total)) if progress else None
-        return rank_by_effect(groups[:MEASURED_CANDIDATES], quantize, judge, DRIFT_IMAGES, step) + \
-            groups[MEASURED_CANDIDATES:]
+        return groups
 
     started = time.perf_counter()
-    result = search_float_nodes(quantize, judge, candidates)
+    result = search_float_nodes(quantize, judge, candidates, progress)
     return {**judge.summary(result), "search_seconds": round(time.perf_counter() - started, 1)}
 
 

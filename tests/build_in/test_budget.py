@@ -172,32 +172,38 @@ class _LinearJudge:
 
     def __init__(self, start: float, per_layer: float, bound: float):
         self.bounds, self.pairs = {"mae": bound}, [None] * 50
-        self.start, self.per_layer, self.floated = start, per_layer, 0
+        self.start, self.per_layer, self.floated, self.trials = start, per_layer, 0, []
 
     def quantize(self, nodes: list[str]):
         self.floated = len(nodes)
         return "model.onnx"
 
+    def probe(self, _model_file, _images):
+        from isnet.build_in.budget import Probe
+
+        return Probe(max(self.start - self.per_layer * self.floated, 0.0), 1.0)
+
     def __call__(self, _model_file):
         from isnet.build_in.budget import BudgetCheck
 
         drift = max(self.start - self.per_layer * self.floated, 0.0)
+        self.trials.append(self.floated)
         return BudgetCheck(drift <= self.bounds["mae"], {"mae": drift}, 1.0)
 
     def misses(self, check) -> str:
         return f"mae {check.drift['mae']:.4g} > {self.bounds['mae']:g}"
 
 
-def test_a_search_that_cannot_succeed_says_so_after_its_first_candidates():
+def test_a_search_that_cannot_succeed_says_so_after_one_trial_with_every_candidate_in_float():
     from isnet.build_in.budget import search_float_nodes
 
     candidates = [(f"conv{i}",) for i in range(100)]
-    # Each layer in float takes 0.0001 off a drift of 0.1: all 100 would leave 0.09, far past 0.001.
+    # Each layer in float takes 0.0001 off a drift of 0.1: all 100 leave 0.09, far past 0.001.
     slow = _LinearJudge(0.1, 0.0001, 0.001)
-    with pytest.raises(IsnetError, match=r"the 2 most damaging of 100 .* would still leave about 0\.09 > 0\.001"):
+    with pytest.raises(IsnetError, match=r"with the 100 most damaging layers in float .* mae 0\.09 > 0\.001"):
         search_float_nodes(slow.quantize, slow, lambda: candidates)
-    assert slow.floated == 2  # three trials (0, 1 and 2 layers in float), not the nine doubling to 100 takes
-    # Where the first layers show enough progress, the search goes on and finds the fewest.
+    assert slow.trials == [0, 100]  # the model as it is, then every candidate in float: no doubling up to 100
+    # Where every candidate in float meets it, the search finds the fewest.
     fast = _LinearJudge(0.1, 0.01, 0.001)
     result = search_float_nodes(fast.quantize, fast, lambda: candidates)
-    assert len(result.float_nodes) == 10 and result.check.within
+    assert len(result.float_nodes) == 10 and result.check.within and fast.floated == 10
