@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from isnet.core import IsnetError
-from isnet.export.onnx_graph import constant_values, producers_and_readers
+from isnet.export.onnx_graph import constant_values, producers_and_readers, sort_topologically
 
 # Ops that combine their inputs element-wise or along channels: a map resized to meet one of these
 # must have the spatial size of the other inputs.
@@ -71,27 +71,6 @@ def _partner(resize, target: tuple[int, int], graph, shapes: dict, readers: dict
     return graph_input if shapes.get(graph_input) == target else None
 
 
-def _topological(graph) -> None:
-    """Reorder ``graph.node`` so that every node comes after the producers of what it reads (nodes
-    already in order keep it)."""
-    from isnet.export.onnx_graph import names_read
-
-    nodes = list(graph.node)
-    producer = {out: index for index, node in enumerate(nodes) for out in node.output}
-    needs = [{producer[name] for name in names_read(node) if name in producer} for node in nodes]
-    done: set[int] = set()
-    order: list[int] = []
-    while len(order) < len(nodes):
-        ready = [i for i in range(len(nodes)) if i not in done and needs[i] <= done]
-        if not ready:
-            raise ValueError("the graph has a cycle")  # cannot happen in a graph ONNX Runtime ran
-        for index in ready:
-            done.add(index)
-            order.append(index)
-    del graph.node[:]
-    graph.node.extend(nodes[i] for i in order)
-
-
 def resizes_follow_input(model) -> int:
     """Make every Resize of ``model`` (an onnx ModelProto, opset >= 15, its input at the size the
     file was made for) whose output size is a constant take it from the tensor it meets instead.
@@ -126,5 +105,5 @@ def resizes_follow_input(model) -> int:
         node.input[3] = sizes
         changed += 1
     if changed:
-        _topological(graph)
+        sort_topologically(graph)
     return changed

@@ -231,37 +231,46 @@ def float_candidates(drifts: Iterable[TensorDrift], limit: int) -> list[str]:
     return [d.tensor for d in ranked[:limit]]
 
 
-def artifact_layer_drift(model_dir: str | os.PathLike, images: Sequence[str | os.PathLike],
-                         reference: str | os.PathLike | None = None) -> tuple[list[TensorDrift], Path]:
-    """:func:`measure_layer_drift` of an int8 ONNX Runtime artifact on ``images``, pre-processed as
-    its ``build.json`` says; ``reference`` is an fp32 artifact folder or ONNX file (default: the
-    source model the artifact was built from). Returns the drifts and the reference file used.
-    IsnetError for an artifact that is not a QDQ model or a reference that matches none of it.
+def artifact_reference(model_dir: str | os.PathLike, images: Sequence[str | os.PathLike], work: Path,
+                       reference: str | os.PathLike | None = None) -> tuple[Path, Path, list[np.ndarray]]:
+    """What an int8 ONNX Runtime artifact is measured against: (the fp32 reference ONNX, the artifact's
+    model file, ``images`` pre-processed as its ``build.json`` says).
+
+    ``reference`` is an fp32 artifact folder or ONNX file; by default it is the graph the build
+    quantized, made again from the source model named in ``build.json`` (:func:`prepare_source` with the
+    build's size and frontend settings, into ``work``): an fp16 source is upcast, a source fixed at
+    another size made to follow the input, so tensor names and shapes match the artifact's.
+    IsnetError for an artifact that is not an ONNX Runtime int8 one, or a reference that cannot be had.
     """
     from isnet.build_in.artifact import is_artifact, read_build_info
     from isnet.build_in.ops import Preprocessor
+    from isnet.build_in.source_model import OutputActivation, Upcast, prepare_source
     from isnet.core import IsnetError
 
     info = read_build_info(model_dir)
     if info["backend"] != "onnxruntime" or info["precision"] != "int8":
         raise IsnetError(f"{model_dir}: a {info['backend']} {info['precision']} artifact; isnet drift measures "
                          "ONNX Runtime int8 artifacts (QDQ models)")
+    preprocessor = Preprocessor.from_specs(info["preprocess"])
+    inputs = [preprocessor.load(path)[0] for path in images]
     if reference is None:
-        reference = Path(info["source"]["path"])
-        if not reference.is_file():
-            raise IsnetError(f"{model_dir}: its source model {reference} is gone; give --reference (an fp32 "
-                             "artifact or ONNX file)")
+        source = Path(info["source"]["path"])
+        if not source.is_file() or source.suffix.lower() != ".onnx":
+            raise IsnetError(f"{model_dir}: its source model {source} is gone or not an ONNX file; give --reference "
+                             "(an fp32 artifact or ONNX file)")
+        frontend = info["config"]["frontend"]
+        height, width = info["input"]["shape"][2:]
+        samples = (inputs * 2)[:2]
+        reference = prepare_source(source, work / "reference.onnx", (height, width), samples,
+                                   output=frontend.get("output", 0),
+                                   activation=OutputActivation(frontend.get("output_activation", "auto")),
+                                   upcast=Upcast(frontend.get("upcast", "auto"))).path
     elif is_artifact(reference):
         reference = Path(reference) / read_build_info(reference)["model_file"]
     reference = Path(reference)
     if not reference.is_file():
         raise IsnetError(f"--reference: no such file or artifact: {reference}")
-    preprocessor = Preprocessor.from_specs(info["preprocess"])
-    inputs = (preprocessor.load(path)[0] for path in images)
-    try:
-        return measure_layer_drift(reference, Path(model_dir) / info["model_file"], inputs), reference
-    except ValueError as exc:
-        raise IsnetError(str(exc)) from None
+    return reference, Path(model_dir) / info["model_file"], inputs
 
 
 def plot_layer_drift(drifts: Sequence[TensorDrift], path: str | os.PathLike, title: str = "") -> Path:

@@ -49,3 +49,22 @@ def producers_and_readers(graph) -> tuple[dict, dict[str, list]]:
         for name in node.input:
             readers.setdefault(name, []).append(node)
     return producers, readers
+
+
+def sort_topologically(graph) -> None:
+    """Reorder ``graph.node`` so that every node comes after the producers of what it reads (nodes
+    already in order keep it)."""
+    nodes = list(graph.node)
+    producer = {out: index for index, node in enumerate(nodes) for out in node.output}
+    needs = [{producer[name] for name in names_read(node) if name in producer} for node in nodes]
+    done: set[int] = set()
+    order: list[int] = []
+    while len(order) < len(nodes):
+        ready = [i for i in range(len(nodes)) if i not in done and needs[i] <= done]
+        if not ready:
+            raise ValueError("the graph has a cycle")
+        for index in ready:
+            done.add(index)
+            order.append(index)
+    del graph.node[:]
+    graph.node.extend(nodes[i] for i in order)
