@@ -140,20 +140,35 @@ def rembg_venv(work: Path) -> Path:
 
 
 def build_preset(name: str, preset: str, model: Path, calib: Path, work: Path, process_ops: str = "u2net",
-                 calibration: int = 50) -> Path:
+                 calibration: int = 50, budget: dict | None = None) -> Path:
     """``work/artifacts/<name>``: ``model`` built with an ``isnet compare`` preset, ``process_ops`` (default
     rembg's U^2-Net pre-processing) and the first ``calibration`` images of ``calib`` (reused when already
-    built)."""
+    built). A budgeted preset gets ``budget`` (``{"mae": ..., ...}``) as its max_drift, validated on the
+    images of ``calib`` calibration leaves (their masks in ``calib/../mask``), as ``isnet compare`` does."""
+    import copy
+    from functools import partial
+
     from isnet.build_in import build_artifact, read_build_info, validate_build_config
+    from isnet.eval import validation_scores
     from isnet.tools.compare import PRESETS
+    from isnet.tools.compare.experiment import BUDGETED_PRESETS
 
     artifact = work / "artifacts" / name
     if not (artifact / "build.json").is_file():
         print(f"building {name} ...", file=sys.stderr, flush=True)
-        config = {"name": name, "frontend": {"checkpoint": str(model)}, **PRESETS[preset],
+        settings = copy.deepcopy(PRESETS[preset])
+        scorer = None
+        if preset in BUDGETED_PRESETS:
+            if not budget:
+                raise SystemExit(f"{preset} is budgeted: give a budget")
+            settings["backend"]["quantize"].update(max_drift=budget, validation={"path": str(calib.parent)})
+            scorer = partial(validation_scores, smeasure=True)
+        config = {"name": name, "frontend": {"checkpoint": str(model)}, **settings,
                   "dataset": {"path": str(calib), "process_ops": process_ops,
                               "sampler": {"get_data_num": calibration}},
                   "workspace": {"path": str(work / "artifacts")}}
-        build_artifact(validate_build_config(config, source="bench", base_dir=work), force=True)
+        started = time.perf_counter()
+        build_artifact(validate_build_config(config, source="bench", base_dir=work), force=True, scorer=scorer)
+        print(f"built {name} in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     read_build_info(artifact)
     return artifact

@@ -45,6 +45,9 @@ def main() -> int:
     parser.add_argument("--builds", default="fp32,ov_bf16,int8_max,ov_int8_max",
                         help="isnet compare presets to build and run (fp32 first)")
     parser.add_argument("--no-rembg", action="store_true", help="leave rembg out")
+    parser.add_argument("--budget", default="mae=0.0005,sm=0.001,maxfmeasure=0.002",
+                        help="max_drift of the budgeted presets (int8_auto, int8_npu_auto, ov_int8_auto), "
+                             "validated on the 18 calibration-folder pictures calibration leaves")
     args = parser.parse_args()
     from isnet.eval import evaluate_folders
     from isnet.runtime import host_info
@@ -82,9 +85,10 @@ def main() -> int:
     run("IMG.LY 8-bit file", models["8bit"], "--preprocess", "isnet-1024")
 
     builds = [b.strip() for b in args.builds.split(",") if b.strip()]
+    budget = {key: float(value) for key, value in (item.split("=") for item in args.budget.split(","))}
     for preset in builds:
         artifact = build_preset(f"isnet1024_{preset}", preset, models["fp32"], calib, work,
-                                process_ops="isnet-1024", calibration=CALIBRATION)
+                                process_ops="isnet-1024", calibration=CALIBRATION, budget=budget)
         run(f"isnet {preset}", artifact)
 
     reference = next(out for label, out, _, _ in rows if label == f"isnet {builds[0]}")

@@ -137,6 +137,12 @@ class QuantizeConfig:
     # can be quantized instead of kept float (isnet.build_in.equalize); what it cannot reach the
     # outlier_channel_ratio fallback keeps in float.
     equalize: bool = False
+    # Activations computed by these nodes (module paths or node-name globs, as exclude_nodes) get
+    # 16-bit integers (A16W8: uint16 with uint8 activations, int16 with int8); onnxruntime only.
+    activations_16bit: tuple[str, ...] = ()
+    # The form NPUs need: no node left float. Where a tensor needs more than int8 (an outlier
+    # channel, a budget the all-int8 model misses) it gets 16-bit integers instead; onnxruntime only.
+    integer_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -358,6 +364,14 @@ def _check_semantics(config: BuildConfig, source: str) -> None:
     if tuple(size) != tuple(shape[2:]):
         raise fail("dataset.process_ops", f"Resize.size {list(size)} does not match the model's input "
                                           f"{list(shape)} (H, W = {list(shape[2:])})")
+    if config.backend.type is not BackendType.ONNXRUNTIME:
+        for key in ("activations_16bit", "integer_only"):
+            if getattr(quant, key):
+                raise fail(f"backend.quantize.{key}", "16-bit activations are built with backend.type: onnxruntime "
+                           "(its QDQ graph runs on any ONNX runtime and maps onto NPU mixed-precision settings)")
+    if quant.integer_only and quant.exclude_nodes:
+        raise fail("backend.quantize.exclude_nodes", "an integer_only build leaves no node in float; give the "
+                   "nodes 16 bits with backend.quantize.activations_16bit instead")
     budget = quant.max_drift.metric_bounds()
     if config.backend.dtype is Precision.INT8 and budget and quant.validation.path is None:
         raise fail(f"backend.quantize.max_drift.{next(iter(budget))}", "a metric budget is checked on images with "

@@ -15,13 +15,15 @@ import onnx
 
 from isnet.build_in.backends.onnxruntime_runner import OnnxRuntimeRunner, open_runner  # noqa: F401 -- a backend opens its artifacts
 from isnet.build_in.bias_correction import conv_weight_error_shifts, correct_biases
-from isnet.build_in.budget import (DRIFT_IMAGES, MAX_FLOAT_SHARE, DriftJudge,
-                                   search_float_nodes)
+from isnet.build_in.budget import (DRIFT_IMAGES, MAX_FLOAT_SHARE, SIXTEEN_BIT, DriftJudge,
+                                   rank_by_isolated_damage, search_float_nodes)
 from isnet.build_in.calibration import (MSE_MAX_BINS, OUTLIER_RATIO, CalibrationSource, compute_tensor_ranges,
                                         float_tensor_nodes, outlier_channels)
 from isnet.build_in.config import BuildConfig, CalibrationMode, Precision, QuantType
 from isnet.build_in.equalize import equalize_model_file
 from isnet.build_in.layer_drift import float_candidates, measure_layer_drift
+from isnet.build_in.sixteen_bit import (convs_reading_float, module_groups, node_outputs, quantized_activations,
+                                        sixteen_bit_activations, sixteen_bit_overrides)
 from isnet.core import IsnetError
 
 MODEL_FILE = "model.onnx"
@@ -106,6 +108,7 @@ def _quantize_int8(source: Path, target: Path, config: BuildConfig, work: Path,
     model = onnx.load(str(prepared), load_external_data=False)
     graph = model.graph
     exclude = resolve_exclude_nodes(model, quant.exclude_nodes)
+    sixteen = node_outputs(graph, resolve_exclude_nodes(model, quant.activations_16bit))
 
     images = config.calibration_images()
     source_data = CalibrationSource(images, config.preprocessor(), config.input_name)
@@ -116,7 +119,8 @@ def _quantize_int8(source: Path, target: Path, config: BuildConfig, work: Path,
         return compute_tensor_ranges(prepared, source_data, quant.calibrate_mode, work, excluded_nodes=excluded,
                                      symmetric=quant.symmetric_activations, percentile=quant.percentile,
                                      num_bins=quant.num_bins, progress=step, channel_ranges=channel_ranges,
-                                     every_tensor=judge is not None)
+                                     # an integer-only build quantizes every tensor whatever it keeps
+                                     every_tensor=judge is not None and not quant.integer_only)
 
     channel_ranges: dict = {}
     ranges = calibrate(exclude, "calibrate", channel_ranges)
@@ -138,7 +142,11 @@ def _quantize_int8(source: Path, target: Path, config: BuildConfig, work: Path,
             ranges = calibrate(exclude, "calibrate (equalised)", channel_ranges)
             outliers = outlier_channels(channel_ranges, ratio)
     kept_float = []
-    if quant.outlier_channel_ratio is not None and outliers:
+    if quant.integer_only and quant.outlier_channel_ratio is not None and outliers:
+        # No float islands: an outlier-channel tensor gets 16 bits (65,536 levels leave the other
+        # channels as many as int8 would give them without the outlier, 256 times over).
+        sixteen += [item["tensor"] for item in outliers if item["tensor"] not in sixteen]
+    elif quant.outlier_channel_ratio is not None and outliers:
         kept_float = float_tensor_nodes(graph, [item["tensor"] for item in outliers], exclude)
         if kept_float:
             exclude = exclude + kept_float
@@ -165,8 +173,16 @@ def _quantize_int8(source: Path, target: Path, config: BuildConfig, work: Path,
         onnx.save(model, str(corrected))
         return corrected
 
-    def quantize(extra_float: list[str]) -> Path:
+    def quantize(extra: list[str]) -> Path:
+        """The model with ``extra`` (nodes, or for an integer-only build tensors) kept from int8."""
+        extra_float, extra_wide = ([], extra) if quant.integer_only else (extra, [])
         source = float_model(extra_float)
+        options = {"ActivationSymmetric": quant.symmetric_activations,
+                   "WeightSymmetric": quant.symmetric_weights,
+                   "CalibTensorRangeSymmetric": quant.symmetric_activations}
+        wide = list(dict.fromkeys(sixteen + extra_wide))
+        if wide:
+            options["TensorQuantOverrides"] = sixteen_bit_overrides(wide, quant.activation_type is QuantType.INT8)
         root = logging.getLogger()
         level = root.level
         root.setLevel(logging.ERROR)  # quantize_static logs a pre-processing hint we already followed
@@ -175,16 +191,15 @@ def _quantize_int8(source: Path, target: Path, config: BuildConfig, work: Path,
                             quant_format=QuantFormat.QDQ, per_channel=quant.quantize_per_channel,
                             activation_type=types[quant.activation_type], weight_type=types[quant.weight_type],
                             calibrate_method=ranges.calibration_method, nodes_to_exclude=exclude + extra_float,
-                            calibration_cache_path=str(cache),
-                            extra_options={"ActivationSymmetric": quant.symmetric_activations,
-                                           "WeightSymmetric": quant.symmetric_weights,
-                                           "CalibTensorRangeSymmetric": quant.symmetric_activations})
+                            calibration_cache_path=str(cache), extra_options=options)
         finally:
             root.setLevel(level)
         return target
 
     details = {"excluded_nodes": exclude, "calibrated_tensors": len(ranges.data),
                "outlier_tensors": outliers[:10], "outlier_nodes_in_float": kept_float}
+    if quant.integer_only:
+        details["integer_only"] = True
     if quant.equalize:
         details["equalized_channels"] = [asdict(item) for item in equalized]
     if quant.bias_correction:
@@ -193,7 +208,7 @@ def _quantize_int8(source: Path, target: Path, config: BuildConfig, work: Path,
         quantize([])
         if shifts:
             details["bias_correction"]["convs"] = corrected_convs[0]
-        return details
+        return _checked_integer_only(target, details, bool(sixteen))
 
     def candidates() -> list[tuple[str, ...]]:
         # Ranked on the model quantize([]) just wrote: the tensors whose quantization adds the most
@@ -204,10 +219,36 @@ def _quantize_int8(source: Path, target: Path, config: BuildConfig, work: Path,
         groups = list(dict.fromkeys(group for group in groups if group))  # tensors joined by a ReLU share one
         return groups
 
-    result = search_float_nodes(quantize, judge, candidates, progress)
+    def sixteen_bit_candidates() -> list[tuple[str, ...]]:
+        # Every activation the all-int8 model quantizes, by module (isnet.build_in.sixteen_bit).
+        quantized = quantized_activations(onnx.load(str(quantize([])), load_external_data=False))
+        return module_groups(graph, [tensor for tensor in quantized if tensor not in sixteen])
+
+    if quant.integer_only:
+        result = search_float_nodes(quantize, judge, sixteen_bit_candidates, progress,
+                                    rank=rank_by_isolated_damage, remedy=SIXTEEN_BIT)
+    else:
+        result = search_float_nodes(quantize, judge, candidates, progress)
     details["budget"] = judge.summary(result)
     if shifts:
         details["bias_correction"]["convs"] = corrected_convs[0]  # the model written last is the one kept
+    return _checked_integer_only(target, details, bool(sixteen))
+
+
+def _checked_integer_only(artifact: Path, details: dict, sixteen: bool) -> dict:
+    """``details`` with the artifact's 16-bit tensors (what a user maps onto an NPU's mixed-precision
+    settings); for an integer-only build once it is checked that every Conv reads dequantized
+    integers (a float Conv there would be this toolkit's bug, not the user's)."""
+    if not (sixteen or details.get("integer_only")):
+        return details
+    model = onnx.load(str(artifact), load_external_data=False)
+    details["sixteen_bit_tensors"] = sixteen_bit_activations(model)
+    if details.get("integer_only"):
+        floating = convs_reading_float(model)
+        if floating:
+            raise RuntimeError(f"integer_only build left {len(floating)} Convs reading float tensors: "
+                               f"{', '.join(floating[:5])}")
+        details["convs_checked"] = sum(node.op_type == "Conv" for node in model.graph.node)
     return details
 
 

@@ -50,6 +50,10 @@ class BuildCommand:
                   f"{widest['ratio']:.1f}x the median channel; backend.quantize.outlier_channel_ratio)")
         if details.get("budget"):
             print(describe_budget(details["budget"]))
+        if details.get("sixteen_bit_tensors"):
+            form = "integer-only: every Conv reads int8/int16; " if details.get("integer_only") else ""
+            print(f"{form}{len(details['sixteen_bit_tensors'])} activations in 16 bits "
+                  "(build.json: backend_details.sixteen_bit_tensors)")
         if fidelity.get("warning"):
             print(f"warning: {config.name}: {fidelity['warning']}")
         return 0

@@ -67,6 +67,8 @@ PRESETS: dict[str, dict] = {
     # the calibration does not use (see BUDGETED_PRESETS). Bias correction: measured to help on the
     # pretrained U²-Netp (bench/README.md).
     "int8_auto": {"backend": {"dtype": "int8", "quantize": {"calibrate_mode": "max", "bias_correction": True}}},
+    # Integer-only (for NPUs): where the budget needs it, tensors get 16 bits instead of float.
+    "int8_npu_auto": {"backend": {"dtype": "int8", "quantize": {"calibrate_mode": "max", "integer_only": True}}},
     "ov_fp32": {"backend": {"type": "openvino", "dtype": "fp32"}},
     "ov_fp16": {"backend": {"type": "openvino", "dtype": "fp16"}},
     "ov_bf16": {"backend": {"type": "openvino", "dtype": "bf16"}},
@@ -77,7 +79,7 @@ PRESETS: dict[str, dict] = {
 }
 # Presets that get an accuracy budget: backend.quantize.max_drift from max_delta (mae, sm,
 # maxfmeasure) and backend.quantize.validation from the calibration folder.
-BUDGETED_PRESETS = ("int8_auto", "ov_int8_auto")
+BUDGETED_PRESETS = ("int8_auto", "int8_npu_auto", "ov_int8_auto")
 
 
 @dataclass(frozen=True)
