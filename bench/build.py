@@ -5,6 +5,7 @@ Every build runs in its own process so its peak memory (max RSS) is its own.
 
     python bench/build.py [--calibration-images 50] [--arch isnet] [--stock/--no-stock] [--extra-images 500]
     python bench/build.py --calibration-throughput [--throughput-images 10] [--before COMMIT]
+                          [--isnet1024] [--modes max,percentile,kl_divergence]
 
 Prints one table: build time, peak memory, artifact size, fidelity vs fp32 on held-out images
 and single-image latency of each artifact.
@@ -14,7 +15,8 @@ U^2-Netp (``bench/pretrained.py``) and the full-size ISNet (random weights) at 3
 calibration time per image per pass next to one fp32 inference of the same prepared graph,
 measured in the same run. ``--before COMMIT`` adds the same rows for the calibration code of an
 older commit (checked out with ``git archive`` into a temporary folder and run in its own
-process), on the same prepared graph and images.
+process), on the same prepared graph and images. ``--isnet1024`` measures the real ISNet (DIS
+authors' weights) at its deployed 1024x1024 instead.
 """
 
 from __future__ import annotations
@@ -182,9 +184,15 @@ def calibration_throughput(args) -> int:
 
     work = Path(args.work or tempfile.mkdtemp(prefix="isnet-bench-calib-"))
     images = [str(p) for p in list_images(ECSSD, ("jpg",))[: args.throughput_images]]
-    isnet = export_model(ExportRequest(weights="random", arch="isnet", size=(320, 320), output_dir=work / "isnet",
-                                       name="isnet", formats=("onnx",))).files["onnx"]
-    models = [("U2-Netp (pretrained)", fetch_u2netp(), "u2net"), ("ISNet (full size)", Path(isnet), "isnet-320")]
+    if args.isnet1024:
+        from pretrained import fetch_isnet
+
+        models = [("ISNet (DIS weights) 1024", fetch_isnet()["fp32"], "isnet-1024")]
+    else:
+        isnet = export_model(ExportRequest(weights="random", arch="isnet", size=(320, 320), output_dir=work / "isnet",
+                                           name="isnet", formats=("onnx",))).files["onnx"]
+        models = [("U2-Netp (pretrained)", fetch_u2netp(), "u2net"), ("ISNet (full size)", Path(isnet), "isnet-320")]
+    modes = [(mode, 1 if mode == "max" else 2) for mode in args.modes.split(",")]
     before = None
     if args.before:
         before = work / "before"
@@ -196,14 +204,14 @@ def calibration_throughput(args) -> int:
     for label, source, ops in models:
         prepared, inputs = _prepared(source, images, ops, work / label.split()[0])
         inference = _inference_ms(prepared, inputs)
-        for mode, passes in (("max", 1), ("percentile", 2), ("kl_divergence", 2)):
+        for mode, passes in modes:
             for code, root in (("before", before), ("now", None)) if before else (("now", None),):
                 print(f"calibrating {label}, {mode}, {code} ...", file=sys.stderr, flush=True)
                 result = _calibrate_in_child(root, prepared, images, ops, mode, work / "calib" / f"{label[:5]}-{mode}-{code}")
                 per_pass = 1000 * result["seconds"] / (len(images) * passes)
                 rows.append([label, mode, code, str(result["tensors"]), f"{inference:.0f}", f"{per_pass:.0f}",
                              f"{per_pass / inference:.2f}x", f"{result['peak_gb']:.2f}"])
-    print(f"\ncalibration statistics vs inference, {len(images)} ECSSD images at 320x320; "
+    print(f"\ncalibration statistics vs inference, {len(images)} ECSSD images; "
           f"{host_info()['cpu']}, {host_info()['logical_cores']} threads, Python {platform.python_version()}")
     header = ["model", "mode", "code", "tensors", "inference ms", "calibration ms / image / pass", "ratio",
               "peak GB"]
@@ -218,6 +226,10 @@ def main() -> int:
     parser.add_argument("--calibration-throughput", action="store_true",
                         help="time calibration statistics against inference instead of building")
     parser.add_argument("--throughput-images", type=int, default=10, help="images for --calibration-throughput")
+    parser.add_argument("--isnet1024", action="store_true",
+                        help="with --calibration-throughput: the real ISNet (bench/pretrained.py) at 1024x1024 only")
+    parser.add_argument("--modes", default="max,percentile,kl_divergence",
+                        help="with --calibration-throughput: calibration modes (comma-separated)")
     parser.add_argument("--before", default=None, help="with --calibration-throughput: also the code of this commit")
     parser.add_argument("--calibration-images", type=int, default=50, help="calibration images (default 50)")
     parser.add_argument("--extra-images", type=int, default=0,

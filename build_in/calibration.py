@@ -4,7 +4,11 @@ ONNX Runtime's stock ``quantize_static`` keeps every activation of every calibra
 memory before building histograms (13.3 GB for ISNet at 320x320 on 50 images). Here the same
 statistics are gathered image by image in two passes:
 
-1. min / max of every calibrated tensor (enough on its own for ``max`` calibration);
+1. min / max of every calibrated tensor (enough on its own for ``max`` calibration). For ``max``
+   the reductions run inside the graph (a ReduceMin and a ReduceMax per channel of each tensor are
+   the session's outputs, not the tensors), so ONNX Runtime frees each activation as it would in
+   inference: the real ISNet at 1024x1024 calibrates in about the memory of an fp32 inference
+   instead of holding all its activations of a picture at once (4-6 GB);
 2. for the histogram methods, a fixed-range histogram per tensor over exactly the range the
    stock path would use, accumulated image by image.
 
@@ -409,12 +413,47 @@ def _ranges_the_quantizer_reads(model, names: Sequence[str], symmetric: bool,
         return None
 
 
+def _with_channel_min_max(model, names: Sequence[str], value_infos: dict) -> tuple[object, dict[str, bool]]:
+    """``model`` whose outputs are, for each tensor of ``names``, its min and its max (``NAME/min``,
+    ``NAME/max``): per channel (over axes 0, 2, 3) for a 4-D tensor, over the whole tensor
+    otherwise. Returns the model and which tensors are per channel."""
+    import onnx
+    from onnx import helper
+
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    augmented = onnx.ModelProto()
+    augmented.CopyFrom(model)
+    graph = augmented.graph
+    del graph.output[:]
+    per_channel: dict[str, bool] = {}
+    axes_name = "isnet_calibration_channel_axes"
+    if opset >= 18:  # ReduceMin/Max take their axes as an input from opset 18 on
+        graph.initializer.append(onnx.numpy_helper.from_array(np.array([0, 2, 3], np.int64), axes_name))
+    for name in names:
+        info = value_infos.get(name)
+        dims = info.type.tensor_type.shape.dim if info is not None and info.type.HasField("tensor_type") else None
+        per_channel[name] = dims is not None and len(dims) == 4
+        for op, suffix in (("ReduceMin", "min"), ("ReduceMax", "max")):
+            output = f"{name}/{suffix}"
+            if per_channel[name] and opset >= 18:
+                node = helper.make_node(op, [name, axes_name], [output], keepdims=0)
+            elif per_channel[name]:
+                node = helper.make_node(op, [name], [output], axes=[0, 2, 3], keepdims=0)
+            else:
+                node = helper.make_node(op, [name], [output], keepdims=0)
+            graph.node.append(node)
+            graph.output.append(helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, None))
+    return augmented, per_channel
+
+
 def _augmented_session(model_path: Path, mode: CalibrationMode, work_dir: Path, excluded_nodes, extra: dict,
                        every_tensor: bool = False):
-    """ORT's own augmented model (every calibrated tensor an output) and a session to run it.
+    """ORT's own augmented model (every calibrated tensor an output) and a session to run it; for
+    ``max``, the same tensors reduced to their (per-channel) min and max inside the graph.
 
-    Returns the calibrator, the session, the tensors it outputs and the tensors whose ranges are
-    taken over from an activation (:func:`ranges_taken_over`; not outputs, so ORT fuses them). The
+    Returns the calibrator (None for ``max``), the session, the tensors it outputs and the tensors whose ranges are
+    taken over from an activation (:func:`ranges_taken_over`; not outputs, so ORT fuses them),
+    and for ``max`` which tensors are reduced per channel. The
     stock calibrators run the graph with all optimisations off; EXTENDED gives bit-identical
     activations (checked against the stock path in the tests) and runs faster.
     """
@@ -436,6 +475,15 @@ def _augmented_session(model_path: Path, mode: CalibrationMode, work_dir: Path, 
     # calibrated tensor to its outputs in place (and saves it), so neither file is read again.
     original = onnx.ModelProto()
     original.CopyFrom(calibrator.model)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    if mode is CalibrationMode.MAX:
+        tensors, value_infos = calibrator.select_tensors_to_calibrate(original)
+        taken_over = {} if every_tensor else ranges_taken_over(original, tensors, extra["symmetric"], excluded_nodes)
+        names = sorted(t for t in tensors if t not in taken_over)
+        model, per_channel = _with_channel_min_max(original, names, value_infos)
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return None, session, names, taken_over, per_channel
     calibrator.augment_graph()
     model = calibrator.model
     taken_over = {} if every_tensor else ranges_taken_over(original, calibrator.tensors_to_calibrate,
@@ -443,12 +491,10 @@ def _augmented_session(model_path: Path, mode: CalibrationMode, work_dir: Path, 
     kept = [o for o in model.graph.output if o.name not in taken_over]
     del model.graph.output[:]
     model.graph.output.extend(kept)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     available = {o.name for o in session.get_outputs()}
     names = sorted(n for n in calibrator.tensors_to_calibrate if n in available)
-    return calibrator, session, names, {up: act for up, act in taken_over.items() if act in available}
+    return calibrator, session, names, {up: act for up, act in taken_over.items() if act in available}, {}
 
 
 def compute_tensor_ranges(model_path: str | os.PathLike, source: CalibrationSource, mode: CalibrationMode,
@@ -474,7 +520,7 @@ def compute_tensor_ranges(model_path: str | os.PathLike, source: CalibrationSour
     extra = {"symmetric": symmetric, "percentile": percentile}
     if num_bins:
         extra["num_bins"] = num_bins
-    calibrator, session, names, taken_over = _augmented_session(Path(model_path), mode, Path(work_dir),
+    calibrator, session, names, taken_over, per_channel = _augmented_session(Path(model_path), mode, Path(work_dir),
                                                                 list(excluded_nodes), extra, every_tensor)
     absolute = mode is CalibrationMode.PERCENTILE and symmetric
 
@@ -483,9 +529,15 @@ def compute_tensor_ranges(model_path: str | os.PathLike, source: CalibrationSour
     kept: list[dict[str, np.ndarray]] = []
     kept_bytes = 0
 
+    reduced_outputs = [f"{name}/{end}" for name in names for end in ("min", "max")] if not histogram_mode else []
+
     def inferred(start: int) -> Iterator[dict[str, np.ndarray]]:
         for inputs in source.starting_at(start):
-            yield dict(zip(names, session.run(names, inputs)))
+            if histogram_mode:
+                yield dict(zip(names, session.run(names, inputs)))
+            else:  # name -> (min, max), per channel where calibrator says so
+                values = session.run(reduced_outputs, inputs)
+                yield {name: (values[2 * i], values[2 * i + 1]) for i, name in enumerate(names)}
 
     def each_image(outputs_per_image: Iterable[dict[str, np.ndarray]],
                    consume: Callable[[dict[str, np.ndarray]], None]) -> None:
@@ -506,9 +558,9 @@ def compute_tensor_ranges(model_path: str | os.PathLike, source: CalibrationSour
         nonlocal kept_bytes
         keeping = histogram_mode
         for outputs in inferred(0):
-            size = sum(value.nbytes for value in outputs.values())
-            keeping = keeping and kept_bytes + size <= KEPT_BYTES
+            keeping = keeping and kept_bytes + sum(value.nbytes for value in outputs.values()) <= KEPT_BYTES
             if keeping:
+                size = sum(value.nbytes for value in outputs.values())
                 kept.append(outputs)
                 kept_bytes += size
             yield outputs
@@ -527,16 +579,21 @@ def compute_tensor_ranges(model_path: str | os.PathLike, source: CalibrationSour
 
     def track_range(outputs: dict[str, np.ndarray]) -> None:
         for name, value in outputs.items():
-            if channel_ranges is not None and value.ndim == 4:
+            if not histogram_mode:  # reduced in the graph: per channel, or over the whole tensor
+                channel_low, channel_high = value
+                if channel_ranges is None or not per_channel[name]:
+                    channel_low, channel_high = np.nanmin(channel_low), np.nanmax(channel_high)
+            elif channel_ranges is not None and value.ndim == 4:
                 # Per channel first; min and max are exact in any order, so the tensor's range is the same.
                 channel_low, channel_high = np.nanmin(value, axis=(0, 2, 3)), np.nanmax(value, axis=(0, 2, 3))
+            else:
+                channel_low, channel_high = np.nanmin(value), np.nanmax(value)
+            if np.ndim(channel_low) == 1:
                 if name in channel_ranges:
                     channel_low = np.fmin(channel_ranges[name][0], channel_low)
                     channel_high = np.fmax(channel_ranges[name][1], channel_high)
                 channel_ranges[name] = (channel_low, channel_high)
-                low, high = np.nanmin(channel_low), np.nanmax(channel_high)
-            else:
-                low, high = np.nanmin(value), np.nanmax(value)
+            low, high = np.nanmin(channel_low), np.nanmax(channel_high)
             lows[name] = low if name not in lows else min(lows[name], low)
             highs[name] = high if name not in highs else max(highs[name], high)
             if absolute:

@@ -13,6 +13,7 @@ stages and of the trunk between them, not of single tensors (docs/int8-isnet.md)
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Iterable, Sequence
 
 QUANTIZER_SUFFIX = "_QuantizeLinear_Input"  # ORT renames a graph output it quantizes this way
@@ -40,6 +41,12 @@ def module_of(node_name: str) -> str:
     :data:`TRUNK` for nodes outside modules (``/Concat_7``, ``/Resize_3``)."""
     parts = node_name.strip("/").split("/")
     return parts[0] if len(parts) > 1 else TRUNK
+
+
+def in_module(node_name: str, module_path: str) -> bool:
+    """Whether a node named by the PyTorch exporter (``/stage1d/rebnconv1/conv_s1/Conv``) belongs to
+    the module ``module_path`` (``stage1d``, ``stage1d.rebnconv1``; globs allowed)."""
+    return fnmatch.fnmatchcase(node_name, f"/{module_path.replace('.', '/')}/*")
 
 
 def module_groups(graph, tensors: Sequence[str]) -> list[tuple[str, ...]]:

@@ -22,7 +22,7 @@ from isnet.build_in.calibration import (MSE_MAX_BINS, OUTLIER_RATIO, Calibration
 from isnet.build_in.config import BuildConfig, CalibrationMode, Precision, QuantType
 from isnet.build_in.equalize import equalize_model_file
 from isnet.build_in.layer_drift import float_candidates, measure_layer_drift
-from isnet.build_in.sixteen_bit import (convs_reading_float, module_groups, node_outputs, quantized_activations,
+from isnet.build_in.sixteen_bit import (convs_reading_float, in_module, module_groups, node_outputs, quantized_activations,
                                         sixteen_bit_activations, sixteen_bit_overrides)
 from isnet.core import IsnetError
 
@@ -60,13 +60,15 @@ def _convert_fp16(source: Path, target: Path, keep_io_types: bool) -> None:
 def resolve_exclude_nodes(model: onnx.ModelProto, patterns: tuple[str, ...]) -> list[str]:
     """Node names matching ``exclude_nodes`` entries: a node-name glob or a PyTorch module path.
 
-    ``side1`` matches the Conv whose weights are ``side1.weight``; ``stage1d.*`` every node whose
-    weights live under ``stage1d``; ``node_Conv_4?`` node names directly.
+    ``side1`` matches the Conv whose weights are ``side1.weight``, or every node named
+    ``/side1/...`` (PyTorch's exporter names nodes by module path, and files such as rembg's and
+    IMG.LY's ISNet keep those names but not the weights'); ``stage1d.*`` every node whose weights
+    live under ``stage1d``; ``node_Conv_4?`` node names directly.
     """
     names = []
     for pattern in patterns:
         hits = [node.name for node in model.graph.node
-                if fnmatch.fnmatchcase(node.name, pattern)
+                if fnmatch.fnmatchcase(node.name, pattern) or in_module(node.name, pattern)
                 or any(fnmatch.fnmatchcase(i, f"{pattern}.*") or fnmatch.fnmatchcase(i, pattern) for i in node.input[1:])]
         if not hits:
             convs = [n.name for n in model.graph.node if n.op_type == "Conv"][:3]

@@ -27,6 +27,7 @@ from isnet.build_in.budget import (DRIFT_IMAGES, MAX_FLOAT_SHARE, DriftJudge,
 from isnet.build_in.calibration import (OUTLIER_RATIO, CalibrationSource, compute_tensor_ranges, float_tensor_nodes,
                                         outlier_channels)
 from isnet.build_in.config import BuildConfig, CalibrationMode, Precision, QuantType
+from isnet.build_in.sixteen_bit import in_module
 from isnet.core import IsnetError
 
 MODEL_FILE = "model.xml"
@@ -47,7 +48,7 @@ def resolve_ignored_names(model, patterns: tuple[str, ...]) -> list[str]:
     """OpenVINO op names matching ``exclude_nodes``: an op-name glob or a PyTorch module path.
 
     A module path such as ``side1`` matches the ops fed by constants named ``side1.*`` (the
-    ONNX initializer names survive conversion).
+    ONNX initializer names survive conversion), or named ``/side1/...`` (the ONNX node names do too).
     """
     names: list[str] = []
     ops = list(model.get_ops())
@@ -58,7 +59,8 @@ def resolve_ignored_names(model, patterns: tuple[str, ...]) -> list[str]:
                 continue
             feeds = [src.get_node() for src in (inp.get_source_output() for inp in op.inputs())]
             constants = [f.get_friendly_name() for f in feeds if f.get_type_name() in ("Constant", "Convert")]
-            if fnmatch.fnmatchcase(op.get_friendly_name(), pattern) or any(
+            name = op.get_friendly_name()
+            if fnmatch.fnmatchcase(name, pattern) or in_module(name, pattern) or any(
                     fnmatch.fnmatchcase(c, f"{pattern}.*") or fnmatch.fnmatchcase(c, pattern) for c in constants):
                 hits.append(op.get_friendly_name())
         if not hits:
