@@ -45,6 +45,7 @@ def main() -> int:
     parser.add_argument("--builds", default="fp32,ov_bf16,int8_max,ov_int8_max",
                         help="isnet compare presets to build and run (fp32 first)")
     parser.add_argument("--no-rembg", action="store_true", help="leave rembg out")
+    parser.add_argument("--no-imgly", action="store_true", help="leave IMG.LY's 8-bit file out")
     parser.add_argument("--budget", default="mae=0.0005,sm=0.001,maxfmeasure=0.002",
                         help="max_drift of the budgeted presets (int8_auto, int8_npu_auto, ov_int8_auto), "
                              "validated on the 18 calibration-folder pictures calibration leaves")
@@ -82,7 +83,8 @@ def main() -> int:
         seconds, peak = timed([str(rembg), "p", "-m", "isnet-general-use", "-om", str(images), str(out)],
                                env={**os.environ, **threads, "U2NET_HOME": str(home), "MODEL_CHECKSUM_DISABLED": "1"})
         rows.append((f"rembg {REMBG.split('==')[1]} isnet-general-use (fp32 file)", out, seconds, peak))
-    run("IMG.LY 8-bit file", models["8bit"], "--preprocess", "isnet-1024")
+    if not args.no_imgly:
+        run("IMG.LY 8-bit file", models["8bit"], "--preprocess", "isnet-1024")
 
     builds = [b.strip() for b in args.builds.split(",") if b.strip()]
     budget = {key: float(value) for key, value in (item.split("=") for item in args.budget.split(","))}

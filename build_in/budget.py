@@ -105,7 +105,8 @@ class DriftJudge:
     """Scores candidate models against the fp32 model's masks on the validation images."""
 
     def __init__(self, config: BuildConfig, reference: Path, scorer: MaskScorer | None,
-                 open_runner: Callable[[Path], object], progress: Callable[[str, int, int], None] | None = None):
+                 open_runner: Callable[..., object], progress: Callable[[str, int, int], None] | None = None,
+                 candidate_options: dict | None = None):
         quant = config.backend.quantize
         self.bounds = quant.max_drift.metric_bounds()
         if quant.max_drift.mean_abs is not None:
@@ -117,7 +118,9 @@ class DriftJudge:
         self.pairs = validation_pairs(config)
         self.preprocessor = config.preprocessor()
         self.scorer = scorer
-        self.open_runner = open_runner
+        # Candidates open as the artifact will (an OpenVINO build's float layers in bf16, say); the
+        # fp32 reference with the runner's defaults.
+        self.open_runner = (lambda path: open_runner(path, **candidate_options)) if candidate_options else open_runner
         self.progress = progress
         self.stage = "validate fp32"
         self.trials = 0

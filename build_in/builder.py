@@ -212,7 +212,8 @@ def build_artifact(config: BuildConfig, force: bool = False, progress: Progress 
         step()
         judge = None
         if config.backend.dtype is Precision.INT8 and config.backend.quantize.validation.path is not None:
-            judge = DriftJudge(config, reference, scorer, backend.open_runner, progress)
+            judge = DriftJudge(config, reference, scorer, backend.open_runner, progress,
+                               candidate_options=backend.runtime_options(config))
         with atomic_dir(target, replace=force) as out:
             compiled = _compile(backend, reference, config, out, work, progress, judge)
             step()

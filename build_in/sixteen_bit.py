@@ -50,16 +50,28 @@ def in_module(node_name: str, module_path: str) -> bool:
 
 
 def module_groups(graph, tensors: Sequence[str]) -> list[tuple[str, ...]]:
-    """``tensors`` grouped by the module whose node computes them, in graph order; the trunk's
-    tensors (between modules: concatenations, upsampling) each make a group of their own, since
-    they differ most (measured on ISNet: its trunk concatenations alone drift 0.084 in int8, its
+    """``tensors`` grouped by the module whose node computes them, in order; the trunk's tensors
+    (between modules: concatenations, upsampling) each make a group of their own, since they
+    differ most (measured on ISNet: its trunk concatenations alone drift 0.084 in int8, its
     resizes 0.0002)."""
     producer = {output: node.name for node in graph.node for output in node.output}
+    return group_by_module(tensors, lambda tensor: producer.get(tensor, ""))
+
+
+def group_by_module(items: Sequence[str], node_of=lambda item: item) -> list[tuple[str, ...]]:
+    """``items`` grouped by the module of their node (``node_of(item)``, default the item itself),
+    in order; items outside any module each alone."""
     groups: dict[str, list[str]] = {}
-    for tensor in tensors:
-        module = module_of(producer.get(tensor, ""))
-        groups.setdefault(tensor if module == TRUNK else module, []).append(tensor)
+    for item in items:
+        module = module_of(node_of(item))
+        groups.setdefault(item if module == TRUNK else f"/{module}", []).append(item)
     return [tuple(group) for group in groups.values()]
+
+
+def named_by_module(names: Sequence[str]) -> bool:
+    """Whether most of ``names`` carry module paths (a PyTorch export's ``/stage1d/...``, not
+    ``Conv_787``): grouping by module means something there."""
+    return bool(names) and 2 * sum(module_of(name) != TRUNK for name in names) >= len(names)
 
 
 def sixteen_bit_overrides(tensors: Iterable[str], signed: bool) -> dict:

@@ -269,6 +269,11 @@ def _measure_bias_shifts(prepared: Path, quantize: Callable[[list[str]], Path], 
             "mean_abs_shift": float(np.mean([np.abs(s).mean() for s in shifts.values()])) if shifts else 0.0}
 
 
+def runtime_options(config: BuildConfig) -> dict:
+    """How the runner opens this build's artifact (none for ONNX Runtime)."""
+    return {}
+
+
 def compile_model(source: Path, config: BuildConfig, out_dir: Path, work: Path,
                   progress: Callable[[str, int, int], None] | None = None, judge: DriftJudge | None = None) -> dict:
     """Compile the fp32 ONNX ``source`` into ``out_dir/model.onnx``; return backend details for build.json.
@@ -287,4 +292,4 @@ def compile_model(source: Path, config: BuildConfig, out_dir: Path, work: Path,
         _convert_fp16(source, target, config.backend.keep_io_types)
     else:
         details = _quantize_int8(source, target, config, work, progress, judge)
-    return {"model_file": MODEL_FILE, "runtime_options": {}, "details": details}
+    return {"model_file": MODEL_FILE, "runtime_options": runtime_options(config), "details": details}

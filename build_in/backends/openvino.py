@@ -22,12 +22,12 @@ import numpy as np
 
 from isnet.build_in.backends.openvino_runner import (PERFORMANCE_HINTS, OpenVinoRunner,  # noqa: F401 -- a backend
                                                      open_runner)  # opens its artifacts
-from isnet.build_in.budget import (DRIFT_IMAGES, MAX_FLOAT_SHARE, DriftJudge,
+from isnet.build_in.budget import (DRIFT_IMAGES, MAX_FLOAT_SHARE, DriftJudge, rank_by_isolated_damage,
                                    search_float_nodes)
 from isnet.build_in.calibration import (OUTLIER_RATIO, CalibrationSource, compute_tensor_ranges, float_tensor_nodes,
                                         outlier_channels)
 from isnet.build_in.config import BuildConfig, CalibrationMode, Precision, QuantType
-from isnet.build_in.sixteen_bit import in_module
+from isnet.build_in.sixteen_bit import group_by_module, in_module, named_by_module
 from isnet.core import IsnetError
 
 MODEL_FILE = "model.xml"
@@ -221,6 +221,12 @@ def _input_fakequantizes(op) -> list[tuple[object, int]]:
     return found
 
 
+def _activation_fakequantizes(model) -> list:
+    """The FakeQuantize ops rounding activations (NNCF names them ``<producer>/fq_output_<port>``)."""
+    return [op for op in model.get_ops() if op.get_type_name() == "FakeQuantize"
+            and "fq_weights" not in op.get_friendly_name()]
+
+
 def _quantized_convolutions(model) -> list:
     """The convolutions NNCF quantized: their weights are not a float constant any more."""
     return [op for op in model.get_ops() if op.get_type_name() in _CONVOLUTIONS
@@ -229,7 +235,8 @@ def _quantized_convolutions(model) -> list:
 
 
 def _with_float_layers(quantized, float_weights: dict[str, np.ndarray], names: set[str]):
-    """A copy of ``quantized`` where the named convolutions compute in float: what they read is no
+    """A copy of ``quantized`` where the named convolutions compute in float (and the named
+    FakeQuantize ops round nothing): what they read is no
     longer rounded (the FakeQuantize ops before it are bypassed for the path to this convolution;
     ops on that path, a Concat say, pass the float values to their other readers too), and their
     int8 weights are replaced by the float ones (the weights carry most of the error on some
@@ -238,6 +245,10 @@ def _with_float_layers(quantized, float_weights: dict[str, np.ndarray], names: s
     import openvino as ov
 
     model = quantized.clone()
+    for op in _activation_fakequantizes(model):  # named themselves: rounding nothing any more
+        if op.get_friendly_name() in names:
+            for target in list(op.output(0).get_target_inputs()):
+                target.replace_source_output(op.input_value(0))
     for op in _quantized_convolutions(model):
         name = op.get_friendly_name()
         if name not in names:
@@ -321,8 +332,21 @@ def _search_float_layers(quantized, float_weights: dict[str, np.ndarray], target
         groups = [(name,) for name, _ in noise[:max(1, int(len(noise) * MAX_FLOAT_SHARE))]]
         return groups
 
+    # A graph named by module (a PyTorch export: /stage1d/...) is searched by whole modules, each
+    # ranked by what it does alone with the others float: on ISNet at 1024 single layers do not
+    # reach the error (docs/int8-isnet.md); U²-Netp's files name layers Conv_787 and keep the
+    # per-layer search.
+    # A module kept float takes its activations' FakeQuantize ops with it (a residual Add's output,
+    # a side head's logit: no convolution reads them through agnostic ops only).
+    convolutions = [op.get_friendly_name() for op in _quantized_convolutions(quantized)]
+    by_module = named_by_module(convolutions)
     started = time.perf_counter()
-    result = search_float_nodes(quantize, judge, candidates, progress)
+    if by_module:
+        layers = convolutions + [op.get_friendly_name() for op in _activation_fakequantizes(quantized)]
+        result = search_float_nodes(quantize, judge, lambda: group_by_module(layers), progress,
+                                    rank=rank_by_isolated_damage)
+    else:
+        result = search_float_nodes(quantize, judge, candidates, progress)
     return {**judge.summary(result), "search_seconds": round(time.perf_counter() - started, 1)}
 
 
@@ -336,15 +360,25 @@ class _Reiterable:
         return iter(self.factory())
 
 
+def runtime_options(config: BuildConfig) -> dict:
+    """How the runner compiles this build's IR: the inference precision (an int8 build's float
+    layers in ``quantize.float_precision``) and the performance hint."""
+    hint = config.backend.performance_hint.upper()
+    if hint not in PERFORMANCE_HINTS:
+        raise IsnetError(f"backend.performance_hint must be one of {', '.join(PERFORMANCE_HINTS)}, got '{hint}'")
+    precision = config.backend.dtype
+    if precision is Precision.INT8:
+        precision = config.backend.quantize.float_precision
+    return {"inference_precision": _INFERENCE_PRECISION[precision], "performance_hint": hint}
+
+
 def compile_model(source: Path, config: BuildConfig, out_dir: Path, work: Path,
                   progress: Callable[[str, int, int], None] | None = None, judge=None) -> dict:
     """Convert the fp32 ONNX ``source`` to an IR in ``out_dir``; return backend details for build.json."""
     import openvino as ov
 
     precision = config.backend.dtype
-    hint = config.backend.performance_hint.upper()
-    if hint not in PERFORMANCE_HINTS:
-        raise IsnetError(f"backend.performance_hint must be one of {', '.join(PERFORMANCE_HINTS)}, got '{hint}'")
+    options = runtime_options(config)
     details: dict = {}
     target = out_dir / MODEL_FILE
     if precision is Precision.INT8:
@@ -365,5 +399,4 @@ def compile_model(source: Path, config: BuildConfig, out_dir: Path, work: Path,
             ov.save_model(model, str(target), compress_to_fp16=False)
     else:
         ov.save_model(ov.convert_model(str(source)), str(target), compress_to_fp16=precision is Precision.FP16)
-    options = {"inference_precision": _INFERENCE_PRECISION[precision], "performance_hint": hint}
     return {"model_file": MODEL_FILE, "runtime_options": options, "details": details}

@@ -136,7 +136,29 @@ def test_openvino_budget_keeps_layers_float_until_it_holds(write_config, calib_i
                 and not backend._input_fakequantizes(op)}
 
     assert float_layers(loose) == set()
-    assert float_layers(result) == set(record["float_nodes"])
+    kept = set(record["float_nodes"])
+    bypassed = {name for name in kept if "/fq_output_" in name}  # FakeQuantize ops of the modules kept
+    assert float_layers(result) == kept - bypassed
+    saved = {op.get_friendly_name() for op in ov.Core().read_model(result.artifact_dir / "model.xml").get_ops()}
+    assert bypassed and not bypassed & saved
+    # The lite model's layers are named by module (/stage1/...): the search kept whole modules.
+    from isnet.build_in.sixteen_bit import module_of
+    assert all(len({module_of(name) for name in group}) == 1 for group in record["candidates"])
+    assert any(len(group) > 1 for group in record["candidates"])
+
+
+def test_float_layers_of_an_int8_build_can_compute_in_bf16(write_config):
+    from isnet.build_in.backends import openvino as backend
+
+    quantize = {"calibrate_mode": "max", "float_precision": "bf16"}
+    config = load_build_config(write_config({"backend": {"type": "openvino", "dtype": "int8", "quantize": quantize}}))
+    assert backend.runtime_options(config)["inference_precision"] == "bf16"
+    fp32_layers = load_build_config(write_config({"backend": {"type": "openvino", "dtype": "int8"}}))
+    assert backend.runtime_options(fp32_layers)["inference_precision"] == "f32"
+    with pytest.raises(IsnetError, match="float_precision: bf16 layers in an int8 build are an OpenVINO feature"):
+        load_build_config(write_config({"backend": {"quantize": quantize}}))
+    with pytest.raises(IsnetError, match="float_precision: fp32 or bf16, not fp16"):
+        load_build_config(write_config({"backend": {"type": "openvino", "quantize": {"float_precision": "fp16"}}}))
 
 
 def test_bias_correction_turns_on_nncfs_fast_bias_correction(write_config, calib_images):

@@ -76,10 +76,13 @@ PRESETS: dict[str, dict] = {
     "ov_int8_percentile": {"backend": {"type": "openvino", "dtype": "int8",
                                        "quantize": {"calibrate_mode": "percentile"}}},
     "ov_int8_auto": {"backend": {"type": "openvino", "dtype": "int8", "quantize": {"calibrate_mode": "max"}}},
+    # The same, with the layers the budget keeps float computing in bf16 (CPUs with bf16 units).
+    "ov_int8_bf16_auto": {"backend": {"type": "openvino", "dtype": "int8",
+                                      "quantize": {"calibrate_mode": "max", "float_precision": "bf16"}}},
 }
 # Presets that get an accuracy budget: backend.quantize.max_drift from max_delta (mae, sm,
 # maxfmeasure) and backend.quantize.validation from the calibration folder.
-BUDGETED_PRESETS = ("int8_auto", "int8_npu_auto", "ov_int8_auto")
+BUDGETED_PRESETS = ("int8_auto", "int8_npu_auto", "ov_int8_auto", "ov_int8_bf16_auto")
 
 
 @dataclass(frozen=True)
