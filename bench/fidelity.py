@@ -88,7 +88,11 @@ def main() -> int:
     reports = {r.name: r for r in result.reports}
     base = reports[names[0]]
     rows = []
+    failed = {f.name: f.reason for f in result.failures}
     for name in names:
+        if name in failed:  # a budget it cannot meet: isnet compare reports it, and so does this table
+            rows.append([name, *["-"] * 9, f"FAILED: {failed[name]}"])
+            continue
         r = reports[name]
         m = r.metrics
         rows.append([name, f"{m['mae']:.4f}", f"{m['mae'] - base.metrics['mae']:+.4f}", f"{m['sm']:.4f}",
