@@ -8,8 +8,8 @@ import onnxruntime as ort
 import pytest
 from isnet.build_in import build_artifact, load_build_config
 from isnet.build_in.budget import Probe, rank_by_isolated_damage
-from isnet.build_in.sixteen_bit import (TRUNK, convs_reading_float, module_groups, module_of, quantized_activations,
-                                        sixteen_bit_activations)
+from isnet.build_in.sixteen_bit import (TRUNK, convs_reading_float, in_module, module_groups, module_of,
+                                        quantized_activations, sixteen_bit_activations)
 from isnet.core import IsnetError
 from isnet.eval import validation_scores
 from onnx import TensorProto, helper
@@ -104,6 +104,11 @@ def test_module_groups_follow_module_paths_and_split_the_trunk():
     graph = helper.make_graph(nodes, "g", [], [])
     assert module_of("/stage1d/rebnconv1/conv_s1/Conv") == "stage1d" and module_of("/Concat_7") == TRUNK
     assert module_of("Relu_9") == TRUNK
+    # Module paths as exclude_nodes / activations_16bit take them, against exporter node names.
+    assert in_module("/stage1d/rebnconv1/conv_s1/Conv", "stage1d")
+    assert in_module("/stage1d/rebnconv1/conv_s1/Conv", "stage1d.rebnconv1")
+    assert in_module("/stage2d/rebnconv1/conv_s1/Conv", "stage*d")
+    assert not in_module("/stage1/rebnconv1/conv_s1/Conv", "stage1d") and not in_module("/stage1d", "stage1d")
     assert module_groups(graph, ["a", "b", "c", "d", "e", "f"]) == [("a", "b"), ("c",), ("d",), ("e",), ("f",)]
 
 
