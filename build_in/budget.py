@@ -321,10 +321,10 @@ def rank_by_isolated_damage(candidates: Sequence[tuple[str, ...]], quantize: Cal
         alone = set(group)
         probe = judge.probe(quantize([item for item in everything if item not in alone]), images)
         damages.append(probe.drift - base.drift)
-        gains.append(max(COST_STEP, base.seconds / probe.seconds - 1) if probe.seconds > 0 else COST_STEP)
+        gains.append(_cost_steps(base.seconds / probe.seconds - 1 if probe.seconds > 0 else 0.0))
         if progress:
             progress(index + 1, len(candidates))
-    order = sorted(range(len(candidates)), key=lambda i: (-damages[i] / math.ceil(round(gains[i] / COST_STEP, 6)), i))
+    order = sorted(range(len(candidates)), key=lambda i: (-damages[i] / gains[i], i))
     return [candidates[i] for i in order]
 
 
@@ -339,9 +339,13 @@ def order_by_gain_per_cost(base: Probe, probes: Sequence[Probe]) -> list[int]:
         if gain <= 0:
             return (1, probe.drift, index)
         slowdown = probe.seconds / base.seconds - 1 if base.seconds > 0 else 0.0
-        steps = max(1, math.ceil(round(slowdown / COST_STEP, 6)))
-        return (0, -gain / steps, index)
+        return (0, -gain / _cost_steps(slowdown), index)
     return sorted(range(len(probes)), key=key)
+
+
+def _cost_steps(share: float) -> int:
+    """A share of speed (lost, or gained) in whole :data:`COST_STEP` steps, at least one."""
+    return max(1, math.ceil(round(share / COST_STEP, 6)))
 
 
 def _unreachable(judge: DriftJudge, check: BudgetCheck, count: int, remedy: str = FLOAT) -> str:

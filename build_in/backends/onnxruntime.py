@@ -200,8 +200,6 @@ def _quantize_int8(source: Path, target: Path, config: BuildConfig, work: Path,
 
     details = {"excluded_nodes": exclude, "calibrated_tensors": len(ranges.data),
                "outlier_tensors": outliers[:10], "outlier_nodes_in_float": kept_float}
-    if quant.integer_only:
-        details["integer_only"] = True
     if quant.equalize:
         details["equalized_channels"] = [asdict(item) for item in equalized]
     if quant.bias_correction:
@@ -210,7 +208,7 @@ def _quantize_int8(source: Path, target: Path, config: BuildConfig, work: Path,
         quantize([])
         if shifts:
             details["bias_correction"]["convs"] = corrected_convs[0]
-        return _checked_integer_only(target, details, bool(sixteen))
+        return _checked_integer_only(target, details, bool(sixteen), quant.integer_only)
 
     def candidates() -> list[tuple[str, ...]]:
         # Ranked on the model quantize([]) just wrote: the tensors whose quantization adds the most
@@ -222,8 +220,9 @@ def _quantize_int8(source: Path, target: Path, config: BuildConfig, work: Path,
         return groups
 
     def sixteen_bit_candidates() -> list[tuple[str, ...]]:
-        # Every activation the all-int8 model quantizes, by module (isnet.build_in.sixteen_bit).
-        quantized = quantized_activations(onnx.load(str(quantize([])), load_external_data=False))
+        # Every activation the all-int8 model quantize([]) just wrote quantizes, by module
+        # (isnet.build_in.sixteen_bit).
+        quantized = quantized_activations(onnx.load(str(target), load_external_data=False))
         return module_groups(graph, [tensor for tensor in quantized if tensor not in sixteen])
 
     if quant.integer_only:
@@ -234,18 +233,19 @@ def _quantize_int8(source: Path, target: Path, config: BuildConfig, work: Path,
     details["budget"] = judge.summary(result)
     if shifts:
         details["bias_correction"]["convs"] = corrected_convs[0]  # the model written last is the one kept
-    return _checked_integer_only(target, details, bool(sixteen))
+    return _checked_integer_only(target, details, bool(sixteen), quant.integer_only)
 
 
-def _checked_integer_only(artifact: Path, details: dict, sixteen: bool) -> dict:
+def _checked_integer_only(artifact: Path, details: dict, sixteen: bool, integer_only: bool) -> dict:
     """``details`` with the artifact's 16-bit tensors (what a user maps onto an NPU's mixed-precision
     settings); for an integer-only build once it is checked that every Conv reads dequantized
     integers (a float Conv there would be this toolkit's bug, not the user's)."""
-    if not (sixteen or details.get("integer_only")):
+    if not (sixteen or integer_only):
         return details
     model = onnx.load(str(artifact), load_external_data=False)
     details["sixteen_bit_tensors"] = sixteen_bit_activations(model)
-    if details.get("integer_only"):
+    if integer_only:
+        details["integer_only"] = True
         floating = convs_reading_float(model)
         if floating:
             raise RuntimeError(f"integer_only build left {len(floating)} Convs reading float tensors: "

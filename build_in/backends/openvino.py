@@ -32,8 +32,9 @@ from isnet.core import IsnetError
 
 MODEL_FILE = "model.xml"
 PRECISIONS = (Precision.FP32, Precision.FP16, Precision.BF16, Precision.INT8)
-# What each build precision asks of the CPU plugin at compile time.
-_INFERENCE_PRECISION = {Precision.FP32: "f32", Precision.FP16: "f32", Precision.BF16: "bf16", Precision.INT8: "f32"}
+# What each build precision asks of the CPU plugin at compile time (int8: its float layers', per
+# quantize.float_precision).
+_INFERENCE_PRECISION = {Precision.FP32: "f32", Precision.FP16: "f32", Precision.BF16: "bf16"}
 
 
 def versions() -> dict[str, str]:
