@@ -54,8 +54,8 @@ def _builds(names: list[str]) -> dict:
 
 def _float_nodes(info: dict) -> int:
     """Nodes an int8 build left in float by itself: around outlier channels, and for its budget."""
-    details = info.get("backend_details") or {}
-    return len(details.get("outlier_nodes_in_float", [])) + len((details.get("budget") or {}).get("float_nodes", []))
+    plan = (info.get("backend_details") or {}).get("plan") or {}
+    return len(plan.get("outlier_nodes_in_float", [])) + len((plan.get("budget") or {}).get("float_nodes", []))
 
 
 def main() -> int:

@@ -35,6 +35,7 @@ from isnet.build_in.config import BuildConfig
 from isnet.build_in.difference import DifferenceAccumulator
 from isnet.build_in.imageio import decode_mask, pair_images_with_masks
 from isnet.build_in.ops import Preprocessor, map_to_uint8
+from isnet.build_in.sixteen_bit import group_by_module
 from isnet.core import IsnetError
 
 # (masks as uint8 at their image's size, GT masks) -> {"mae": ..., "sm": ..., "maxfmeasure": ...}
@@ -227,7 +228,7 @@ class SearchResult:
 def search_float_nodes(quantize: Callable[[list[str]], Path], judge: DriftJudge,
                        candidates: Callable[[], Sequence[tuple[str, ...]]],
                        progress: Callable[[str, int, int], None] | None = None,
-                       rank: "Ranking | None" = None, remedy: str = FLOAT) -> SearchResult:
+                       rank: "Ranking | None" = None, remedy: str = FLOAT, whole_model: bool = False) -> SearchResult:
     """The fewest leading candidates to keep in float for ``judge``'s budget to hold.
 
     ``quantize(nodes)`` writes the model with ``nodes`` (beyond the build's own exclusions) in
@@ -243,7 +244,8 @@ def search_float_nodes(quantize: Callable[[list[str]], Path], judge: DriftJudge,
     budget holds, then bisects down to the fewest (the error of a layer mostly adds up, so more
     float layers rarely drift more; near the noise a subset can drift less than all of them, which
     is why a narrow miss with all of them in float does not end the search). IsnetError when the
-    budget cannot be met.
+    budget cannot be met, or (``whole_model``: the candidates are every quantized layer) only with
+    every candidate in float, which would leave nothing in int8.
     """
     trials: list[dict] = []
 
@@ -258,23 +260,29 @@ def search_float_nodes(quantize: Callable[[list[str]], Path], judge: DriftJudge,
     if first.within:
         return SearchResult([], first, first, trials, remedy=remedy)
     groups = list(candidates())
-    if not groups:
+    # Candidates that are the whole model in float are fp32 again: at most all but one may stay float.
+    limit = len(groups) - 1 if whole_model and remedy == FLOAT else len(groups)
+    if limit < 1:
         raise IsnetError(_unreachable(judge, first, 0, remedy))
-    everything = attempt(len(groups), groups)
-    if any(everything.drift[key] > HOPELESS_FACTOR * bound for key, bound in judge.bounds.items()):
-        raise IsnetError(_unreachable(judge, everything, len(groups), remedy))
+    checks: dict[int, BudgetCheck] = {}
+    if limit == len(groups):  # else the whole model float says nothing
+        checks[limit] = attempt(limit, groups)
+        if any(checks[limit].drift[key] > HOPELESS_FACTOR * bound for key, bound in judge.bounds.items()):
+            raise IsnetError(_unreachable(judge, checks[limit], limit, remedy))
     step = (lambda n, total: progress("rank layers", 1, total)) if progress else None
     ranked = (rank or rank_by_effect)(groups[:MEASURED_CANDIDATES], quantize, judge, DRIFT_IMAGES, step) + \
         groups[MEASURED_CANDIDATES:]
-    failing, count, checks = 0, 1, {len(ranked): everything}
-    while count < len(ranked):
+    failing, count = 0, 1
+    while count < limit:
         checks[count] = attempt(count, ranked)
         if checks[count].within:
             break
         failing, count = count, count * 2
-    passing = min(count, len(ranked))
+    passing = min(count, limit)
+    if passing not in checks:
+        checks[passing] = attempt(passing, ranked)
     if not checks[passing].within:
-        raise IsnetError(_unreachable(judge, checks[passing], passing, remedy))
+        raise IsnetError(_unreachable(judge, checks[passing], passing, remedy, whole_model=limit < len(groups)))
     while passing - failing > 1:
         middle = (passing + failing) // 2
         checks[middle] = attempt(middle, ranked)
@@ -286,6 +294,26 @@ def search_float_nodes(quantize: Callable[[list[str]], Path], judge: DriftJudge,
     if trials[-1]["float_candidates"] != passing or trials[-1]["float_nodes"] != len(nodes):
         quantize(nodes)  # the file on disk must be the passing model
     return SearchResult(nodes, checks[passing], first, trials, ranked, remedy)
+
+
+def search_budget(quantize: Callable[[list[str]], Path], judge: DriftJudge,
+                  progress: Callable[[str, int, int], None] | None, *, by_module: bool,
+                  layers: Callable[[], Sequence[str]], ranked_layers: Callable[[], Sequence[tuple[str, ...]]],
+                  node_of: Callable[[str], str] = lambda item: item, remedy: str = FLOAT) -> SearchResult:
+    """The budget search of every int8 build: :func:`search_float_nodes` over the right candidates.
+
+    In a graph named by module (a PyTorch export: ``/stage1d/...``, ``by_module``) the candidates
+    are whole modules of ``layers()`` (the items ``quantize`` takes; ``node_of`` names an item's
+    node), the trunk's items each alone, ranked by :func:`rank_by_isolated_damage`: on ISNet at 1024
+    single layers do not reach the error (keeping its 28 most damaging layers float left the maps
+    0.42 off; docs/int8-isnet.md). Otherwise (U²-Netp's files name layers ``Conv_787``) the
+    candidates are ``ranked_layers()``, the backend's layers by local error, re-ranked by
+    :func:`rank_by_effect`.
+    """
+    if by_module:
+        return search_float_nodes(quantize, judge, lambda: group_by_module(layers(), node_of), progress,
+                                  rank=rank_by_isolated_damage, remedy=remedy, whole_model=True)
+    return search_float_nodes(quantize, judge, ranked_layers, progress, remedy=remedy)
 
 
 def rank_by_effect(candidates: Sequence[tuple[str, ...]], quantize: Callable[[list[str]], Path], judge: DriftJudge,
@@ -348,16 +376,21 @@ def _cost_steps(share: float) -> int:
     return max(1, math.ceil(round(share / COST_STEP, 6)))
 
 
-def _unreachable(judge: DriftJudge, check: BudgetCheck, count: int, remedy: str = FLOAT) -> str:
-    kept = ("groups of tensors in 16 bits" if remedy == SIXTEEN_BIT else
-            f"layers in float (the limit is {MAX_FLOAT_SHARE:.0%} of the quantized activations)")
+def _unreachable(judge: DriftJudge, check: BudgetCheck, count: int, remedy: str = FLOAT,
+                 whole_model: bool = False) -> str:
+    if remedy == SIXTEEN_BIT:
+        kept = "groups of tensors in 16 bits"
+    elif whole_model:
+        kept = "modules in float (every module but one: keeping all of them float leaves no int8)"
+    else:
+        kept = f"layers in float (the limit is {MAX_FLOAT_SHARE:.0%} of the quantized activations)"
     return (f"backend.quantize.max_drift cannot be met: with the {count} most damaging {kept} the drift on "
             f"{len(judge.pairs)} validation images is {judge.misses(check)}; no artifact written. Loosen the budget, "
             "try another calibrate_mode or build fp16/bf16")
 
 
 def describe_budget(record: dict) -> str:
-    """One line for a ``build.json`` budget record (``backend_details.budget``)."""
+    """One line for a ``build.json`` budget record (``backend_details.plan.budget``)."""
     drift = ", ".join(f"{key} {record['drift'][key]:.4f} (<= {bound:g})" for key, bound in record["bounds"].items())
     if "trials" not in record:  # an OpenVINO artifact built before 2026-12-04: NNCF's accuracy control
         how = f"{record.get('method', 'accuracy control')} took {record.get('accuracy_control_seconds', 0):.0f} s"

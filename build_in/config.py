@@ -50,7 +50,7 @@ class CalibrationMode(str, enum.Enum):
     KL_DIVERGENCE = "kl_divergence"
     MAX = "max"
     PERCENTILE = "percentile"
-    MSE = "mse"  # the range of least expected quantization error (isnet.build_in.calibration.mse_range)
+    MSE = "mse"  # the range of least expected quantization error (isnet.build_in.range_search.mse_range)
 
 
 class QuantType(str, enum.Enum):
@@ -112,6 +112,10 @@ class ValidationConfig:
     count: int = bounded(50, minimum=1)
 
 
+# Widest channel / median channel past which a tensor counts as having an outlier channel.
+OUTLIER_RATIO = 10.0
+
+
 @dataclass(frozen=True)
 class QuantizeConfig:
     """int8 settings. Weights are symmetric int8 per channel by default, activations asymmetric uint8."""
@@ -124,12 +128,12 @@ class QuantizeConfig:
     symmetric_weights: bool = True
     symmetric_activations: bool = False
     exclude_nodes: tuple[str, ...] = ()
-    num_bins: int = 0  # histogram bins; 0: 2048 (isnet.build_in.calibration.DEFAULT_BINS)
+    num_bins: int = 0  # histogram bins; 0: 2048 (isnet.build_in.range_search.DEFAULT_BINS)
     max_drift: DriftBudget = field(default_factory=DriftBudget)  # unset: a warning past DEFAULT_DRIFT_BOUNDS
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     # A tensor whose widest channel reaches this many times its median channel stays in float
-    # (isnet.build_in.calibration.outlier_channels); null quantizes it anyway.
-    outlier_channel_ratio: float | None = bounded(10.0, above=1)
+    # (isnet.build_in.int8_plan.outlier_channels); null quantizes it anyway.
+    outlier_channel_ratio: float | None = bounded(OUTLIER_RATIO, above=1)
     # Fold each quantized Conv's mean output shift into its bias (ONNX Runtime:
     # isnet.build_in.bias_correction; OpenVINO: NNCF's fast bias correction).
     bias_correction: bool = False

@@ -29,11 +29,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-# Ops whose output channel c depends only on input channel c and commutes with a positive scale.
-_HOMOGENEOUS = ("Relu", "LeakyRelu", "MaxPool", "AveragePool", "GlobalMaxPool", "GlobalAveragePool", "Resize",
-                "Upsample", "Identity")
-# Ops that read only a tensor's shape: a scaled channel does not change what they compute.
-_VALUE_BLIND = ("Shape", "Size")
+from isnet.build_in.channel_ops import SCALE_COMMUTING, VALUE_BLIND
+
 # A scaled channel is brought down to this many times its tensor's median channel reach.
 TARGET_RATIO = 2.0
 STRENGTH = 1.0
@@ -115,7 +112,7 @@ class _Graph:
                     if None in counts:
                         return None
                     stack.append((node.output[0], sum(counts) + index))
-                elif node.op_type in _VALUE_BLIND:
+                elif node.op_type in VALUE_BLIND:
                     continue
                 elif node.op_type == "Conv" and slot == 0 and _attribute(node, "group", 1) == 1 \
                         and self._own_weights(node):
@@ -138,9 +135,9 @@ class _Graph:
 
 
 def _channel_wise(node: onnx.NodeProto) -> bool:
-    """Whether ``node`` commutes with a positive per-channel scale (:data:`_HOMOGENEOUS`); a crop-and-resize
+    """Whether ``node`` commutes with a positive per-channel scale (:data:`SCALE_COMMUTING`); a crop-and-resize
     fills outside the crop with a constant, which a scale would not reach."""
-    return node.op_type in _HOMOGENEOUS and _attribute(node, "coordinate_transformation_mode", "") not in (
+    return node.op_type in SCALE_COMMUTING and _attribute(node, "coordinate_transformation_mode", "") not in (
         "tf_crop_and_resize", b"tf_crop_and_resize")
 
 

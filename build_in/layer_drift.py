@@ -32,10 +32,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-# Ops a tensor passes through with its quantization parameters unchanged: a matched tensor behind
-# one of them belongs to the node in front (a Conv and its ReLU, a ReLU and its MaxPool).
-_PASS_THROUGH = ("Relu", "Clip", "MaxPool", "Resize", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten",
-                 "Slice")
+from isnet.build_in.channel_ops import RANGE_SHARING
 
 
 @dataclass(frozen=True)
@@ -92,12 +89,13 @@ def _producers(graph) -> dict[str, onnx.NodeProto]:
 
 
 def _origin(tensor: str, producers: dict) -> list[onnx.NodeProto]:
-    """The nodes behind ``tensor`` back to the first that is not a pass-through op, that one first."""
+    """The nodes behind ``tensor`` back to the first that shares no range with its input
+    (:data:`~isnet.build_in.channel_ops.RANGE_SHARING`), that one first."""
     chain = []
     node = producers.get(tensor)
     while node is not None:
         chain.insert(0, node)
-        if node.op_type not in _PASS_THROUGH or not node.input:
+        if node.op_type not in RANGE_SHARING or not node.input:  # a Conv and its ReLU, a ReLU and its MaxPool
             break
         node = producers.get(node.input[0])
     return chain
@@ -226,7 +224,7 @@ def group_drift(drifts: Iterable[TensorDrift]) -> list[dict]:
 def float_candidates(drifts: Iterable[TensorDrift], limit: int) -> list[str]:
     """The ``limit`` tensors whose quantization adds the most error (positive only), most first: the
     ones to keep in float (with every node computing or reading them, see
-    :func:`isnet.build_in.calibration.float_tensor_nodes`)."""
+    :func:`isnet.build_in.int8_plan.float_tensor_nodes`)."""
     ranked = sorted((d for d in drifts if d.added_noise > 0), key=lambda d: -d.added_noise)
     return [d.tensor for d in ranked[:limit]]
 

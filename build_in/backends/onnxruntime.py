@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import io
 import logging
-from collections.abc import Callable
-from dataclasses import asdict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +13,13 @@ import onnx
 
 from isnet.build_in.backends.onnxruntime_runner import OnnxRuntimeRunner, open_runner  # noqa: F401 -- a backend opens its artifacts
 from isnet.build_in.bias_correction import conv_weight_error_shifts, correct_biases
-from isnet.build_in.budget import (DRIFT_IMAGES, MAX_FLOAT_SHARE, SIXTEEN_BIT, DriftJudge,
-                                   rank_by_isolated_damage, search_float_nodes)
-from isnet.build_in.calibration import (MSE_MAX_BINS, OUTLIER_RATIO, CalibrationSource, compute_tensor_ranges,
-                                        float_tensor_nodes, outlier_channels)
+from isnet.build_in.budget import DRIFT_IMAGES, MAX_FLOAT_SHARE, SIXTEEN_BIT, DriftJudge, search_budget
+from isnet.build_in.calibration import CalibrationSource, compute_tensor_ranges
 from isnet.build_in.config import BuildConfig, CalibrationMode, Precision, QuantType
-from isnet.build_in.equalize import equalize_model_file
+from isnet.build_in.int8_plan import Int8Plan, float_tensor_nodes, matching_nodes, plan_outlier_channels
 from isnet.build_in.layer_drift import float_candidates, measure_layer_drift
-from isnet.build_in.sixteen_bit import (convs_reading_float, in_module, module_groups, node_outputs, quantized_activations,
+from isnet.build_in.range_search import MSE_MAX_BINS
+from isnet.build_in.sixteen_bit import (convs_reading_float, named_by_module, node_outputs, quantized_activations,
                                         sixteen_bit_activations, sixteen_bit_overrides)
 from isnet.core import IsnetError
 
@@ -57,216 +54,231 @@ def _convert_fp16(source: Path, target: Path, keep_io_types: bool) -> None:
     onnx.save(model, str(target))
 
 
-def resolve_exclude_nodes(model: onnx.ModelProto, patterns: tuple[str, ...]) -> list[str]:
-    """Node names matching ``exclude_nodes`` entries: a node-name glob or a PyTorch module path.
+def resolve_exclude_nodes(model: onnx.ModelProto, patterns: Sequence[str],
+                          key: str = "backend.quantize.exclude_nodes") -> list[str]:
+    """ONNX node names matching ``patterns`` (:func:`isnet.build_in.int8_plan.matching_nodes`: node-name
+    globs or PyTorch module paths)."""
+    convs = [node.name for node in model.graph.node if node.op_type == "Conv"]
+    return matching_nodes(((node.name, node.input[1:]) for node in model.graph.node), patterns, key,
+                          convs[0] if convs else "node_Conv_1")
 
-    ``side1`` matches the Conv whose weights are ``side1.weight``, or every node named
-    ``/side1/...`` (PyTorch's exporter names nodes by module path, and files such as rembg's and
-    IMG.LY's ISNet keep those names but not the weights'); ``stage1d.*`` every node whose weights
-    live under ``stage1d``; ``node_Conv_4?`` node names directly.
+
+def _prepared_for_quantization(source: Path, work: Path) -> tuple[Path, str]:
+    """ONNX Runtime's recommended pre-processing (symbolic shape inference, basic fusions) of
+    ``source`` into ``work``; calibration must run on the very graph that gets quantized. Returns
+    the file and which shape inference held, for build.json.
+
+    ORT's symbolic shape inference stops ("Incomplete symbolic shape inference") on some foreign
+    graphs; merging dimensions it cannot prove equal, or leaving it out (the quantizer then relies on
+    ONNX shape inference), lets the build go on. On failure it dumps a file into the current
+    folder, so it runs from the work folder.
     """
-    names = []
-    for pattern in patterns:
-        hits = [node.name for node in model.graph.node
-                if fnmatch.fnmatchcase(node.name, pattern) or in_module(node.name, pattern)
-                or any(fnmatch.fnmatchcase(i, f"{pattern}.*") or fnmatch.fnmatchcase(i, pattern) for i in node.input[1:])]
-        if not hits:
-            convs = [n.name for n in model.graph.node if n.op_type == "Conv"][:3]
-            raise IsnetError(f"backend.quantize.exclude_nodes: '{pattern}' matches no node; give a module path "
-                             f"such as 'side1' or a node name such as '{convs[0] if convs else 'node_Conv_1'}'")
-        names.extend(h for h in hits if h not in names)
-    return names
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = work / "prepared.onnx"
+    attempts = (("symbolic", {}), ("symbolic, unproven dimensions merged", {"auto_merge": True}),
+                ("ONNX only", {"skip_symbolic_shape": True}))
+    for index, (label, options) in enumerate(attempts):
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.chdir(work):
+                quant_pre_process(str(source), str(prepared), **options)
+            return prepared, label
+        except Exception:  # noqa: BLE001 -- ORT's shape inference raises plain Exceptions; the last attempt's goes up
+            if index == len(attempts) - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+class _QdqBuild:
+    """One ONNX Runtime int8 build: the :class:`~isnet.build_in.int8_plan.Int8Plan` translated into
+    ``quantize_static`` calls (QDQ format, ranges from :mod:`isnet.build_in.calibration`)."""
+
+    def __init__(self, source: Path, target: Path, config: BuildConfig, work: Path,
+                 progress: Callable[[str, int, int], None] | None, budgeted: bool):
+        quant = self.quant = config.backend.quantize
+        if quant.calibrate_mode is CalibrationMode.MSE:
+            if quant.symmetric_activations:
+                raise IsnetError("backend.quantize.calibrate_mode: mse searches asymmetric ranges; "
+                                 "it does not combine with symmetric_activations: true")
+            if quant.num_bins and (quant.num_bins % 2 or quant.num_bins > MSE_MAX_BINS):
+                raise IsnetError(f"backend.quantize.num_bins: mse needs an even number of bins up to {MSE_MAX_BINS}, "
+                                 f"got {quant.num_bins}")
+        self.target, self.work, self.progress = target, work, progress
+        self.prepared, shape_inference = _prepared_for_quantization(source, work)
+        model = onnx.load(str(self.prepared), load_external_data=False)
+        self.graph = model.graph
+        images = config.calibration_images()
+        self.source_data = CalibrationSource(images, config.preprocessor(), config.input_name)
+        self.plan = Int8Plan.for_config(quant, len(images), shape_inference=shape_inference)
+        self.plan.excluded_nodes = resolve_exclude_nodes(model, quant.exclude_nodes)
+        self.plan.sixteen_bit = node_outputs(self.graph, resolve_exclude_nodes(
+            model, quant.activations_16bit, "backend.quantize.activations_16bit"))
+        # A budgeted CPU build measures every tensor the quantizer might read, so the ranges stay
+        # exact for whatever the search keeps float; an integer-only build quantizes every tensor anyway.
+        self.every_tensor = budgeted and not quant.integer_only
+        self.ranges = None
+        # Bias correction's shifts, {Conv: per channel}, once measured. A Conv kept in float has no weight
+        # rounding to correct: it keeps its source bias (with the shift, a layer kept float for accuracy
+        # ran off by the other layers' correction: demo int8_auto dMAE +0.0034 -> +0.0006 without it).
+        self.shifts: dict[str, np.ndarray] = {}
+        self.corrected_convs = 0  # in the model quantize() wrote last
+
+    def calibrate(self, path: Path, stage: str, channel_ranges: dict | None = None) -> None:
+        """Ranges of ``path``'s tensors with the plan's float nodes excluded, into ``self.ranges``."""
+        quant = self.quant
+        total = len(self.source_data) * (1 if quant.calibrate_mode is CalibrationMode.MAX else 2)
+        step = (lambda n: self.progress(stage, n, total)) if self.progress else None
+        self.ranges = compute_tensor_ranges(path, self.source_data, quant.calibrate_mode, self.work,
+                                            excluded_nodes=self.plan.excluded_nodes + self.plan.float_nodes,
+                                            symmetric=quant.symmetric_activations, percentile=quant.percentile,
+                                            num_bins=quant.num_bins, progress=step, channel_ranges=channel_ranges,
+                                            every_tensor=self.every_tensor)
+
+    def measure_channels(self, path: Path, equalised: bool) -> dict:
+        """The planner's per-channel ranges: they come with the calibration the build needs anyway."""
+        channel_ranges: dict = {}
+        self.calibrate(path, "calibrate (equalised)" if equalised else "calibrate", channel_ranges)
+        return channel_ranges
+
+    def plan_and_calibrate(self) -> None:
+        """Steps 1-3 of the plan; the ranges of the graph that will be quantized."""
+        self.prepared = plan_outlier_channels(self.plan, self.prepared, self.quant, self.work, self.measure_channels)
+        self.graph = onnx.load(str(self.prepared), load_external_data=False).graph
+        if self.plan.float_nodes and not self.every_tensor:
+            # Which tensors the quantizer reads depends on the nodes left out, so calibrate again.
+            self.calibrate(self.prepared, "calibrate (outliers in float)")
+        from onnxruntime.quantization.calibrate import save_tensors_data
+
+        save_tensors_data(self.ranges, self.work / "calibration.json")
+
+    def float_model(self, extra_float: list[str]) -> Path:
+        """What gets quantized: the prepared graph, with corrected biases on the Convs quantized."""
+        if not self.shifts:
+            return self.prepared
+        model = onnx.load(str(self.prepared))
+        kept = set(extra_float)
+        self.corrected_convs = correct_biases(model, {name: shift for name, shift in self.shifts.items()
+                                                      if name not in kept})
+        corrected = self.work / "bias_corrected.onnx"
+        onnx.save(model, str(corrected))
+        return corrected
+
+    def quantize(self, extra: list[str]) -> Path:
+        """The model with ``extra`` (nodes, or for an integer-only build tensors) kept from int8."""
+        from onnxruntime.quantization import QuantFormat, QuantType as OrtQuantType, quantize_static
+
+        quant = self.quant
+        extra_float, extra_wide = ([], extra) if quant.integer_only else (extra, [])
+        options = {"ActivationSymmetric": quant.symmetric_activations,
+                   "WeightSymmetric": quant.symmetric_weights,
+                   "CalibTensorRangeSymmetric": quant.symmetric_activations}
+        wide = list(dict.fromkeys(self.plan.sixteen_bit + extra_wide))
+        if wide:
+            options["TensorQuantOverrides"] = sixteen_bit_overrides(wide, quant.activation_type is QuantType.INT8)
+        types = {QuantType.INT8: OrtQuantType.QInt8, QuantType.UINT8: OrtQuantType.QUInt8}
+        with _quiet_root_logger():  # quantize_static logs a pre-processing hint we already followed
+            quantize_static(str(self.float_model(extra_float)), str(self.target), calibration_data_reader=None,
+                            quant_format=QuantFormat.QDQ, per_channel=quant.quantize_per_channel,
+                            activation_type=types[quant.activation_type], weight_type=types[quant.weight_type],
+                            calibrate_method=self.ranges.calibration_method,
+                            nodes_to_exclude=self.plan.excluded_nodes + self.plan.float_nodes + extra_float,
+                            calibration_cache_path=str(self.work / "calibration.json"), extra_options=options)
+        return self.target
+
+    def correct_biases(self) -> None:
+        """:mod:`isnet.build_in.bias_correction` on the calibration images: each quantized Conv's
+        shift measured on the all-int8 model."""
+        count = min(BIAS_CORRECTION_IMAGES, len(self.source_data))
+        if self.progress:
+            self.progress("bias correction", 0, 1)
+        self.shifts.update(conv_weight_error_shifts(self.prepared, self.quantize([]),
+                                                    (feed for feed, _ in zip(self.source_data, range(count)))))
+        if self.progress:
+            self.progress("bias correction", 1, 1)
+        self.plan.bias_correction = {"images": count, "convs": len(self.shifts), "mean_abs_shift": float(
+            np.mean([np.abs(s).mean() for s in self.shifts.values()])) if self.shifts else 0.0}
+
+    def search(self, judge: DriftJudge) -> None:
+        """The budget search (:func:`isnet.build_in.budget.search_budget`); the passing model is left in
+        ``target``. An integer-only build gives its candidates 16 bits, a CPU build keeps them float."""
+        excluded = set(self.plan.excluded_nodes + self.plan.float_nodes)
+        producer = {output: node.name for node in self.graph.node for output in node.output}
+        by_module = named_by_module([node.name for node in self.graph.node])
+
+        def quantized_tensors() -> list[str]:
+            # Every activation the all-int8 model (written by the search's first trial) quantizes.
+            quantized = quantized_activations(onnx.load(str(self.target), load_external_data=False))
+            return [tensor for tensor in quantized if tensor not in self.plan.sixteen_bit]
+
+        def quantized_nodes() -> list[str]:
+            # The nodes reading or computing those (not the shape arithmetic around a Resize).
+            quantized = set(quantized_tensors())
+            return [node.name for node in self.graph.node if node.name and node.name not in excluded
+                    and (set(node.input) | set(node.output)) & quantized]
+
+        def ranked_layers() -> list[tuple[str, ...]]:
+            # The tensors whose quantization adds the most local error first (on that same model).
+            drifts = measure_layer_drift(self.prepared, self.target, judge.inputs(DRIFT_IMAGES))
+            ranked = float_candidates(drifts, max(1, int(len(drifts) * MAX_FLOAT_SHARE)))
+            if self.quant.integer_only:
+                return [(tensor,) for tensor in ranked if tensor not in self.plan.sixteen_bit]
+            groups = [tuple(float_tensor_nodes(self.graph, [tensor], sorted(excluded))) for tensor in ranked]
+            return list(dict.fromkeys(group for group in groups if group))  # tensors joined by a ReLU share one
+
+        if self.quant.integer_only:
+            result = search_budget(self.quantize, judge, self.progress, by_module=by_module, layers=quantized_tensors,
+                                   node_of=lambda tensor: producer.get(tensor, ""), ranked_layers=ranked_layers,
+                                   remedy=SIXTEEN_BIT)
+        else:
+            result = search_budget(self.quantize, judge, self.progress, by_module=by_module, layers=quantized_nodes,
+                                   ranked_layers=ranked_layers)
+        self.plan.budget = judge.summary(result)
+
+    def record(self) -> dict:
+        """build.json's backend details: the plan, and what the artifact holds."""
+        if self.plan.bias_correction is not None:
+            self.plan.bias_correction["convs"] = self.corrected_convs  # in the model written last, the one kept
+        details = {"plan": self.plan.record(), "calibrated_tensors": len(self.ranges.data)}
+        return _checked_artifact(self.target, details, self.plan)
 
 
 def _quantize_int8(source: Path, target: Path, config: BuildConfig, work: Path,
                    progress: Callable[[str, int, int], None] | None, judge: DriftJudge | None) -> dict:
-    from onnxruntime.quantization import QuantFormat, QuantType as OrtQuantType, quantize_static
-    from onnxruntime.quantization.calibrate import save_tensors_data
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    quant = config.backend.quantize
-    if quant.calibrate_mode is CalibrationMode.MSE:
-        if quant.symmetric_activations:
-            raise IsnetError("backend.quantize.calibrate_mode: mse searches asymmetric ranges; "
-                             "it does not combine with symmetric_activations: true")
-        if quant.num_bins and (quant.num_bins % 2 or quant.num_bins > MSE_MAX_BINS):
-            raise IsnetError(f"backend.quantize.num_bins: mse needs an even number of bins up to {MSE_MAX_BINS}, "
-                             f"got {quant.num_bins}")
-    prepared = work / "prepared.onnx"
-    # ORT recommends its pre-processing (symbolic shape inference, basic fusions) before
-    # quantization; calibration must run on the very graph that gets quantized. On failure its
-    # shape inference dumps a file into the current folder, so run it from the work folder.
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.chdir(work):
-        # ORT's symbolic shape inference stops ("Incomplete symbolic shape inference") on some
-        # foreign graphs; merging dimensions it cannot prove equal, or leaving it out (the
-        # quantizer then relies on ONNX shape inference), lets the build go on.
-        for options in ({}, {"auto_merge": True}, {"skip_symbolic_shape": True}):
-            try:
-                quant_pre_process(str(source), str(prepared), **options)
-                break
-            except Exception:  # noqa: BLE001 -- the last attempt's error is raised below
-                if "skip_symbolic_shape" in options:
-                    raise
-    model = onnx.load(str(prepared), load_external_data=False)
-    graph = model.graph
-    exclude = resolve_exclude_nodes(model, quant.exclude_nodes)
-    sixteen = node_outputs(graph, resolve_exclude_nodes(model, quant.activations_16bit))
-
-    images = config.calibration_images()
-    source_data = CalibrationSource(images, config.preprocessor(), config.input_name)
-    total = 2 * len(images) if quant.calibrate_mode.value != "max" else len(images)
-
-    def calibrate(excluded: list[str], stage: str, channel_ranges: dict | None = None):
-        step = (lambda n: progress(stage, n, total)) if progress else None
-        return compute_tensor_ranges(prepared, source_data, quant.calibrate_mode, work, excluded_nodes=excluded,
-                                     symmetric=quant.symmetric_activations, percentile=quant.percentile,
-                                     num_bins=quant.num_bins, progress=step, channel_ranges=channel_ranges,
-                                     # an integer-only build quantizes every tensor whatever it keeps
-                                     every_tensor=judge is not None and not quant.integer_only)
-
-    channel_ranges: dict = {}
-    ranges = calibrate(exclude, "calibrate", channel_ranges)
-    # Tensors with an outlier channel (one per-tensor range for 0..228 leaves a dozen levels to the
-    # other channels) stay float: the nodes producing and reading them are left out of quantization.
-    # Which tensors the quantizer reads depends on the excluded nodes, so calibration runs again
-    # (unless it measured every tensor, as it does for a budgeted build).
-    ratio = quant.outlier_channel_ratio or OUTLIER_RATIO
-    outliers = outlier_channels(channel_ranges, ratio)
-    equalized: list = []
-    if quant.equalize and outliers:
-        # Equalised channels are quantized like the others; calibration runs again on the
-        # rescaled graph, and what equalisation could not reach is left to the float fallback.
-        equalized = equalize_model_file(prepared, work / "equalized.onnx", channel_ranges, outliers)
-        if equalized:
-            prepared = work / "equalized.onnx"
-            graph = onnx.load(str(prepared), load_external_data=False).graph
-            channel_ranges = {}
-            ranges = calibrate(exclude, "calibrate (equalised)", channel_ranges)
-            outliers = outlier_channels(channel_ranges, ratio)
-    kept_float = []
-    if quant.integer_only and quant.outlier_channel_ratio is not None and outliers:
-        # No float islands: an outlier-channel tensor gets 16 bits (65,536 levels leave the other
-        # channels as many as int8 would give them without the outlier, 256 times over).
-        sixteen += [item["tensor"] for item in outliers if item["tensor"] not in sixteen]
-    elif quant.outlier_channel_ratio is not None and outliers:
-        kept_float = float_tensor_nodes(graph, [item["tensor"] for item in outliers], exclude)
-        if kept_float:
-            exclude = exclude + kept_float
-            if judge is None:
-                ranges = calibrate(exclude, "calibrate (outliers in float)")
-    cache = work / "calibration.json"
-    save_tensors_data(ranges, cache)
-
-    types = {QuantType.INT8: OrtQuantType.QInt8, QuantType.UINT8: OrtQuantType.QUInt8}
-    # Bias correction's shifts, {Conv: per channel}, once measured. A Conv kept in float has no weight
-    # rounding to correct: it keeps its source bias (with the shift, a layer kept float for accuracy
-    # ran off by the other layers' correction: demo int8_auto dMAE +0.0034 -> +0.0006 without it).
-    shifts: dict[str, np.ndarray] = {}
-    corrected_convs = [0]  # in the model quantize() wrote last
-
-    def float_model(extra_float: list[str]) -> Path:
-        """What gets quantized: the prepared graph, with corrected biases on the Convs quantized."""
-        if not shifts:
-            return prepared
-        model = onnx.load(str(prepared))
-        kept = set(extra_float)
-        corrected_convs[0] = correct_biases(model, {name: shift for name, shift in shifts.items() if name not in kept})
-        corrected = work / "bias_corrected.onnx"
-        onnx.save(model, str(corrected))
-        return corrected
-
-    def quantize(extra: list[str]) -> Path:
-        """The model with ``extra`` (nodes, or for an integer-only build tensors) kept from int8."""
-        extra_float, extra_wide = ([], extra) if quant.integer_only else (extra, [])
-        source = float_model(extra_float)
-        options = {"ActivationSymmetric": quant.symmetric_activations,
-                   "WeightSymmetric": quant.symmetric_weights,
-                   "CalibTensorRangeSymmetric": quant.symmetric_activations}
-        wide = list(dict.fromkeys(sixteen + extra_wide))
-        if wide:
-            options["TensorQuantOverrides"] = sixteen_bit_overrides(wide, quant.activation_type is QuantType.INT8)
-        root = logging.getLogger()
-        level = root.level
-        root.setLevel(logging.ERROR)  # quantize_static logs a pre-processing hint we already followed
-        try:
-            quantize_static(str(source), str(target), calibration_data_reader=None,
-                            quant_format=QuantFormat.QDQ, per_channel=quant.quantize_per_channel,
-                            activation_type=types[quant.activation_type], weight_type=types[quant.weight_type],
-                            calibrate_method=ranges.calibration_method, nodes_to_exclude=exclude + extra_float,
-                            calibration_cache_path=str(cache), extra_options=options)
-        finally:
-            root.setLevel(level)
-        return target
-
-    details = {"excluded_nodes": exclude, "calibrated_tensors": len(ranges.data),
-               "outlier_tensors": outliers[:10], "outlier_nodes_in_float": kept_float}
-    if quant.equalize:
-        details["equalized_channels"] = [asdict(item) for item in equalized]
-    if quant.bias_correction:
-        details["bias_correction"] = _measure_bias_shifts(prepared, quantize, source_data, progress, shifts)
+    build = _QdqBuild(source, target, config, work, progress, budgeted=judge is not None)
+    build.plan_and_calibrate()
+    if build.quant.bias_correction:
+        build.correct_biases()
     if judge is None:
-        quantize([])
-        if shifts:
-            details["bias_correction"]["convs"] = corrected_convs[0]
-        return _checked_integer_only(target, details, bool(sixteen), quant.integer_only)
-
-    def candidates() -> list[tuple[str, ...]]:
-        # Ranked on the model quantize([]) just wrote: the tensors whose quantization adds the most
-        # error first, each with the nodes that keep it float.
-        drifts = measure_layer_drift(prepared, target, judge.inputs(DRIFT_IMAGES))
-        ranked = float_candidates(drifts, max(1, int(len(drifts) * MAX_FLOAT_SHARE)))
-        groups = [tuple(float_tensor_nodes(graph, [tensor], exclude)) for tensor in ranked]
-        groups = list(dict.fromkeys(group for group in groups if group))  # tensors joined by a ReLU share one
-        return groups
-
-    def sixteen_bit_candidates() -> list[tuple[str, ...]]:
-        # Every activation the all-int8 model quantize([]) just wrote quantizes, by module
-        # (isnet.build_in.sixteen_bit).
-        quantized = quantized_activations(onnx.load(str(target), load_external_data=False))
-        return module_groups(graph, [tensor for tensor in quantized if tensor not in sixteen])
-
-    if quant.integer_only:
-        result = search_float_nodes(quantize, judge, sixteen_bit_candidates, progress,
-                                    rank=rank_by_isolated_damage, remedy=SIXTEEN_BIT)
+        build.quantize([])
     else:
-        result = search_float_nodes(quantize, judge, candidates, progress)
-    details["budget"] = judge.summary(result)
-    if shifts:
-        details["bias_correction"]["convs"] = corrected_convs[0]  # the model written last is the one kept
-    return _checked_integer_only(target, details, bool(sixteen), quant.integer_only)
+        build.search(judge)
+    return build.record()
 
 
-def _checked_integer_only(artifact: Path, details: dict, sixteen: bool, integer_only: bool) -> dict:
+@contextlib.contextmanager
+def _quiet_root_logger():
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _checked_artifact(artifact: Path, details: dict, plan: Int8Plan) -> dict:
     """``details`` with the artifact's 16-bit tensors (what a user maps onto an NPU's mixed-precision
     settings); for an integer-only build once it is checked that every Conv reads dequantized
     integers (a float Conv there would be this toolkit's bug, not the user's)."""
-    if not (sixteen or integer_only):
-        return details
     model = onnx.load(str(artifact), load_external_data=False)
     details["sixteen_bit_tensors"] = sixteen_bit_activations(model)
-    if integer_only:
-        details["integer_only"] = True
+    if plan.integer_only:
         floating = convs_reading_float(model)
         if floating:
             raise RuntimeError(f"integer_only build left {len(floating)} Convs reading float tensors: "
                                f"{', '.join(floating[:5])}")
         details["convs_checked"] = sum(node.op_type == "Conv" for node in model.graph.node)
     return details
-
-
-def _measure_bias_shifts(prepared: Path, quantize: Callable[[list[str]], Path], source_data: CalibrationSource,
-                         progress, shifts: dict[str, np.ndarray]) -> dict:
-    """:mod:`isnet.build_in.bias_correction` on the calibration images: measure each quantized Conv's
-    shift on the all-int8 model into ``shifts``; the record for build.json."""
-    count = min(BIAS_CORRECTION_IMAGES, len(source_data))
-    if progress:
-        progress("bias correction", 0, 1)
-    shifts.update(conv_weight_error_shifts(prepared, quantize([]),
-                                           (feed for feed, _ in zip(source_data, range(count)))))
-    if progress:
-        progress("bias correction", 1, 1)
-    return {"images": count, "convs": len(shifts),
-            "mean_abs_shift": float(np.mean([np.abs(s).mean() for s in shifts.values()])) if shifts else 0.0}
 
 
 def runtime_options(config: BuildConfig) -> dict:

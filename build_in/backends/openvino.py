@@ -10,24 +10,22 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import fnmatch
 import io
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import asdict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from isnet.build_in.backends.openvino_runner import (PERFORMANCE_HINTS, OpenVinoRunner,  # noqa: F401 -- a backend
                                                      open_runner)  # opens its artifacts
-from isnet.build_in.budget import (DRIFT_IMAGES, MAX_FLOAT_SHARE, DriftJudge, rank_by_isolated_damage,
-                                   search_float_nodes)
-from isnet.build_in.calibration import (OUTLIER_RATIO, CalibrationSource, compute_tensor_ranges, float_tensor_nodes,
-                                        outlier_channels)
+from isnet.build_in.budget import DRIFT_IMAGES, MAX_FLOAT_SHARE, DriftJudge, search_budget
+from isnet.build_in.calibration import CalibrationSource, compute_tensor_ranges
+from isnet.build_in.channel_ops import NNCF_QUANTIZATION_AGNOSTIC
 from isnet.build_in.config import BuildConfig, CalibrationMode, Precision, QuantType
-from isnet.build_in.sixteen_bit import group_by_module, in_module, named_by_module
+from isnet.build_in.int8_plan import Int8Plan, matching_nodes, plan_outlier_channels
+from isnet.build_in.sixteen_bit import named_by_module
 from isnet.core import IsnetError
 
 MODEL_FILE = "model.xml"
@@ -45,30 +43,18 @@ def versions() -> dict[str, str]:
     return {"openvino": openvino.__version__, "nncf": nncf.__version__}
 
 
-def resolve_ignored_names(model, patterns: tuple[str, ...]) -> list[str]:
-    """OpenVINO op names matching ``exclude_nodes``: an op-name glob or a PyTorch module path.
-
-    A module path such as ``side1`` matches the ops fed by constants named ``side1.*`` (the
-    ONNX initializer names survive conversion), or named ``/side1/...`` (the ONNX node names do too).
-    """
-    names: list[str] = []
-    ops = list(model.get_ops())
-    for pattern in patterns:
-        hits = []
-        for op in ops:
-            if op.get_type_name() in ("Constant", "Parameter", "Result"):
-                continue
-            feeds = [src.get_node() for src in (inp.get_source_output() for inp in op.inputs())]
-            constants = [f.get_friendly_name() for f in feeds if f.get_type_name() in ("Constant", "Convert")]
-            name = op.get_friendly_name()
-            if fnmatch.fnmatchcase(name, pattern) or in_module(name, pattern) or any(
-                    fnmatch.fnmatchcase(c, f"{pattern}.*") or fnmatch.fnmatchcase(c, pattern) for c in constants):
-                hits.append(op.get_friendly_name())
-        if not hits:
-            raise IsnetError(f"backend.quantize.exclude_nodes: '{pattern}' matches no OpenVINO op; give a module "
-                             "path such as 'side1' or an op name")
-        names.extend(h for h in hits if h not in names)
-    return names
+def resolve_ignored_names(model, patterns: Sequence[str]) -> list[str]:
+    """OpenVINO op names matching ``exclude_nodes`` (:func:`isnet.build_in.int8_plan.matching_nodes`):
+    the ONNX initializer names survive conversion as the constants' names, and the ONNX node names
+    as the ops' (``/side1/Conv``)."""
+    ops = []
+    for op in model.get_ops():
+        if op.get_type_name() in ("Constant", "Parameter", "Result"):
+            continue
+        feeds = [source.get_node() for source in (inp.get_source_output() for inp in op.inputs())]
+        ops.append((op.get_friendly_name(), [feed.get_friendly_name() for feed in feeds
+                                             if feed.get_type_name() in ("Constant", "Convert")]))
+    return matching_nodes(ops, patterns, "backend.quantize.exclude_nodes", "an OpenVINO op name")
 
 
 def _nncf_parameters(config: BuildConfig):
@@ -110,42 +96,26 @@ def _nncf_parameters(config: BuildConfig):
     return preset, advanced
 
 
-def _equalize_and_find_outliers(source_onnx: Path, config: BuildConfig, source: CalibrationSource, work: Path,
-                                progress: Callable[[str, int, int], None] | None) -> tuple[Path, list, list, set[str]]:
-    """The ONNX graph to convert, after outlier channels are equalised (``quantize.equalize``), and
-    the tensors with an outlier channel left: ``(onnx file, equalised channels, outliers, ONNX
-    nodes keeping them float)``.
+def _planned_onnx(source_onnx: Path, plan: Int8Plan, config: BuildConfig, source: CalibrationSource, work: Path,
+                  progress: Callable[[str, int, int], None] | None) -> Path:
+    """Steps 1-3 of the int8 plan (:func:`isnet.build_in.int8_plan.plan_outlier_channels`) on the fp32 ONNX
+    graph the IR is converted from; returns the ONNX file to convert (equalised, if asked).
 
-    The per-channel ranges come from a min/max pass of ONNX Runtime over the fp32 ONNX graph the IR
-    is converted from (the statistics the ONNX Runtime backend takes); equalisation rescales that
-    graph, exactly as for ONNX Runtime builds, before OpenVINO converts it.
+    The per-channel ranges come from a min/max pass of ONNX Runtime over that graph (the statistics
+    the ONNX Runtime backend takes); NNCF calibrates the IR itself afterwards.
     """
-    import onnx
-
-    from isnet.build_in.equalize import equalize_model_file  # onnx: build-time only, not for the runner
-
     quant = config.backend.quantize
     if quant.outlier_channel_ratio is None and not quant.equalize:
-        return source_onnx, [], [], set()
-    ratio = quant.outlier_channel_ratio or OUTLIER_RATIO
+        return source_onnx
 
-    def measure(path: Path, stage: str) -> tuple[dict, list[dict]]:
+    def measure(path: Path, equalised: bool) -> dict:
         channel_ranges: dict = {}
+        stage = "outlier channels (equalised)" if equalised else "outlier channels"
         step = (lambda n: progress(stage, n, len(source))) if progress else None
         compute_tensor_ranges(path, source, CalibrationMode.MAX, work, progress=step, channel_ranges=channel_ranges)
-        return channel_ranges, outlier_channels(channel_ranges, ratio)
+        return channel_ranges
 
-    channel_ranges, outliers = measure(source_onnx, "outlier channels")
-    equalized = []
-    if quant.equalize and outliers:
-        equalized = equalize_model_file(source_onnx, work / "equalized.onnx", channel_ranges, outliers)
-        if equalized:
-            source_onnx = work / "equalized.onnx"
-            _, outliers = measure(source_onnx, "outlier channels (equalised)")
-    if quant.outlier_channel_ratio is None or not outliers:
-        return source_onnx, equalized, outliers if quant.outlier_channel_ratio is not None else [], set()
-    graph = onnx.load(str(source_onnx), load_external_data=False).graph
-    return source_onnx, equalized, outliers, set(float_tensor_nodes(graph, [item["tensor"] for item in outliers], []))
+    return plan_outlier_channels(plan, source_onnx, quant, work, measure)
 
 
 def _made_from(op_name: str, nodes: set[str]) -> bool:
@@ -154,18 +124,20 @@ def _made_from(op_name: str, nodes: set[str]) -> bool:
     return op_name in nodes or any(op_name.startswith(f"{node}/") for node in nodes)
 
 
-def _quantize_int8(model, config: BuildConfig, source: CalibrationSource, outliers: list[dict],
-                   outlier_nodes: set[str], progress: Callable[[str, int, int], None] | None):
+def _quantize_int8(model, config: BuildConfig, source: CalibrationSource, plan: Int8Plan,
+                   progress: Callable[[str, int, int], None] | None):
+    """NNCF's post-training quantization of the IR with the plan's float nodes in its ignored scope;
+    the quantized IR and the backend's own details for build.json."""
     import nncf
 
     preset, advanced = _nncf_parameters(config)
-    ignored = resolve_ignored_names(model, config.backend.quantize.exclude_nodes)
-    # Tensors with an outlier channel stay float, as in ONNX Runtime builds; the ops OpenVINO made
-    # of the ONNX nodes keeping them float carry those nodes' names.
+    plan.excluded_nodes = resolve_ignored_names(model, config.backend.quantize.exclude_nodes)
+    # The ops OpenVINO made of the ONNX nodes the plan keeps float carry those nodes' names.
+    float_nodes = set(plan.float_nodes)
     outlier_ops = [op.get_friendly_name() for op in model.get_ops()
                    if op.get_type_name() not in ("Constant", "Parameter", "Result")
-                   and _made_from(op.get_friendly_name(), outlier_nodes)]
-    ignored += [name for name in outlier_ops if name not in ignored]
+                   and _made_from(op.get_friendly_name(), float_nodes)]
+    ignored = plan.excluded_nodes + [name for name in outlier_ops if name not in plan.excluded_nodes]
 
     def counted():
         for item in source:
@@ -174,16 +146,23 @@ def _quantize_int8(model, config: BuildConfig, source: CalibrationSource, outlie
             yield item[config.input_name]
 
     dataset = nncf.Dataset(_Reiterable(counted))
-    # NNCF logs through the "nncf" logger and prints its own progress bars; keep ours.
-    logging.getLogger("nncf").setLevel(logging.ERROR)
     scope = nncf.IgnoredScope(names=ignored) if ignored else None
-    details = {"ignored_ops": ignored, "calibration_images": len(source), "outlier_tensors": outliers[:10],
-               "outlier_nodes_in_float": outlier_ops, "nncf_fast_bias_correction": config.backend.quantize.bias_correction}
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), _nncf_quiet():  # NNCF's own log lines and progress bars
         quantized = nncf.quantize(model, dataset, preset=preset, subset_size=len(source),
                                   target_device=nncf.TargetDevice.CPU, ignored_scope=scope,
                                   advanced_parameters=advanced)
-    return quantized, details
+    return quantized, {"ignored_ops": ignored, "nncf_fast_bias_correction": config.backend.quantize.bias_correction}
+
+
+@contextlib.contextmanager
+def _nncf_quiet():
+    logger = logging.getLogger("nncf")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 _CONVOLUTIONS = ("Convolution", "GroupConvolution")
@@ -199,12 +178,6 @@ def _float_weights(model) -> dict[str, np.ndarray]:
     return found
 
 
-# Ops NNCF quantizes through: it places the FakeQuantize ops before them, not between them and the
-# convolution that reads their output.
-_QUANTIZATION_AGNOSTIC = ("Concat", "MaxPool", "Interpolate", "Reshape", "Transpose", "Squeeze", "Unsqueeze",
-                          "Relu", "Split", "VariadicSplit", "StridedSlice")
-
-
 def _input_fakequantizes(op) -> list[tuple[object, int]]:
     """The FakeQuantize ops that round what convolution ``op`` reads, as (reader, input index) pairs
     whose source is one: its own data input, or the inputs of the quantization-agnostic ops
@@ -215,7 +188,7 @@ def _input_fakequantizes(op) -> list[tuple[object, int]]:
         source = reader.input_value(index).get_node()
         if source.get_type_name() == "FakeQuantize":
             found.append((reader, index))
-        elif source.get_type_name() in _QUANTIZATION_AGNOSTIC and source.get_instance_id() not in seen:
+        elif source.get_type_name() in NNCF_QUANTIZATION_AGNOSTIC and source.get_instance_id() not in seen:
             seen.add(source.get_instance_id())  # not id(): Python wrappers of ops come and go
             stack.extend((source, i) for i in range(source.get_input_size())
                          if source.input_value(i).get_node().get_type_name() != "Constant")
@@ -312,9 +285,10 @@ def _layer_noise(quantized, float_weights: dict[str, np.ndarray], inputs: list[n
 
 def _search_float_layers(quantized, float_weights: dict[str, np.ndarray], target: Path, judge: DriftJudge,
                          progress: Callable[[str, int, int], None] | None) -> dict:
-    """The budgeted OpenVINO int8 build: :func:`search_float_nodes` over the quantized IR's
-    convolutions, ranked by the noise their int8 input and weights add and then by measured
-    effect, as ONNX Runtime builds are. A convolution kept float gets its float weights back and
+    """The budgeted OpenVINO int8 build: :func:`isnet.build_in.budget.search_budget` over the quantized
+    IR's convolutions and activation FakeQuantize ops (whole modules where the graph names them;
+    single convolutions otherwise, ranked by the noise their int8 input and weights add, as ONNX
+    Runtime ranks its layers by local error). A convolution kept float gets its float weights back and
     loses the FakeQuantize on its input, in the IR NNCF made (one NNCF pass: no re-calibration per
     trial). Writes the passing IR to ``target``.
 
@@ -328,26 +302,17 @@ def _search_float_layers(quantized, float_weights: dict[str, np.ndarray], target
         ov.save_model(_with_float_layers(quantized, float_weights, set(names)), str(target), compress_to_fp16=False)
         return target
 
-    def candidates() -> list[tuple[str, ...]]:
+    def ranked_layers() -> list[tuple[str, ...]]:
         noise = _layer_noise(quantized, float_weights, judge.inputs(DRIFT_IMAGES))
-        groups = [(name,) for name, _ in noise[:max(1, int(len(noise) * MAX_FLOAT_SHARE))]]
-        return groups
+        return [(name,) for name, _ in noise[:max(1, int(len(noise) * MAX_FLOAT_SHARE))]]
 
-    # A graph named by module (a PyTorch export: /stage1d/...) is searched by whole modules, each
-    # ranked by what it does alone with the others float: on ISNet at 1024 single layers do not
-    # reach the error (docs/int8-isnet.md); U²-Netp's files name layers Conv_787 and keep the
-    # per-layer search.
     # A module kept float takes its activations' FakeQuantize ops with it (a residual Add's output,
     # a side head's logit: no convolution reads them through agnostic ops only).
     convolutions = [op.get_friendly_name() for op in _quantized_convolutions(quantized)]
-    by_module = named_by_module(convolutions)
+    layers = convolutions + [op.get_friendly_name() for op in _activation_fakequantizes(quantized)]
     started = time.perf_counter()
-    if by_module:
-        layers = convolutions + [op.get_friendly_name() for op in _activation_fakequantizes(quantized)]
-        result = search_float_nodes(quantize, judge, lambda: group_by_module(layers), progress,
-                                    rank=rank_by_isolated_damage)
-    else:
-        result = search_float_nodes(quantize, judge, candidates, progress)
+    result = search_budget(quantize, judge, progress, by_module=named_by_module(convolutions),
+                           layers=lambda: layers, ranked_layers=ranked_layers)
     return {**judge.summary(result), "search_seconds": round(time.perf_counter() - started, 1)}
 
 
@@ -383,21 +348,23 @@ def compile_model(source: Path, config: BuildConfig, out_dir: Path, work: Path,
     details: dict = {}
     target = out_dir / MODEL_FILE
     if precision is Precision.INT8:
-        calibration = CalibrationSource(config.calibration_images(), config.preprocessor(), config.input_name)
-        source, equalized, outliers, outlier_nodes = _equalize_and_find_outliers(source, config, calibration, work,
-                                                                                 progress)
-        if judge is not None and config.backend.quantize.bias_correction:
+        quant = config.backend.quantize
+        if judge is not None and quant.bias_correction:
             raise IsnetError("backend.quantize.bias_correction: NNCF's fast bias correction cannot be undone for "
                              "the layers an OpenVINO max_drift search keeps in float; leave it off with max_drift")
+        calibration = CalibrationSource(config.calibration_images(), config.preprocessor(), config.input_name)
+        plan = Int8Plan.for_config(quant, len(calibration))
+        source = _planned_onnx(source, plan, config, calibration, work, progress)
         model = ov.convert_model(str(source))
         float_weights = _float_weights(model) if judge is not None else {}
-        model, details = _quantize_int8(model, config, calibration, outliers, outlier_nodes, progress)
-        if config.backend.quantize.equalize:
-            details["equalized_channels"] = [asdict(item) for item in equalized]
+        model, details = _quantize_int8(model, config, calibration, plan, progress)
+        if quant.bias_correction:
+            plan.bias_correction = {"nncf_fast_bias_correction": True}
         if judge is not None:
-            details["budget"] = _search_float_layers(model, float_weights, target, judge, progress)
+            plan.budget = _search_float_layers(model, float_weights, target, judge, progress)
         else:
             ov.save_model(model, str(target), compress_to_fp16=False)
+        details["plan"] = plan.record()
     else:
         ov.save_model(ov.convert_model(str(source)), str(target), compress_to_fp16=precision is Precision.FP16)
     return {"model_file": MODEL_FILE, "runtime_options": options, "details": details}

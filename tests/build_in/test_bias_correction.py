@@ -55,7 +55,7 @@ def test_bias_correction_reduces_the_mean_output_shift(write_config, calib_image
     corrected = build_artifact(load_build_config(write_config({"name": "corrected", **settings}),
                                                  [unguarded, "backend.quantize.bias_correction=true"]))
     fp32 = build_artifact(load_build_config(write_config({"name": "fp32", **settings, "backend": {"dtype": "fp32"}})))
-    record = corrected.info["backend_details"]["bias_correction"]
+    record = corrected.info["backend_details"]["plan"]["bias_correction"]
     assert record["images"] == 5 and record["convs"] == 3 and record["mean_abs_shift"] > 0
     held_out = sorted(calib_images.iterdir())[5:]
     before = _mean_shift(plain.artifact_dir, fp32.artifact_dir, held_out)

@@ -71,7 +71,7 @@ def test_stage_names_follow_the_module_paths():
 def test_budgeted_build_keeps_the_blamed_tensor_float_until_the_budget_holds(lifted_config, capsys):
     config_path, lifted = lifted_config
     plain = build_artifact(config_path({"mean_abs": 1.0}, "loose"), scorer=mask_scores)
-    loose = plain.info["backend_details"]["budget"]
+    loose = plain.info["backend_details"]["plan"]["budget"]
     assert loose["float_nodes"] == [] and len(loose["trials"]) == 1  # met as it was
     assert loose["validation"]["images"] == 3
     drift = loose["drift"]["mean_abs"]
@@ -79,7 +79,7 @@ def test_budgeted_build_keeps_the_blamed_tensor_float_until_the_budget_holds(lif
     # all-int8 drift needs that or layers of the same effect that cost less speed.
     budget = {"mean_abs": drift * 0.9, "mae": 1.0}
     result = build_artifact(config_path(budget), scorer=mask_scores)
-    record = result.info["backend_details"]["budget"]
+    record = result.info["backend_details"]["plan"]["budget"]
     assert record["float_nodes"] and record["drift"]["mean_abs"] <= drift * 0.9
     assert len(record["trials"]) >= 2 and not record["trials"][0]["within"] and record["trials"][-1]["within"]
     assert record["bounds"] == budget and set(record["fp32_scores"]) == {"mae", "sm", "maxfmeasure"}
@@ -118,7 +118,7 @@ def test_budget_config_errors_are_one_line(write_config, calib_images):
 def test_build_json_records_the_budget(lifted_config):
     config_path, _ = lifted_config
     info = build_artifact(config_path({"maxfmeasure": 1.0, "sm": 1.0}), scorer=mask_scores).info
-    budget = info["backend_details"]["budget"]
+    budget = info["backend_details"]["plan"]["budget"]
     assert set(budget["drift"]) == {"maxfmeasure", "sm", "mean_abs"}
     assert budget["images_per_second"]["final"] > 0
     json.dumps(info)  # all plain data
@@ -153,11 +153,11 @@ def test_layers_kept_float_keep_their_source_bias_under_bias_correction(lifted_c
                    for node in source.graph.node if node.op_type == "Conv" and len(node.input) > 2}
     loose = build_artifact(load_build_config(config_path({"mean_abs": 1.0}, "loose").config_path, [NO_GUARD, *correction]),
                            scorer=mask_scores)
-    drift = loose.info["backend_details"]["budget"]["drift"]["mean_abs"]
+    drift = loose.info["backend_details"]["plan"]["budget"]["drift"]["mean_abs"]
     assert drift > 0.01
     result = build_artifact(load_build_config(config_path({"mean_abs": drift * 0.9}).config_path, [NO_GUARD, *correction]),
                             scorer=mask_scores)
-    details = result.info["backend_details"]
+    details = result.info["backend_details"]["plan"]
     assert details["bias_correction"]["convs"] > 0
     model = onnx.load(str(result.artifact_dir / "model.onnx"))
     initializers = {i.name: i for i in model.graph.initializer}

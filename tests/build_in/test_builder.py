@@ -69,7 +69,7 @@ def test_exclude_nodes_keeps_side_head_in_float(write_config):
     model = onnx.load(str(result.artifact_dir / "model.onnx"))
     side_conv = next(n for n in model.graph.node if n.op_type == "Conv" and any("side1" in i for i in n.input))
     assert "side1.weight" in side_conv.input  # float weight, not a DequantizeLinear output
-    assert result.info["backend_details"]["excluded_nodes"] == [side_conv.name]
+    assert result.info["backend_details"]["plan"]["excluded_nodes"] == [side_conv.name]
     with pytest.raises(IsnetError, match="'nothing_here' matches no node"):
         build_artifact(load_build_config(write_config({"name": "x", "backend": {"quantize": {
             "exclude_nodes": ["nothing_here"]}}})))
@@ -167,14 +167,14 @@ def test_max_drift_makes_a_drifting_int8_build_fail_without_an_artifact(run_isne
 
 
 def test_a_tensor_with_an_outlier_channel_stays_float_and_the_build_drifts_less(write_config, lifted_onnx):
-    from isnet.build_in.calibration import outlier_channels
+    from isnet.build_in.int8_plan import outlier_channels
 
     path, lifted, pre_activation = lifted_onnx
     config = write_config({"frontend": {"checkpoint": str(path)},
                            "backend": {"quantize": {"calibrate_mode": "max"}}})
     guarded = build_artifact(load_build_config(config, ["name=guarded"]))
     plain = build_artifact(load_build_config(config, ["name=plain", "backend.quantize.outlier_channel_ratio=null"]))
-    details = guarded.info["backend_details"]
+    details = guarded.info["backend_details"]["plan"]
     lifted_entry = next(item for item in details["outlier_tensors"] if item["tensor"] == lifted)
     assert lifted_entry["channel"] == 0 and lifted_entry["ratio"] >= 10 and lifted_entry["near_constant"] == 1
     # The lifted tensor and the Conv output before its ReLU (same channel) are no longer quantized.
@@ -183,13 +183,13 @@ def test_a_tensor_with_an_outlier_channel_stays_float_and_the_build_drifts_less(
         assert not any(n.op_type == "QuantizeLinear" and tensor in n.input for n in model.graph.node), tensor
     plain_model = onnx.load(str(plain.artifact_dir / "model.onnx"))
     assert any(n.op_type == "QuantizeLinear" and lifted in n.input for n in plain_model.graph.node)
-    assert plain.info["backend_details"]["outlier_nodes_in_float"] == []
+    assert plain.info["backend_details"]["plan"]["outlier_nodes_in_float"] == []
     assert guarded.info["fidelity"]["mean_abs_diff"] < plain.info["fidelity"]["mean_abs_diff"]
     # Equalisation rescales the wide channels it can reach exactly (on this random model, many
     # concatenations of branches of very different reach), but not the lifted one: that ReLU
     # output is also the RSU block's residual, read by an Add. The fallback still keeps it float.
     equalized = build_artifact(load_build_config(config, ["name=equalized", "backend.quantize.equalize=true"]))
-    after = equalized.info["backend_details"]
+    after = equalized.info["backend_details"]["plan"]
     assert after["equalized_channels"] and lifted not in {item["tensor"] for item in after["equalized_channels"]}
     assert lifted in {item["tensor"] for item in after["outlier_tensors"]}
     assert set(details["outlier_nodes_in_float"]) & set(after["outlier_nodes_in_float"])

@@ -10,7 +10,8 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod
 from onnxruntime.quantization.calibrate import HistogramCollector, create_calibrator
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from isnet.build_in.calibration import CalibrationSource, compute_tensor_ranges, kl_threshold, ranges_taken_over
+from isnet.build_in.calibration import CalibrationSource, compute_tensor_ranges, ranges_taken_over
+from isnet.build_in.range_search import kl_threshold
 from isnet.build_in.config import CalibrationMode
 from isnet.build_in.ops import Preprocessor, default_process_ops
 
@@ -224,7 +225,7 @@ def _brute_force_mse_range(hist, edges, low, high, levels=256):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_mse_range_is_the_brute_force_minimum(seed):
-    from isnet.build_in.calibration import mse_range
+    from isnet.build_in.range_search import mse_range
 
     rng = np.random.default_rng(seed)
     bound = 4.0

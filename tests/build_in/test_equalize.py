@@ -4,7 +4,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from isnet.build_in.calibration import outlier_channels
+from isnet.build_in.int8_plan import outlier_channels
 from isnet.build_in.equalize import equalize_outlier_channels
 from onnx import TensorProto, helper, numpy_helper
 

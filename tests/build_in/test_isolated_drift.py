@@ -77,6 +77,6 @@ def test_on_the_real_u2netp_the_weights_reading_the_outlier_channel_carry_the_er
     # ... of the convolution reading a tensor calibration flags as holding an outlier channel (the
     # build records them with the guard off too).
     readers = {node.name: list(node.input) for node in reference.graph.node}
-    flagged = {item["tensor"] for item in info["backend_details"]["outlier_tensors"]}
+    flagged = {item["tensor"] for item in info["backend_details"]["plan"]["outlier_tensors"]}
     assert set(readers[top.node]) & flagged
     assert summary["accumulated_mean_abs"] > 0.02  # the all-int8 model drifts: this is the broken case

@@ -89,11 +89,12 @@ def test_openvino_int8_keeps_outlier_tensors_float_and_meets_a_budget(write_conf
         "type": "openvino", "dtype": "int8", "quantize": {"calibrate_mode": "max", **budget}}}))
     result = build_artifact(config, scorer=mask_scores)
     details = result.info["backend_details"]
-    assert any(item["tensor"] == lifted for item in details["outlier_tensors"])
+    plan = details["plan"]
+    assert any(item["tensor"] == lifted for item in plan["outlier_tensors"])
     # The ops OpenVINO made of the lifted Conv, its ReLU and its readers carry their ONNX node names.
-    assert any(name.startswith("/stage1/rebnconvin/conv_s1/Conv") for name in details["outlier_nodes_in_float"])
-    assert set(details["outlier_nodes_in_float"]) <= set(details["ignored_ops"])
-    record = details["budget"]
+    assert any(name.startswith("/stage1/rebnconvin/conv_s1/Conv") for name in plan["outlier_nodes_in_float"])
+    assert set(plan["outlier_nodes_in_float"]) <= set(details["ignored_ops"])
+    record = plan["budget"]
     assert any(trial["within"] for trial in record["trials"]) and record["search_seconds"] > 0
     assert record["drift"]["mae"] <= 0.05 and record["drift"]["mean_abs"] <= 0.05
     assert record["validation"]["images"] == 3
@@ -119,9 +120,9 @@ def test_openvino_budget_keeps_layers_float_until_it_holds(write_config, calib_i
         return build_artifact(config, scorer=partial(validation_scores, smeasure=True))
 
     loose = build({"mean_abs": 1.0}, "loose")
-    drift = loose.info["backend_details"]["budget"]["drift"]["mean_abs"]
+    drift = loose.info["backend_details"]["plan"]["budget"]["drift"]["mean_abs"]
     result = build({"mean_abs": drift * 0.5}, "tight")
-    record = result.info["backend_details"]["budget"]
+    record = result.info["backend_details"]["plan"]["budget"]
     assert record["float_nodes"] and record["drift"]["mean_abs"] <= drift * 0.5
     assert not record["trials"][0]["within"] and any(trial["within"] for trial in record["trials"])
 

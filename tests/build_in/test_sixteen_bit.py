@@ -60,11 +60,12 @@ def test_integer_only_gives_the_outlier_tensor_16_bits_and_no_conv_reads_float(l
     details = integer.info["backend_details"]
     model = onnx.load(str(integer.artifact_dir / "model.onnx"))
     # The outlier guard gave its tensor 16 bits instead of leaving nodes float, and said so.
-    assert details["integer_only"] and details["outlier_nodes_in_float"] == [] and details["excluded_nodes"] == []
+    plan = details["plan"]
+    assert plan["form"] == "integer-only" and plan["outlier_nodes_in_float"] == [] and plan["excluded_nodes"] == []
     assert lifted in details["sixteen_bit_tensors"] and lifted in sixteen_bit_tensors(model)
     assert convs_reading_float(model) == [] and details["convs_checked"] == sum(n.op_type == "Conv" for n in model.graph.node)
     # The CPU form keeps nodes float around the same tensor: its Convs there read float.
-    assert plain.info["backend_details"]["outlier_nodes_in_float"]
+    assert plain.info["backend_details"]["plan"]["outlier_nodes_in_float"]
     assert convs_reading_float(onnx.load(str(plain.artifact_dir / "model.onnx")))
     # 16 bits take off most of what int8 costs on the lifted tensor.
     images = sorted(calib_images.iterdir())[5:]
@@ -146,13 +147,13 @@ def test_integer_only_budget_gives_16_bits_until_the_budget_holds(lifted_build, 
     validation = {"path": str(calib_images.parent)}
     loose, _ = lifted_build({"integer_only": True, "max_drift": {"mean_abs": 1.0}, "validation": validation},
                             "loose", [NO_GUARD], scorer)
-    record = loose.info["backend_details"]["budget"]
+    record = loose.info["backend_details"]["plan"]["budget"]
     assert record["sixteen_bit_tensors"] == [] and len(record["trials"]) == 1
     drift = record["drift"]["mean_abs"]
     result, _ = lifted_build({"integer_only": True, "max_drift": {"mean_abs": drift * 0.5}, "validation": validation},
                              "budgeted", [NO_GUARD], scorer)
     details = result.info["backend_details"]
-    record = details["budget"]
+    record = details["plan"]["budget"]
     assert record["drift"]["mean_abs"] <= drift * 0.5 and record["sixteen_bit_tensors"]
     model = onnx.load(str(result.artifact_dir / "model.onnx"))
     assert set(record["sixteen_bit_tensors"]) & set(quantized_activations(model)) <= sixteen_bit_tensors(model)

@@ -43,15 +43,16 @@ class BuildCommand:
         print(f"fidelity vs fp32 on {len(fidelity['images'])} {fidelity['source']}: "
               f"mean |diff| {fidelity['mean_abs_diff']:.2e}, max |diff| {fidelity['max_abs_diff']:.2e}")
         details = info.get("backend_details") or {}
-        if details.get("outlier_nodes_in_float"):
-            widest = details["outlier_tensors"][0]
-            print(f"kept {len(details['outlier_nodes_in_float'])} nodes in float around "
-                  f"{len(details['outlier_tensors'])} tensors with an outlier channel (widest: "
+        plan = details.get("plan") or {}
+        if plan.get("outlier_nodes_in_float"):
+            widest = plan["outlier_tensors"][0]
+            print(f"kept {len(plan['outlier_nodes_in_float'])} nodes in float around "
+                  f"{plan['outlier_count']} tensors with an outlier channel (widest: "
                   f"{widest['ratio']:.1f}x the median channel; backend.quantize.outlier_channel_ratio)")
-        if details.get("budget"):
-            print(describe_budget(details["budget"]))
+        if plan.get("budget"):
+            print(describe_budget(plan["budget"]))
         if details.get("sixteen_bit_tensors"):
-            form = "integer-only: every Conv reads int8/int16; " if details.get("integer_only") else ""
+            form = "integer-only: every Conv reads int8/int16; " if plan.get("form") == "integer-only" else ""
             print(f"{form}{len(details['sixteen_bit_tensors'])} activations in 16 bits "
                   "(build.json: backend_details.sixteen_bit_tensors)")
         if fidelity.get("warning"):

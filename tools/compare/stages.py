@@ -201,7 +201,7 @@ def run_experiment(experiment: Experiment, force: bool = False, progress: Progre
         warning = (info.get("fidelity") or {}).get("warning")
         if warning:
             notes.append(f"{entry.name}: {warning}")
-        budget = (info.get("backend_details") or {}).get("budget")
+        budget = ((info.get("backend_details") or {}).get("plan") or {}).get("budget")
         if budget:
             notes.append(f"{entry.name}: {describe_budget(budget)}")
         calibration = info.get("calibration") or {}
