@@ -57,6 +57,30 @@ def outlier_channels(channel_ranges: dict[str, tuple[np.ndarray, np.ndarray]],
     return sorted(found, key=lambda item: -item["ratio"])
 
 
+def _range_sharing_carriers(graph, tensors: Iterable[str]) -> set[str]:
+    """``tensors`` and every tensor joined to one of them through :data:`RANGE_SHARING` ops."""
+    carriers = set(tensors)
+    changed = True
+    while changed:
+        changed = False
+        for node in graph.node:
+            if node.op_type not in RANGE_SHARING or not node.input or not node.output:
+                continue
+            source, output = node.input[0], node.output[0]
+            if (source in carriers) != (output in carriers):
+                carriers |= {source, output}
+                changed = True
+    return carriers
+
+
+def conv_weights_reading(graph, tensors: Iterable[str]) -> list[str]:
+    """The weight initializers of the Convs that read ``tensors`` (or what shares their range), in graph order."""
+    carriers = _range_sharing_carriers(graph, tensors)
+    weights = {initializer.name for initializer in graph.initializer}
+    return [node.input[1] for node in graph.node
+            if node.op_type == "Conv" and node.input[0] in carriers and node.input[1] in weights]
+
+
 def float_tensor_nodes(graph, tensors: Iterable[str], already: Sequence[str]) -> list[str]:
     """The nodes to leave in float so that ``tensors`` stay float (outliers, the budget's choices).
 
@@ -69,17 +93,7 @@ def float_tensor_nodes(graph, tensors: Iterable[str], already: Sequence[str]) ->
     order. Nodes without a name are left out: ONNX Runtime matches ``nodes_to_exclude`` by name,
     and every unnamed node would match "".
     """
-    carriers = set(tensors)
-    changed = True
-    while changed:
-        changed = False
-        for node in graph.node:
-            if node.op_type not in RANGE_SHARING or not node.input or not node.output:
-                continue
-            source, output = node.input[0], node.output[0]
-            if (source in carriers) != (output in carriers):
-                carriers |= {source, output}
-                changed = True
+    carriers = _range_sharing_carriers(graph, tensors)
     return [node.name for node in graph.node
             if node.name and node.name not in already and (set(node.output) | set(node.input)) & carriers]
 
@@ -116,6 +130,7 @@ class Int8Plan:
     equalized: list = field(default_factory=list)  # isnet.build_in.equalize.ScaledChannel
     float_nodes: list[str] = field(default_factory=list)  # ONNX nodes kept float around outlier tensors
     sixteen_bit: list[str] = field(default_factory=list)  # tensors asked 16 bits: activations_16bit, outliers
+    sixteen_bit_weights: list[str] = field(default_factory=list)  # weights of Convs reading outlier tensors
     bias_correction: dict | None = None
     budget: dict | None = None  # budget.DriftJudge.summary of the search
 
@@ -132,6 +147,7 @@ class Int8Plan:
                 "outlier_tensors": self.outliers[:10], "outlier_count": len(self.outliers),
                 "equalized_channels": [asdict(item) for item in self.equalized],
                 "outlier_nodes_in_float": self.float_nodes, "sixteen_bit_requested": self.sixteen_bit,
+                "sixteen_bit_weights": self.sixteen_bit_weights,
                 "bias_correction": self.bias_correction, "budget": self.budget}
 
 
@@ -162,12 +178,16 @@ def plan_outlier_channels(plan: Int8Plan, source: Path, quant: QuantizeConfig, w
     if quant.outlier_channel_ratio is None or not outliers:
         return source
     tensors = [item["tensor"] for item in outliers]
+    graph = onnx.load(str(source), load_external_data=False).graph
     if quant.integer_only:
         # No float islands: an outlier-channel tensor gets 16 bits (65,536 levels leave the other
-        # channels as many as int8 would give them without the outlier, 256 times over).
+        # channels as many as int8 would give them without the outlier, 256 times over), and so do
+        # the weights of the Convs reading it: a channel that sits near 228 on every picture
+        # multiplies their rounding error by 228, a shift 16-bit activations cannot take off (the
+        # pretrained U²-Netp's error is there; docs/int8-isnet.md).
         plan.sixteen_bit += [tensor for tensor in tensors if tensor not in plan.sixteen_bit]
+        plan.sixteen_bit_weights = conv_weights_reading(graph, tensors)
     else:
         # One per-tensor range for 0..228 leaves a dozen levels to the other channels.
-        graph = onnx.load(str(source), load_external_data=False).graph
         plan.float_nodes = float_tensor_nodes(graph, tensors, plan.excluded_nodes)
     return source

@@ -82,6 +82,23 @@ def sixteen_bit_overrides(tensors: Iterable[str], signed: bool) -> dict:
     return {tensor: [{"quant_type": kind}] for tensor in tensors}
 
 
+def sixteen_bit_weight_overrides(weights: Iterable[str], per_channel: bool) -> dict:
+    """``TensorQuantOverrides`` entries giving ``weights`` (Conv weight initializers) symmetric int16."""
+    from onnxruntime.quantization import QuantType
+
+    entry = {"quant_type": QuantType.QInt16, "symmetric": True, **({"axis": 0} if per_channel else {})}
+    return {weight: [dict(entry)] for weight in weights}
+
+
+def sixteen_bit_weights(model) -> list[str]:
+    """The weights a QDQ model stores as 16-bit integers (its DequantizeLinear inputs that are
+    int16/uint16 initializers), by their names in the float graph."""
+    weights = {initializer.name: initializer for initializer in model.graph.initializer}
+    found = [node.input[0] for node in model.graph.node if node.op_type == "DequantizeLinear"
+             and node.input[0] in weights and weights[node.input[0]].data_type in SIXTEEN_BIT_TYPES]
+    return [name.removesuffix("_quantized") for name in found]
+
+
 def sixteen_bit_activations(model) -> list[str]:
     """The activations a QDQ model quantizes to 16 bits, by their names in the float graph. More
     than were asked for: the quantizer gives an op that keeps its input's quantization (Resize,

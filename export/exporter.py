@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 
 from isnet.core import IsnetError, atomic_path, first_line
+from isnet.core.logs import quiet_loggers
 from isnet.export.model import ISNet, count_macs
 from isnet.export.weights import build_isnet
 
@@ -67,20 +67,6 @@ class ExportResult:
 # opset conversion).
 _EXPORTER_CHATTER = ("torch.onnx._internal.exporter._registration", "torch.onnx._internal.exporter._compat",
                      "onnxscript.version_converter")
-
-
-@contextlib.contextmanager
-def _quiet_loggers(*names: str):
-    """Raise the given loggers to ERROR for the duration of the block."""
-    loggers = [logging.getLogger(name) for name in names]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
 
 
 def _validate(request: ExportRequest) -> None:
@@ -135,7 +121,7 @@ def _export_onnx(model: ISNet, example: torch.Tensor, path: Path, request: Expor
         # register (ISNet uses none), warns that it converts from its own opset (18) to an older
         # requested one, and leaks a torch-internal FutureWarning. None of it is actionable; the
         # opset actually written is checked and reported below instead.
-        with contextlib.redirect_stdout(io.StringIO()), _quiet_loggers(*_EXPORTER_CHATTER), \
+        with contextlib.redirect_stdout(io.StringIO()), quiet_loggers(*_EXPORTER_CHATTER), \
                 warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
             torch.onnx.export(model, (example,), str(path), dynamo=True, input_names=[INPUT_NAME],

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -20,8 +19,10 @@ from isnet.build_in.int8_plan import Int8Plan, float_tensor_nodes, matching_node
 from isnet.build_in.layer_drift import float_candidates, measure_layer_drift
 from isnet.build_in.range_search import MSE_MAX_BINS
 from isnet.build_in.sixteen_bit import (convs_reading_float, named_by_module, node_outputs, quantized_activations,
-                                        sixteen_bit_activations, sixteen_bit_overrides)
+                                        sixteen_bit_activations, sixteen_bit_overrides, sixteen_bit_weight_overrides,
+                                        sixteen_bit_weights)
 from isnet.core import IsnetError
+from isnet.core.logs import quiet_loggers
 
 MODEL_FILE = "model.onnx"
 # Calibration images bias correction measures the shifts on.
@@ -173,10 +174,12 @@ class _QdqBuild:
                    "WeightSymmetric": quant.symmetric_weights,
                    "CalibTensorRangeSymmetric": quant.symmetric_activations}
         wide = list(dict.fromkeys(self.plan.sixteen_bit + extra_wide))
-        if wide:
-            options["TensorQuantOverrides"] = sixteen_bit_overrides(wide, quant.activation_type is QuantType.INT8)
+        overrides = {**sixteen_bit_overrides(wide, quant.activation_type is QuantType.INT8),
+                     **sixteen_bit_weight_overrides(self.plan.sixteen_bit_weights, quant.quantize_per_channel)}
+        if overrides:
+            options["TensorQuantOverrides"] = overrides
         types = {QuantType.INT8: OrtQuantType.QInt8, QuantType.UINT8: OrtQuantType.QUInt8}
-        with _quiet_root_logger():  # quantize_static logs a pre-processing hint we already followed
+        with quiet_loggers(""):  # quantize_static logs a pre-processing hint we already followed
             quantize_static(str(self.float_model(extra_float)), str(self.target), calibration_data_reader=None,
                             quant_format=QuantFormat.QDQ, per_channel=quant.quantize_per_channel,
                             activation_type=types[quant.activation_type], weight_type=types[quant.weight_type],
@@ -255,23 +258,13 @@ def _quantize_int8(source: Path, target: Path, config: BuildConfig, work: Path,
     return build.record()
 
 
-@contextlib.contextmanager
-def _quiet_root_logger():
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
-
-
 def _checked_artifact(artifact: Path, details: dict, plan: Int8Plan) -> dict:
     """``details`` with the artifact's 16-bit tensors (what a user maps onto an NPU's mixed-precision
     settings); for an integer-only build once it is checked that every Conv reads dequantized
     integers (a float Conv there would be this toolkit's bug, not the user's)."""
     model = onnx.load(str(artifact), load_external_data=False)
     details["sixteen_bit_tensors"] = sixteen_bit_activations(model)
+    details["sixteen_bit_weights"] = sixteen_bit_weights(model)
     if plan.integer_only:
         floating = convs_reading_float(model)
         if floating:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,6 +26,7 @@ from isnet.build_in.config import BuildConfig, CalibrationMode, Precision, Quant
 from isnet.build_in.int8_plan import Int8Plan, matching_nodes, plan_outlier_channels
 from isnet.build_in.sixteen_bit import named_by_module
 from isnet.core import IsnetError
+from isnet.core.logs import quiet_loggers
 
 MODEL_FILE = "model.xml"
 PRECISIONS = (Precision.FP32, Precision.FP16, Precision.BF16, Precision.INT8)
@@ -147,22 +147,11 @@ def _quantize_int8(model, config: BuildConfig, source: CalibrationSource, plan: 
 
     dataset = nncf.Dataset(_Reiterable(counted))
     scope = nncf.IgnoredScope(names=ignored) if ignored else None
-    with contextlib.redirect_stdout(io.StringIO()), _nncf_quiet():  # NNCF's own log lines and progress bars
+    with contextlib.redirect_stdout(io.StringIO()), quiet_loggers("nncf"):  # NNCF's own log lines and progress bars
         quantized = nncf.quantize(model, dataset, preset=preset, subset_size=len(source),
                                   target_device=nncf.TargetDevice.CPU, ignored_scope=scope,
                                   advanced_parameters=advanced)
     return quantized, {"ignored_ops": ignored, "nncf_fast_bias_correction": config.backend.quantize.bias_correction}
-
-
-@contextlib.contextmanager
-def _nncf_quiet():
-    logger = logging.getLogger("nncf")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 _CONVOLUTIONS = ("Convolution", "GroupConvolution")

@@ -53,10 +53,10 @@ def test_outlier_tensors_stay_float_or_get_16_bits(tmp_path, integer_only):
     assert measured == [(source, False)]  # measured once, nothing equalised
     assert [item["tensor"] for item in plan.outliers] == ["b"] and plan.outliers[0]["channel"] == 2
     if integer_only:
-        assert plan.sixteen_bit == ["b"] and plan.float_nodes == []
+        assert plan.sixteen_bit == ["b"] and plan.float_nodes == [] and plan.sixteen_bit_weights == ["head.weight"]
     else:
         # The ReLU computing it, and the Conv before it sharing its range (the ReLU is removed), and its reader.
-        assert plan.sixteen_bit == [] and set(plan.float_nodes) == {"/stage1/conv/Conv", "/stage1/relu/Relu", "/head/Conv"}
+        assert plan.sixteen_bit == [] and set(plan.float_nodes) == {"/stage1/conv/Conv", "/stage1/relu/Relu", "/head/Conv"} and plan.sixteen_bit_weights == []
     record = plan.record()
     assert record["form"] == ("integer-only" if integer_only else "cpu") and record["outlier_count"] == 1
     assert record["calibration"] == {"mode": "kl_divergence", "images": 5}
