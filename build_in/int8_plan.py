@@ -151,6 +151,18 @@ class Int8Plan:
                 "bias_correction": self.bias_correction, "budget": self.budget}
 
 
+def graph_structure(path: Path):
+    """The graph of the ONNX file ``path`` without its weights' values (names and shapes kept): what
+    the plan's decisions read, without holding a second copy of a large model through the build."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    for initializer in model.graph.initializer:
+        for payload in ("raw_data", "float_data", "int32_data", "int64_data", "double_data"):
+            initializer.ClearField(payload)
+    return model.graph
+
+
 # measure(onnx file, equalised?) -> {tensor: (per-channel min, per-channel max)} over the calibration images
 ChannelMeasure = Callable[[Path, bool], dict[str, tuple[np.ndarray, np.ndarray]]]
 
@@ -160,8 +172,6 @@ def plan_outlier_channels(plan: Int8Plan, source: Path, quant: QuantizeConfig, w
     """Steps 1-3 of the plan on the ONNX file ``source``: fills ``plan.outliers``, ``equalized``,
     ``float_nodes`` (CPU form) or ``sixteen_bit`` (integer-only form), and returns the ONNX file to
     quantize (``source``, or its equalised copy in ``work``)."""
-    import onnx
-
     from isnet.build_in.equalize import equalize_model_file  # onnx: build-time only
 
     ratio = quant.outlier_channel_ratio or OUTLIER_RATIO
@@ -178,7 +188,7 @@ def plan_outlier_channels(plan: Int8Plan, source: Path, quant: QuantizeConfig, w
     if quant.outlier_channel_ratio is None or not outliers:
         return source
     tensors = [item["tensor"] for item in outliers]
-    graph = onnx.load(str(source), load_external_data=False).graph
+    graph = graph_structure(source)
     if quant.integer_only:
         # No float islands: an outlier-channel tensor gets 16 bits (65,536 levels leave the other
         # channels as many as int8 would give them without the outlier, 256 times over), and so do

@@ -15,7 +15,8 @@ from isnet.build_in.bias_correction import conv_weight_error_shifts, correct_bia
 from isnet.build_in.budget import DRIFT_IMAGES, MAX_FLOAT_SHARE, SIXTEEN_BIT, DriftJudge, search_budget
 from isnet.build_in.calibration import CalibrationSource, compute_tensor_ranges
 from isnet.build_in.config import BuildConfig, CalibrationMode, Precision, QuantType
-from isnet.build_in.int8_plan import Int8Plan, float_tensor_nodes, matching_nodes, plan_outlier_channels
+from isnet.build_in.int8_plan import (Int8Plan, float_tensor_nodes, graph_structure, matching_nodes,
+                                     plan_outlier_channels)
 from isnet.build_in.layer_drift import float_candidates, measure_layer_drift
 from isnet.build_in.range_search import MSE_MAX_BINS
 from isnet.build_in.sixteen_bit import (convs_reading_float, named_by_module, node_outputs, quantized_activations,
@@ -55,12 +56,12 @@ def _convert_fp16(source: Path, target: Path, keep_io_types: bool) -> None:
     onnx.save(model, str(target))
 
 
-def resolve_exclude_nodes(model: onnx.ModelProto, patterns: Sequence[str],
+def resolve_exclude_nodes(graph: onnx.GraphProto, patterns: Sequence[str],
                           key: str = "backend.quantize.exclude_nodes") -> list[str]:
-    """ONNX node names matching ``patterns`` (:func:`isnet.build_in.int8_plan.matching_nodes`: node-name
-    globs or PyTorch module paths)."""
-    convs = [node.name for node in model.graph.node if node.op_type == "Conv"]
-    return matching_nodes(((node.name, node.input[1:]) for node in model.graph.node), patterns, key,
+    """ONNX node names of ``graph`` matching ``patterns`` (:func:`isnet.build_in.int8_plan.matching_nodes`:
+    node-name globs or PyTorch module paths)."""
+    convs = [node.name for node in graph.node if node.op_type == "Conv"]
+    return matching_nodes(((node.name, node.input[1:]) for node in graph.node), patterns, key,
                           convs[0] if convs else "node_Conv_1")
 
 
@@ -106,14 +107,13 @@ class _QdqBuild:
                                  f"got {quant.num_bins}")
         self.target, self.work, self.progress = target, work, progress
         self.prepared, shape_inference = _prepared_for_quantization(source, work)
-        model = onnx.load(str(self.prepared), load_external_data=False)
-        self.graph = model.graph
+        self.graph = graph_structure(self.prepared)
         images = config.calibration_images()
         self.source_data = CalibrationSource(images, config.preprocessor(), config.input_name)
         self.plan = Int8Plan.for_config(quant, len(images), shape_inference=shape_inference)
-        self.plan.excluded_nodes = resolve_exclude_nodes(model, quant.exclude_nodes)
+        self.plan.excluded_nodes = resolve_exclude_nodes(self.graph, quant.exclude_nodes)
         self.plan.sixteen_bit = node_outputs(self.graph, resolve_exclude_nodes(
-            model, quant.activations_16bit, "backend.quantize.activations_16bit"))
+            self.graph, quant.activations_16bit, "backend.quantize.activations_16bit"))
         # A budgeted CPU build measures every tensor the quantizer might read, so the ranges stay
         # exact for whatever the search keeps float; an integer-only build quantizes every tensor anyway.
         self.every_tensor = budgeted and not quant.integer_only
@@ -144,7 +144,7 @@ class _QdqBuild:
     def plan_and_calibrate(self) -> None:
         """Steps 1-3 of the plan; the ranges of the graph that will be quantized."""
         self.prepared = plan_outlier_channels(self.plan, self.prepared, self.quant, self.work, self.measure_channels)
-        self.graph = onnx.load(str(self.prepared), load_external_data=False).graph
+        self.graph = graph_structure(self.prepared)
         if self.plan.float_nodes and not self.every_tensor:
             # Which tensors the quantizer reads depends on the nodes left out, so calibrate again.
             self.calibrate(self.prepared, "calibrate (outliers in float)")

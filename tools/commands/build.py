@@ -25,10 +25,12 @@ class BuildCommand:
     def run(self, args: argparse.Namespace) -> int:
         from isnet.build_in import build_artifact, load_build_config
         from isnet.build_in.budget import describe_budget
+        from isnet.core.memory import return_freed_memory
         from isnet.eval import validation_scores
         from isnet.tools.progress import StageBars
 
         config = load_build_config(args.config, args.overrides)
+        return_freed_memory()  # a build's peak is what limits it (isnet.core.memory)
         with StageBars(prefix=f"{config.name}: ") as bars:
             result = build_artifact(config, force=args.force, progress=bars, scorer=partial(validation_scores, smeasure=True))
         info = result.info

@@ -41,6 +41,7 @@ class CompareCommand:
 
     def run(self, args: argparse.Namespace) -> int:
         from isnet.core import IsnetError
+        from isnet.core.memory import return_freed_memory
         from isnet.tools.compare import load_experiment, read_experiment, run_experiment, table_rows
         from isnet.tools.progress import StageBars
 
@@ -64,6 +65,9 @@ class CompareCommand:
                 overrides.append(("builds", "fp32,fp16,int8_kl,int8_max"))
             experiment = load_experiment({}, "command line", Path.cwd(), overrides)
 
+        # Builds come first and are limited by their peak memory; evaluation keeps freed memory for
+        # itself later (isnet.core.memory).
+        return_freed_memory()
         with StageBars() as bars:
             result = run_experiment(experiment, force=args.force, progress=bars)
         header, rows = table_rows(result.reports, result.reference, result.failures)
