@@ -81,7 +81,8 @@ def test_budgeted_build_keeps_the_blamed_tensor_float_until_the_budget_holds(lif
     result = build_artifact(config_path(budget), scorer=mask_scores)
     record = result.info["backend_details"]["plan"]["budget"]
     assert record["float_nodes"] and record["drift"]["mean_abs"] <= drift * 0.9
-    assert len(record["trials"]) >= 2 and not record["trials"][0]["within"] and record["trials"][-1]["within"]
+    # (the last trial may be a failing step of the bisection: the passing model is written again)
+    assert len(record["trials"]) >= 2 and not record["trials"][0]["within"] and any(t["within"] for t in record["trials"])
     assert record["bounds"] == budget and set(record["fp32_scores"]) == {"mae", "sm", "maxfmeasure"}
     lifted_relu = next(n.name for n in onnx.load(str(plain.artifact_dir / "model.onnx")).graph.node
                        if lifted in n.output)
