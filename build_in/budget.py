@@ -35,7 +35,6 @@ from isnet.build_in.config import BuildConfig
 from isnet.build_in.difference import DifferenceAccumulator
 from isnet.build_in.imageio import decode_mask, pair_images_with_masks
 from isnet.build_in.ops import Preprocessor, map_to_uint8
-from isnet.build_in.sixteen_bit import group_by_module
 from isnet.core import IsnetError
 
 # (masks as uint8 at their image's size, GT masks) -> {"mae": ..., "sm": ..., "maxfmeasure": ...}
@@ -298,20 +297,20 @@ def search_float_nodes(quantize: Callable[[list[str]], Path], judge: DriftJudge,
 
 def search_budget(quantize: Callable[[list[str]], Path], judge: DriftJudge,
                   progress: Callable[[str, int, int], None] | None, *, by_module: bool,
-                  layers: Callable[[], Sequence[str]], ranked_layers: Callable[[], Sequence[tuple[str, ...]]],
-                  node_of: Callable[[str], str] = lambda item: item, remedy: str = FLOAT) -> SearchResult:
+                  modules: Callable[[], Sequence[tuple[str, ...]]],
+                  ranked_layers: Callable[[], Sequence[tuple[str, ...]]], remedy: str = FLOAT) -> SearchResult:
     """The budget search of every int8 build: :func:`search_float_nodes` over the right candidates.
 
     In a graph named by module (a PyTorch export: ``/stage1d/...``, ``by_module``) the candidates
-    are whole modules of ``layers()`` (the items ``quantize`` takes; ``node_of`` names an item's
-    node), the trunk's items each alone, ranked by :func:`rank_by_isolated_damage`: on ISNet at 1024
+    are ``modules()``, the items ``quantize`` takes grouped by module
+    (:func:`isnet.build_in.sixteen_bit.group_by_module`, the trunk's items each alone), ranked by :func:`rank_by_isolated_damage`: on ISNet at 1024
     single layers do not reach the error (keeping its 28 most damaging layers float left the maps
     0.42 off; docs/int8-isnet.md). Otherwise (U²-Netp's files name layers ``Conv_787``) the
     candidates are ``ranked_layers()``, the backend's layers by local error, re-ranked by
     :func:`rank_by_effect`.
     """
     if by_module:
-        return search_float_nodes(quantize, judge, lambda: group_by_module(layers(), node_of), progress,
+        return search_float_nodes(quantize, judge, modules, progress,
                                   rank=rank_by_isolated_damage, remedy=remedy, whole_model=True)
     return search_float_nodes(quantize, judge, ranked_layers, progress, remedy=remedy)
 

@@ -19,7 +19,7 @@ from isnet.build_in.int8_plan import (Int8Plan, float_tensor_nodes, graph_struct
                                      plan_outlier_channels)
 from isnet.build_in.layer_drift import float_candidates, measure_layer_drift
 from isnet.build_in.range_search import MSE_MAX_BINS
-from isnet.build_in.sixteen_bit import (convs_reading_float, named_by_module, node_outputs, quantized_activations,
+from isnet.build_in.sixteen_bit import (convs_reading_float, group_by_module, module_groups, named_by_module, node_outputs, quantized_activations,
                                         sixteen_bit_activations, sixteen_bit_overrides, sixteen_bit_weight_overrides,
                                         sixteen_bit_weights)
 from isnet.core import IsnetError
@@ -80,15 +80,14 @@ def _prepared_for_quantization(source: Path, work: Path) -> tuple[Path, str]:
     prepared = work / "prepared.onnx"
     attempts = (("symbolic", {}), ("symbolic, unproven dimensions merged", {"auto_merge": True}),
                 ("ONNX only", {"skip_symbolic_shape": True}))
-    for index, (label, options) in enumerate(attempts):
+    for label, options in attempts:
         try:
             with contextlib.redirect_stdout(io.StringIO()), contextlib.chdir(work):
                 quant_pre_process(str(source), str(prepared), **options)
             return prepared, label
         except Exception:  # noqa: BLE001 -- ORT's shape inference raises plain Exceptions; the last attempt's goes up
-            if index == len(attempts) - 1:
+            if options is attempts[-1][1]:
                 raise
-    raise AssertionError("unreachable")
 
 
 class _QdqBuild:
@@ -205,7 +204,6 @@ class _QdqBuild:
         """The budget search (:func:`isnet.build_in.budget.search_budget`); the passing model is left in
         ``target``. An integer-only build gives its candidates 16 bits, a CPU build keeps them float."""
         excluded = set(self.plan.excluded_nodes + self.plan.float_nodes)
-        producer = {output: node.name for node in self.graph.node for output in node.output}
         by_module = named_by_module([node.name for node in self.graph.node])
 
         def quantized_tensors() -> list[str]:
@@ -229,12 +227,12 @@ class _QdqBuild:
             return list(dict.fromkeys(group for group in groups if group))  # tensors joined by a ReLU share one
 
         if self.quant.integer_only:
-            result = search_budget(self.quantize, judge, self.progress, by_module=by_module, layers=quantized_tensors,
-                                   node_of=lambda tensor: producer.get(tensor, ""), ranked_layers=ranked_layers,
-                                   remedy=SIXTEEN_BIT)
+            result = search_budget(self.quantize, judge, self.progress, by_module=by_module,
+                                   modules=lambda: module_groups(self.graph, quantized_tensors()),
+                                   ranked_layers=ranked_layers, remedy=SIXTEEN_BIT)
         else:
-            result = search_budget(self.quantize, judge, self.progress, by_module=by_module, layers=quantized_nodes,
-                                   ranked_layers=ranked_layers)
+            result = search_budget(self.quantize, judge, self.progress, by_module=by_module,
+                                   modules=lambda: group_by_module(quantized_nodes()), ranked_layers=ranked_layers)
         self.plan.budget = judge.summary(result)
 
     def record(self) -> dict:

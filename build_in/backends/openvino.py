@@ -24,7 +24,7 @@ from isnet.build_in.calibration import CalibrationSource, compute_tensor_ranges
 from isnet.build_in.channel_ops import NNCF_QUANTIZATION_AGNOSTIC
 from isnet.build_in.config import BuildConfig, CalibrationMode, Precision, QuantType
 from isnet.build_in.int8_plan import Int8Plan, matching_nodes, plan_outlier_channels
-from isnet.build_in.sixteen_bit import named_by_module
+from isnet.build_in.sixteen_bit import group_by_module, named_by_module
 from isnet.core import IsnetError
 from isnet.core.logs import quiet_loggers
 
@@ -301,7 +301,7 @@ def _search_float_layers(quantized, float_weights: dict[str, np.ndarray], target
     layers = convolutions + [op.get_friendly_name() for op in _activation_fakequantizes(quantized)]
     started = time.perf_counter()
     result = search_budget(quantize, judge, progress, by_module=named_by_module(convolutions),
-                           layers=lambda: layers, ranked_layers=ranked_layers)
+                           modules=lambda: group_by_module(layers), ranked_layers=ranked_layers)
     return {**judge.summary(result), "search_seconds": round(time.perf_counter() - started, 1)}
 
 
