@@ -33,7 +33,7 @@ from pathlib import Path
 
 
 from isnet.build_in.imageio import encode_png, list_images
-from isnet.build_in.ops import map_to_uint8
+from isnet.build_in.ops import mask_from_output
 from isnet.core import atomic_path
 from isnet.runtime import load_model, profile_model, run_folder
 
@@ -80,7 +80,7 @@ def _sequential(model, images: list[Path], save_dir: Path) -> tuple[int, float]:
     for image in images:
         tensor, geometry = model.preprocessor.load(image)
         output = model.predict(tensor[None])[0, 0]
-        mask = map_to_uint8(model.preprocessor.restore(output, geometry))
+        mask = mask_from_output(output, geometry)
         with atomic_path(save_dir / f"{image.stem}.png") as tmp:
             encode_png(tmp, mask)
     return len(images), time.perf_counter() - start

@@ -9,11 +9,12 @@ from isnet.build_in.builder import BuildResult, build_artifact
 from isnet.build_in.config import (BackendType, BuildConfig, CalibrationMode, Precision, load_build_config,
                                    validate_build_config)
 from isnet.build_in.imageio import ImageDecodeError, decode_image, decode_mask, list_images
-from isnet.build_in.ops import DEFAULT_OPS, Geometry, Preprocessor, default_process_ops, map_to_uint8
+from isnet.build_in.ops import DEFAULT_OPS, Geometry, Preprocessor, default_process_ops, map_to_uint8, mask_from_output
 
 __all__ = [
     "Artifact", "BackendType", "BuildConfig", "BuildResult", "CalibrationMode", "DEFAULT_OPS", "Geometry",
     "ImageDecodeError", "Precision", "Preprocessor", "build_artifact", "decode_image", "decode_mask",
-    "default_process_ops", "is_artifact", "list_images", "load_build_config", "map_to_uint8", "open_artifact",
+    "default_process_ops", "is_artifact", "list_images", "load_build_config", "map_to_uint8", "mask_from_output",
+    "open_artifact",
     "read_build_info", "validate_build_config",
 ]

@@ -15,35 +15,34 @@ diverges: tried on U²-Netp, the maps' mean shift grew from 0.0004 to 0.015.)
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from isnet.build_in.layer_drift import session_with_outputs
 
 
-def _dequantized_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """{Conv node name: its weight as the quantized model computes with it} for Convs with quantized weights."""
-    initializers = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+def _dequantized_weights(model: onnx.ModelProto) -> Iterator[tuple[str, np.ndarray]]:
+    """(Conv node name, its weight as the quantized model computes with it) for each Conv with quantized
+    weights, one at a time (float64: the weights of a whole ISNet at once would be 350 MB)."""
+    initializers = {init.name: init for init in model.graph.initializer}
     dequantizers = {node.output[0]: node for node in model.graph.node if node.op_type == "DequantizeLinear"}
-    found = {}
     for node in model.graph.node:
         dq = dequantizers.get(node.input[1]) if node.op_type == "Conv" and node.name else None
         if dq is None or dq.input[0] not in initializers:
             continue
-        values = initializers[dq.input[0]].astype(np.float64)
-        scale = initializers[dq.input[1]].astype(np.float64)
-        zero = initializers[dq.input[2]].astype(np.float64) if len(dq.input) > 2 and dq.input[2] else 0.0
+        values = numpy_helper.to_array(initializers[dq.input[0]]).astype(np.float64)
+        scale = numpy_helper.to_array(initializers[dq.input[1]]).astype(np.float64)
+        zero = (numpy_helper.to_array(initializers[dq.input[2]]).astype(np.float64)
+                if len(dq.input) > 2 and dq.input[2] else 0.0)
         axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
         if np.ndim(scale):
             shape = [1] * values.ndim
             shape[axis] = -1
             scale = scale.reshape(shape)
             zero = np.reshape(zero, shape) if np.ndim(zero) else zero
-        found[node.name] = (values - zero) * scale
-    return found
+        yield node.name, (values - zero) * scale
 
 
 def conv_weight_error_shifts(reference: str | os.PathLike, quantized: str | os.PathLike,
@@ -54,35 +53,59 @@ def conv_weight_error_shifts(reference: str | os.PathLike, quantized: str | os.P
     (the weight rounding's), not what upstream layers pass on; correcting every layer at once then
     does not count a shift twice. Covers the Convs of ``quantized`` whose weights are quantized
     and whose float weights ``reference`` holds under the same node name.
+
+    The quantized model itself is the probe: beside each such Conv, a Conv with ``W_quantized - W``
+    and the per-channel mean of its output, which are the probe's only outputs. Each probe sits
+    right after its Conv, so its input is freed as it would be in inference.
     """
-    reference_model, quantized_model = onnx.load(str(reference)), onnx.load(str(quantized))
+    import onnxruntime as ort
+
+    from isnet.build_in.calibration import ARENA_PIXELS, input_pixels
+
+    reference_model = onnx.load(str(reference))
     float_weights = {node.name: node.input[1] for node in reference_model.graph.node if node.op_type == "Conv"}
     initializers = {init.name: init for init in reference_model.graph.initializer}
-    probe = onnx.ModelProto.FromString(quantized_model.SerializeToString())
+    probe = onnx.load(str(quantized))
     opset = next(o.version for o in probe.opset_import if o.domain in ("", "ai.onnx"))
+    convs = {node.name: node for node in probe.graph.node if node.op_type == "Conv"}
+    probes: dict[str, list] = {}
     outputs = {}
-    dequantized = _dequantized_weights(quantized_model)
-    for node in quantized_model.graph.node:
-        if node.name not in dequantized or float_weights.get(node.name) not in initializers:
+    for name, weight in _dequantized_weights(probe):
+        if float_weights.get(name) not in initializers:
             continue
-        error = dequantized[node.name] - numpy_helper.to_array(initializers[float_weights[node.name]])
-        error_name, conv_out, mean_out = (f"{node.name}/bias_correction/{part}" for part in ("dW", "conv", "mean"))
-        probe.graph.initializer.append(numpy_helper.from_array(error.astype(np.float32), error_name))
-        probe.graph.node.append(onnx.helper.make_node("Conv", [node.input[0], error_name], [conv_out],
-                                                      name=conv_out, **{a.name: onnx.helper.get_attribute_value(a)
-                                                                        for a in node.attribute}))
+        node = convs[name]
+        error = (weight - numpy_helper.to_array(initializers[float_weights[name]])).astype(np.float32)
+        error_name, conv_out, mean_out = (f"{name}/bias_correction/{part}" for part in ("dW", "conv", "mean"))
+        probe.graph.initializer.append(numpy_helper.from_array(error, error_name))
+        added = [onnx.helper.make_node("Conv", [node.input[0], error_name], [conv_out], name=conv_out,
+                                       **{a.name: onnx.helper.get_attribute_value(a) for a in node.attribute})]
         if opset >= 18:
-            axes = f"{node.name}/bias_correction/axes"
+            axes = f"{name}/bias_correction/axes"
             probe.graph.initializer.append(numpy_helper.from_array(np.array([0, 2, 3], np.int64), axes))
-            probe.graph.node.append(onnx.helper.make_node("ReduceMean", [conv_out, axes], [mean_out], name=mean_out,
-                                                          keepdims=0))
+            added.append(onnx.helper.make_node("ReduceMean", [conv_out, axes], [mean_out], name=mean_out, keepdims=0))
         else:
-            probe.graph.node.append(onnx.helper.make_node("ReduceMean", [conv_out], [mean_out], name=mean_out,
-                                                          axes=[0, 2, 3], keepdims=0))
-        outputs[node.name] = mean_out
+            added.append(onnx.helper.make_node("ReduceMean", [conv_out], [mean_out], name=mean_out,
+                                               axes=[0, 2, 3], keepdims=0))
+        probes[name] = added
+        outputs[name] = mean_out
+    del reference_model, initializers
     if not outputs:
         return {}
-    session = session_with_outputs(probe, outputs.values())
+    ordered = []
+    for node in probe.graph.node:
+        ordered.append(node)
+        ordered.extend(probes.get(node.name, ()))
+    del probe.graph.node[:]
+    probe.graph.node.extend(ordered)
+    del probe.graph.output[:]
+    probe.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+                              for name in outputs.values())
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    # As in calibration: past ARENA_PIXELS, allocating from the system keeps the peak down.
+    options.enable_cpu_mem_arena = input_pixels(probe) <= ARENA_PIXELS
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    del probe
     names = list(outputs)
     totals: dict[str, np.ndarray] = {}
     count = 0

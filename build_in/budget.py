@@ -34,7 +34,7 @@ import numpy as np
 from isnet.build_in.config import BuildConfig
 from isnet.build_in.difference import DifferenceAccumulator
 from isnet.build_in.imageio import decode_mask, pair_images_with_masks
-from isnet.build_in.ops import Preprocessor, map_to_uint8
+from isnet.build_in.ops import mask_from_output
 from isnet.core import IsnetError
 
 # (masks as uint8 at their image's size, GT masks) -> {"mae": ..., "sm": ..., "maxfmeasure": ...}
@@ -148,7 +148,7 @@ class DriftJudge:
     @staticmethod
     def mask_of(output: np.ndarray, geometry) -> np.ndarray:
         """A model output (1, 1, H, W) as the uint8 mask ``isnet run`` saves (at the image's size)."""
-        return map_to_uint8(Preprocessor.restore(output[0, 0], geometry))
+        return mask_from_output(output[0, 0], geometry)
 
     def inputs(self, count: int) -> list[np.ndarray]:
         """The first ``count`` validation inputs, pre-processed; kept, since the ranking probes reuse them."""
@@ -391,9 +391,7 @@ def _unreachable(judge: DriftJudge, check: BudgetCheck, count: int, remedy: str 
 def describe_budget(record: dict) -> str:
     """One line for a ``build.json`` budget record (``backend_details.plan.budget``)."""
     drift = ", ".join(f"{key} {record['drift'][key]:.4f} (<= {bound:g})" for key, bound in record["bounds"].items())
-    if "trials" not in record:  # an OpenVINO artifact built before 2026-12-04: NNCF's accuracy control
-        how = f"{record.get('method', 'accuracy control')} took {record.get('accuracy_control_seconds', 0):.0f} s"
-    elif record.get("sixteen_bit_tensors"):
+    if record.get("sixteen_bit_tensors"):
         how = f"gave {len(record['sixteen_bit_tensors'])} tensors 16 bits; {len(record['trials'])} trials"
     elif record.get("float_nodes"):
         how = (f"kept {len(record['float_nodes'])} more nodes in float (estimated speed cost "

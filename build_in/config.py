@@ -19,6 +19,7 @@ from isnet.build_in.imageio import list_images, parse_suffixes
 from isnet.build_in.ops import Preprocessor, default_process_ops, resolve_process_ops
 from isnet.build_in.source_model import OutputActivation, Upcast, read_onnx_signature
 from isnet.core import IsnetError, apply_overrides, bounded, internal, load_dataclass, read_yaml_mapping, to_plain
+from isnet.core.defaults import OPSET
 
 
 class FrontendType(str, enum.Enum):
@@ -42,6 +43,13 @@ class Precision(str, enum.Enum):
     FP16 = "fp16"
     BF16 = "bf16"
     INT8 = "int8"
+
+
+class PerformanceHint(str, enum.Enum):
+    """What an OpenVINO build is tuned for: one picture at a time, or many in flight (batch jobs)."""
+
+    LATENCY = "latency"
+    THROUGHPUT = "throughput"
 
 
 class CalibrationMode(str, enum.Enum):
@@ -75,9 +83,9 @@ class FrontendConfig:
     checkpoint: Path
     shape: tuple[int, ...] | Mapping[str, tuple[int, ...]] | None = None
     type: FrontendType = FrontendType.ONNX
-    dtype: str = "fp32"
+    dtype: Precision = Precision.FP32  # of the source model's weights: isnet reads fp32 (fp16 files are upcast)
     arch: str | None = None
-    opset: int = 17
+    opset: int = OPSET
     output: int | str = 0
     output_activation: OutputActivation = OutputActivation.AUTO
     upcast: Upcast = Upcast.AUTO
@@ -161,7 +169,7 @@ class BackendConfig:
     dtype: Precision = Precision.FP32
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     keep_io_types: bool = True
-    performance_hint: str = "LATENCY"
+    performance_hint: PerformanceHint = PerformanceHint.LATENCY  # OpenVINO only
 
 
 @dataclass(frozen=True)
@@ -303,8 +311,9 @@ def _resolve_input(config: BuildConfig, source: str) -> tuple[str, tuple[int, ..
         raise fail("name", f"must be a plain folder name, got '{config.name}'")
     if not front.checkpoint.is_file():
         raise fail("frontend.checkpoint", f"file not found: {front.checkpoint}")
-    if front.dtype != "fp32":
-        raise fail("frontend.dtype", f"only fp32 source models are supported, got '{front.dtype}'")
+    if front.dtype is not Precision.FP32:
+        raise fail("frontend.dtype", f"only fp32 source models are supported, got '{front.dtype.value}' "
+                                     "(an fp16 ONNX file is upcast: see frontend.upcast)")
     if front.type is FrontendType.ONNX:
         try:
             signature = read_onnx_signature(front.checkpoint)
@@ -350,6 +359,24 @@ def _resolve_input(config: BuildConfig, source: str) -> tuple[str, tuple[int, ..
     return name, (1, 3, *hw)
 
 
+def _refuse_ignored_keys(config: BuildConfig, fail) -> None:
+    """Keys that the build's backend or precision would not read: refused, not silently dropped."""
+    backend = config.backend
+    if config.frontend.type is FrontendType.ONNX and config.frontend.opset != OPSET:
+        raise fail("frontend.opset", f"the opset a PyTorch checkpoint is exported to; an ONNX source keeps its own "
+                                     f"(older ones are converted to {OPSET})")
+    if backend.performance_hint is not PerformanceHint.LATENCY and backend.type is not BackendType.OPENVINO:
+        raise fail("backend.performance_hint", f"an OpenVINO setting; {backend.type.value} builds do not read it")
+    if not backend.keep_io_types and (backend.type is not BackendType.ONNXRUNTIME or backend.dtype is not Precision.FP16):
+        raise fail("backend.keep_io_types", "only ONNX Runtime fp16 builds read it (the others keep fp32 inputs "
+                                            "and outputs)")
+    if backend.dtype is not Precision.INT8 and backend.quantize != QuantizeConfig():
+        changed = next(f.name for f in dataclasses.fields(QuantizeConfig)
+                       if getattr(backend.quantize, f.name) != getattr(QuantizeConfig(), f.name))
+        raise fail(f"backend.quantize.{changed}", f"quantization settings apply to int8 builds; this one is "
+                                                  f"{backend.dtype.value} (remove backend.quantize)")
+
+
 def _check_semantics(config: BuildConfig, source: str) -> None:
     def fail(key: str, message: str) -> IsnetError:
         return IsnetError(f"{source}: {key}: {message}")
@@ -372,6 +399,7 @@ def _check_semantics(config: BuildConfig, source: str) -> None:
     if tuple(size) != tuple(shape[2:]):
         raise fail("dataset.process_ops", f"Resize.size {list(size)} does not match the model's input "
                                           f"{list(shape)} (H, W = {list(shape[2:])})")
+    _refuse_ignored_keys(config, fail)
     if config.backend.type is not BackendType.ONNXRUNTIME:
         for key in ("activations_16bit", "integer_only"):
             if getattr(quant, key):

@@ -254,8 +254,8 @@ def artifact_reference(model_dir: str | os.PathLike, images: Sequence[str | os.P
     if reference is None:
         source = Path(info["source"]["path"])
         if not source.is_file() or source.suffix.lower() != ".onnx":
-            raise IsnetError(f"{model_dir}: its source model {source} is gone or not an ONNX file; give --reference "
-                             "(an fp32 artifact or ONNX file)")
+            raise IsnetError(f"{model_dir}: its source model {source} is gone or not an ONNX file; give a reference "
+                             "model (an fp32 artifact or ONNX file)")
         frontend = info["config"]["frontend"]
         height, width = info["input"]["shape"][2:]
         samples = (inputs * 2)[:2]
@@ -267,7 +267,7 @@ def artifact_reference(model_dir: str | os.PathLike, images: Sequence[str | os.P
         reference = Path(reference) / read_build_info(reference)["model_file"]
     reference = Path(reference)
     if not reference.is_file():
-        raise IsnetError(f"--reference: no such file or artifact: {reference}")
+        raise IsnetError(f"reference model: no such file or artifact: {reference}")
     return reference, Path(model_dir) / info["model_file"], inputs
 
 

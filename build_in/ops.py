@@ -26,6 +26,7 @@ import numpy as np
 
 from isnet.build_in.imageio import decode_image
 from isnet.core import IsnetError, did_you_mean
+from isnet.core.defaults import INPUT_SIZE
 
 INTERPOLATIONS = {
     "nearest": cv2.INTER_NEAREST,
@@ -87,7 +88,7 @@ class Resize(Op):
     """Resize to ``size`` = [height, width]; ``keep_ratio`` fits inside it and pads (top-left)."""
 
     type: ClassVar[str] = "Resize"
-    size: tuple[int, int] = (320, 320)
+    size: tuple[int, int] = INPUT_SIZE
     interpolation: str = "bilinear"
     keep_ratio: bool = False
     pad_value: float = 0.0
@@ -188,7 +189,7 @@ class ToTensor(Op):
 
 OPS: dict[str, type[Op]] = {cls.type: cls for cls in (DecodeImage, Resize, CvtColor, Normalize, ToTensor)}
 
-def default_process_ops(size: Sequence[int] = (320, 320)) -> tuple[Mapping, ...]:
+def default_process_ops(size: Sequence[int] = INPUT_SIZE) -> tuple[Mapping, ...]:
     """The reference recipe's pre-processing at ``size`` (height, width), as an immutable op list.
 
     RGB, bilinear resize, ``(x / 255 - 0.5) / 1.0`` (ISNET.md): what the official models were
@@ -393,6 +394,15 @@ class Preprocessor:
         if content.shape == (oh, ow):
             return np.ascontiguousarray(content, dtype=np.float32)
         return cv2.resize(np.ascontiguousarray(content, dtype=np.float32), (ow, oh), interpolation=cv2.INTER_LINEAR)
+
+
+def mask_from_output(output_map: np.ndarray, geometry: Geometry, min_max: bool = False) -> np.ndarray:
+    """The 8-bit mask of a model's (H, W) output map at its picture's size: what ``isnet run`` writes.
+
+    Every path from an output to a mask (run, npz, serve, profile, the budget's judge, training
+    validation) goes through here, so they agree to the byte.
+    """
+    return map_to_uint8(Preprocessor.restore(output_map, geometry), min_max=min_max)
 
 
 def map_to_uint8(saliency: np.ndarray, min_max: bool = False) -> np.ndarray:

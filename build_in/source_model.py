@@ -33,9 +33,10 @@ import numpy as np
 from isnet.build_in.input_size import resizes_follow_input
 from isnet.build_in.upcast import HALF_TYPES, UpcastReport, computes_in_half, fp32_from_half
 from isnet.core import IsnetError, first_line
+from isnet.core.defaults import OPSET
 from isnet.export.onnx_graph import constant_values, names_read
 
-TARGET_OPSET = 17
+TARGET_OPSET = OPSET
 # |batched - single| above this (relative and absolute) means the graph does not really take a dynamic batch.
 _BATCH_TOLERANCE = 1e-4
 # A probability map may leave [0, 1] by float rounding only.

@@ -54,8 +54,9 @@ def retain_freed_memory() -> bool:
     500-image folder spent 1.4 of its 4.8 s in the kernel that way (``isnet eval``, 2026-12-02;
     ``bench/README.md``); with freed memory kept, 0.1 s. The price is freed memory held by the
     process: up to 256 MB per glibc arena (one for the main thread, more with threads that allocate).
-    The setting is process-wide and stays on. Returns whether the setting took (glibc only; elsewhere it does nothing).
-    Forked worker processes inherit it.
+    The setting is process-wide and stays on: the ``isnet eval`` command sets it (library code leaves
+    it alone). Returns whether the setting took (glibc only; elsewhere it does nothing). Forked
+    worker processes inherit it.
     """
     global _done
     if _done:

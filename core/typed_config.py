@@ -62,7 +62,7 @@ def apply_overrides(data: dict, overrides: Sequence[str | tuple[str, object]]) -
             path, value = item
         else:
             if "=" not in item:
-                raise IsnetError(f"--set expects key.path=value, got '{item}'")
+                raise IsnetError(f"an override is key.path=value, got '{item}'")
             path, raw = item.split("=", 1)
             try:
                 value = yaml.safe_load(raw)
@@ -70,7 +70,7 @@ def apply_overrides(data: dict, overrides: Sequence[str | tuple[str, object]]) -
                 value = raw
         keys = [k for k in path.strip().split(".") if k]
         if not keys:
-            raise IsnetError(f"--set expects key.path=value, got '{item}'")
+            raise IsnetError(f"an override is key.path=value, got '{item}'")
         node = data
         for k in keys[:-1]:
             if not isinstance(node.get(k), dict):
@@ -224,10 +224,7 @@ class _Loader:
         hints = typing.get_type_hints(cls)
         fields = {f.name: f for f in dataclasses.fields(cls) if not _is_internal(f)}
         prefix = f"{key}." if key else ""
-        renamed = getattr(cls, "RENAMED_KEYS", {})
         for name in data:
-            if name in renamed:
-                raise self.fail(f"{prefix}{name}", f"renamed to '{renamed[name]}' in this release")
             if name not in fields:
                 raise self.fail(f"{prefix}{name}", f"unknown key{did_you_mean(str(name), fields)}; "
                                                    f"valid keys: {', '.join(fields)}")

@@ -11,11 +11,13 @@ import math
 import multiprocessing
 import os
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from isnet.core.memory import retain_freed_memory
 from isnet.eval._evaluator import METRIC_NAMES, EvalResult, SaliencyEvaluator, check_metric_names
 from isnet.eval._inputs import EvalTask, plan_from_folders, plan_from_json, read_pair
+
+# progress(stage, advance, total), as the command layer's progress bars take it.
+Progress = Callable[[str, int, int], None]
 
 Results = dict[str, dict[str, EvalResult]]
 
@@ -50,17 +52,14 @@ def _chunks(tasks: Sequence[EvalTask], num_workers: int) -> Iterator[tuple[int, 
 
 
 def evaluate_tasks(tasks: Sequence[EvalTask], *, metric_names: Iterable[str] = METRIC_NAMES,
-                   num_workers: int = 1, progress: bool = False) -> Results:
+                   num_workers: int = 1, progress: Progress | None = None) -> Results:
     """Score every task; returns ``{dataset: {method: EvalResult}}`` in task order.
 
     ``num_workers`` > 1 spreads the images over that many processes (same numbers as one).
-    ``progress`` shows one progress bar per method and dataset on an interactive stderr.
-    A file that cannot be read stops everything with an :class:`IsnetError` naming it.
+    ``progress(stage, advance, total)`` is called as images are scored, with ``"<dataset> | <method>"``
+    as the stage. A file that cannot be read stops everything with an :class:`IsnetError` naming it.
     """
-    from tqdm import tqdm
-
     names = check_metric_names(metric_names)
-    retain_freed_memory()  # every image allocates the same large arrays; see isnet.core.memory
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
     evaluators = [SaliencyEvaluator(names) for _ in tasks]
@@ -72,24 +71,15 @@ def evaluate_tasks(tasks: Sequence[EvalTask], *, metric_names: Iterable[str] = M
         measured = pool.imap(_measure_chunk, ((names, pairs) for _, pairs in jobs))
     else:
         measured = map(_measure_chunk, ((names, pairs) for _, pairs in jobs))
-    bar, bar_task = None, None
     try:
         for (index, pairs), records in zip(jobs, measured):
-            if bar_task != index:
-                if bar is not None:
-                    bar.close()
-                task = tasks[index]
-                bar = tqdm(total=len(task.pairs), desc=f"{task.dataset} | {task.method}", unit="img",
-                           leave=False, disable=None if progress else True)
-                bar_task = index
             for (name, _, _), (record, was_resized) in zip(pairs, records):
                 evaluators[index]._add(record)
                 if was_resized:
                     resized[index].append(name)
-            bar.update(len(pairs))
+            if progress is not None:
+                progress(f"{tasks[index].dataset} | {tasks[index].method}", len(pairs), len(tasks[index].pairs))
     finally:
-        if bar is not None:
-            bar.close()
         if pool is not None:
             pool.terminate()
             pool.join()
@@ -104,7 +94,7 @@ def evaluate_tasks(tasks: Sequence[EvalTask], *, metric_names: Iterable[str] = M
 
 def evaluate_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, names: Iterable[str] | None = None, *,
                      metric_names: Iterable[str] = METRIC_NAMES, allow_missing: bool = False,
-                     num_workers: int = 1, progress: bool = False) -> EvalResult:
+                     num_workers: int = 1, progress: Progress | None = None) -> EvalResult:
     """Score a folder of predictions against a folder of GT masks, paired by file stem.
 
     ``names`` restricts the evaluation to those GT names. Returns the :class:`EvalResult` with the
@@ -120,7 +110,7 @@ def evaluate_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, nam
 def evaluate_json(dataset_json: str | os.PathLike, method_jsons: Sequence[str | os.PathLike], *,
                   include_datasets: Sequence[str] | None = None, include_methods: Sequence[str] | None = None,
                   metric_names: Iterable[str] = METRIC_NAMES, allow_missing: bool = False,
-                  num_workers: int = 1, progress: bool = False) -> Results:
+                  num_workers: int = 1, progress: Progress | None = None) -> Results:
     """Score the methods of PySODEvalToolkit method JSONs on the datasets of a dataset JSON."""
     tasks = plan_from_json(dataset_json, method_jsons, include_datasets=include_datasets,
                            include_methods=include_methods, allow_missing=allow_missing)

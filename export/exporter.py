@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from isnet.core import IsnetError, atomic_path, first_line
+from isnet.core.defaults import OPSET
 from isnet.core.logs import quiet_loggers
 from isnet.export.model import ISNet, count_macs
 from isnet.export.weights import build_isnet
@@ -44,7 +45,7 @@ class ExportRequest:
     formats: tuple[str, ...] = ("onnx", "torchscript")
     seed: int = 0
     arch: str | None = None
-    opset: int = 17
+    opset: int = OPSET
     static: bool = False
     simplify: bool = True
 
@@ -72,12 +73,12 @@ _EXPORTER_CHATTER = ("torch.onnx._internal.exporter._registration", "torch.onnx.
 def _validate(request: ExportRequest) -> None:
     h, w = request.size
     if h <= 0 or w <= 0:
-        raise IsnetError(f"--size must be two positive integers (height width), got {h} {w}")
+        raise IsnetError(f"size must be two positive integers (height width), got {h} {w}")
     unknown = [f for f in request.formats if f not in FORMATS]
     if unknown or not request.formats:
         raise IsnetError(f"unknown format(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(FORMATS)}")
     if not request.name or "/" in request.name or request.name.startswith("."):
-        raise IsnetError(f"--name must be a plain file name, got '{request.name}'")
+        raise IsnetError(f"name must be a plain file name, got '{request.name}'")
     out = Path(request.output_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)

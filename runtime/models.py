@@ -27,8 +27,7 @@ from isnet.build_in.artifact import BUILD_JSON, is_artifact, open_artifact
 from isnet.build_in.ops import Preprocessor, default_process_ops, resolve_process_ops, with_input_size
 from isnet.build_in.runner import Runner
 from isnet.core import IsnetError, first_line
-
-DEFAULT_SIZE = (320, 320)
+from isnet.core.defaults import INPUT_SIZE as DEFAULT_SIZE
 
 
 class ModelKind(str, enum.Enum):
@@ -137,7 +136,7 @@ def _check_size(size) -> tuple[int, int] | None:
     if size is None:
         return None
     if len(size) != 2 or any(int(s) <= 0 for s in size):
-        raise IsnetError(f"--size must be two positive integers (height width), got {list(size)}")
+        raise IsnetError(f"size must be two positive integers (height width), got {list(size)}")
     return int(size[0]), int(size[1])
 
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from isnet.build_in.difference import DifferenceAccumulator, OutputDifference
 from isnet.build_in.imageio import IMAGE_SUFFIXES, decode_image, encode_png, list_images
-from isnet.build_in.ops import Geometry, Preprocessor, Resize, map_to_uint8
+from isnet.build_in.ops import Geometry, Resize, mask_from_output
 from isnet.core import IsnetError, atomic_path, write_text_atomic
 from isnet.runtime.models import LoadedModel
 from isnet.runtime.pipeline import OrderedSink, default_io_threads, ordered_map, predict_batches
@@ -135,7 +135,7 @@ def run_npz(model: LoadedModel, datalist: str | os.PathLike, output_dir: str | o
     in datalist order.
     """
     if batch < 1:
-        raise IsnetError(f"--batch must be at least 1, got {batch}")
+        raise IsnetError(f"batch must be at least 1, got {batch}")
     entries = read_datalist(datalist)
     names = datalist_names(entries)
     output_dir = Path(output_dir)
@@ -169,7 +169,7 @@ def _source_image(image_dir: Path, name: str) -> Path:
                    if entry.is_file() and entry.stem == relative.name
                    and entry.suffix.lower().lstrip(".") in IMAGE_SUFFIXES]
     if not matches:
-        raise IsnetError(f"no source image named '{relative.name}.*' in {folder} (for --image-dir)")
+        raise IsnetError(f"no source image named '{relative.name}.*' in {folder}")
     if len(matches) > 1:
         raise IsnetError(f"several source images named '{relative.name}' in {folder}: "
                          f"{', '.join(m.name for m in matches)}")
@@ -211,7 +211,7 @@ def png_from_npz(datalist: str | os.PathLike, npz_dir: str | os.PathLike, output
             original_hw = decode_image(_source_image(src, name)).shape[:2]
         else:
             original_hw = (box[2], box[3])
-        mask = map_to_uint8(Preprocessor.restore(saliency, Geometry(original_hw, box)), min_max=min_max)
+        mask = mask_from_output(saliency, Geometry(original_hw, box), min_max=min_max)
         target = output_dir / f"{name}.png"
         with atomic_path(target) as tmp:
             encode_png(tmp, mask)

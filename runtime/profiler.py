@@ -32,7 +32,7 @@ import numpy as np
 
 from isnet.build_in.artifact import is_artifact, read_build_info
 from isnet.build_in.imageio import list_images
-from isnet.build_in.ops import map_to_uint8
+from isnet.build_in.ops import mask_from_output
 from isnet.core import IsnetError
 from isnet.runtime.models import LoadedModel, ModelKind, load_model, model_kind
 from isnet.runtime.synthetic import write_synthetic_photos
@@ -243,7 +243,7 @@ def _open_instances(path, instances: int, threads: int | None, size, hint: str |
 
         return [_Instance(model, threads)], calls
     if probe_options:
-        raise IsnetError(f"{path}: --hint applies to OpenVINO artifacts only")
+        raise IsnetError(f"{path}: a performance hint applies to OpenVINO artifacts only")
     threads = _instance_threads(instances, threads)
     models = [load_model(path, threads=threads, size=size, preprocess=preprocess) for _ in range(instances)]
     return [_Instance(m, threads) for m in models], lambda batch: [m.predict for m in models]
@@ -263,11 +263,11 @@ def profile_model(path: str | os.PathLike, batches: Sequence[int] = (1,), instan
     OpenVINO artifact uses its recorded hint with one instance and THROUGHPUT with several.
     """
     if (iterations is None) == (duration is None):
-        raise IsnetError("give either --iterations or --duration")
+        raise IsnetError("give either a number of iterations or a duration")
     if iterations is not None and iterations < 1 or duration is not None and duration <= 0:
-        raise IsnetError("--iterations and --duration must be positive")
+        raise IsnetError("iterations and duration must be positive")
     if instances < 1 or warmup < 0 or not batches or any(b < 1 for b in batches):
-        raise IsnetError("--instances and --batch values must be positive, --warmup non-negative")
+        raise IsnetError("instances and batch sizes must be positive, warm-up calls non-negative")
     models, calls = _open_instances(path, instances, threads, size, hint, preprocess)
     threads = models[0].threads_used
     first = models[0].model
@@ -303,7 +303,7 @@ def profile_model(path: str | os.PathLike, batches: Sequence[int] = (1,), instan
                     loaded = [model.preprocessor.load(file) for file in files]
                     outputs = infer_calls[instance](np.stack([tensor for tensor, _ in loaded]))
                     for (_, geometry), output in zip(loaded, outputs):
-                        mask = map_to_uint8(model.preprocessor.restore(output[0], geometry))
+                        mask = mask_from_output(output[0], geometry)
                         cv2.imencode(".png", mask)
                     return batch
 
@@ -356,13 +356,13 @@ def profile_models(paths: Sequence[str | os.PathLike], size: tuple[int, int] | N
     """
     kinds = [model_kind(path) for path in paths]
     if (size is not None or preprocess is not None) and all(kind is ModelKind.ARTIFACT for kind in kinds):
-        raise IsnetError("--size and --preprocess are for models without build.json; artifacts carry their own "
-                         "pre-processing (drop them)")
+        raise IsnetError("an input size and pre-processing are for models without build.json; artifacts carry "
+                         "their own pre-processing (drop them)")
     hint = options.pop("hint", None)
     openvino = [kind is ModelKind.ARTIFACT and read_build_info(path)["backend"] == "openvino"
                 for path, kind in zip(paths, kinds)]
     if hint and not any(openvino):
-        raise IsnetError("--hint is the OpenVINO performance hint; none of the models is an OpenVINO artifact")
+        raise IsnetError("a performance hint is OpenVINO's; none of the models is an OpenVINO artifact")
     records = []
     for path, kind, is_openvino in zip(paths, kinds, openvino):
         bare = kind is not ModelKind.ARTIFACT

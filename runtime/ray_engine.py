@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import socket
 import time
 import warnings
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from isnet.core import IsnetError, atomic_temp_target, first_line
+from isnet.core import IsnetError, atomic_temp_target
 from isnet.runtime.stream import Item, StreamResult, finish_run, plan_folder, process_items
 
 # Images per map_batches call: the unit Ray schedules, retries after a failure and reports back.
@@ -43,7 +42,7 @@ def _import_ray():
         import ray
         import ray.data  # noqa: F401
     except ImportError:
-        raise IsnetError("--engine ray needs the ray extra: pip install 'isnet[ray]'") from None
+        raise IsnetError("the Ray engine needs the ray extra: pip install 'isnet[ray]'") from None
     return ray
 
 
@@ -54,23 +53,37 @@ class MaskWriter:
                  output_dir: str, batch: int, min_max: bool):
         from isnet.runtime.models import load_model
 
-        self.model = load_model(model, threads=threads, **load_options)
+        # A refusal raised here (or in a batch) reaches the driver only as text; it goes back as the
+        # "refusal" column of every batch instead, which the driver raises as the IsnetError it is.
+        self.model, self.refusal = None, None
+        try:
+            self.model = load_model(model, threads=threads, **load_options)
+        except IsnetError as exc:
+            self.refusal = exc
         self.image_dir, self.output_dir = Path(image_dir), Path(output_dir)
         self.io_threads, self.batch, self.min_max = io_threads, batch, min_max
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import ray
+
+        node = ray.get_runtime_context().get_node_id()
+        if self.refusal is not None:
+            count = len(rows["relative"])
+            return {"relative": rows["relative"], "error": np.array([""] * count, dtype=object),
+                    "node": np.array([node] * count, dtype=object), "model": np.array([""] * count, dtype=object),
+                    "sigmoid": np.zeros(count, dtype=bool),
+                    "refusal": np.array([str(self.refusal)] * count, dtype=object)}
         items = [Item(str(relative), str(mask)) for relative, mask in zip(rows["relative"], rows["mask"])]
         finished = list(process_items(self.model, self.image_dir, self.output_dir, items, self.batch,
                                       self.min_max, io_threads=self.io_threads))
-        import ray
-
         count = len(finished)
         return {"relative": np.array([item.relative for item in finished], dtype=object),
                 "error": np.array([item.error or "" for item in finished], dtype=object),
-                "node": np.array([ray.get_runtime_context().get_node_id()] * count, dtype=object),
+                "node": np.array([node] * count, dtype=object),
                 # What the command says of the model, as the local engine does after loading it.
                 "model": np.array([self.model.name] * count, dtype=object),
-                "sigmoid": np.array([self.model.apply_sigmoid] * count, dtype=bool)}
+                "sigmoid": np.array([self.model.apply_sigmoid] * count, dtype=bool),
+                "refusal": np.array([""] * count, dtype=object)}
 
 
 def _check_address(address: str | None) -> None:
@@ -137,10 +150,10 @@ def _sweep_temporary_masks(output_dir: Path, items: list[Item]) -> int:
     return removed
 
 
-def _one_line(exc: BaseException, ray) -> IsnetError:
+def _one_line(exc: BaseException, ray) -> IsnetError | None:
     """A worker's failure as the one-line error the command prints: an IsnetError raised in an actor
-    (a model its node cannot open, say) keeps its message; a worker that kept dying is said so;
-    anything else is named by its first line."""
+    (a model its node cannot open, say) keeps its message; a worker that kept dying is said so.
+    Anything else is not the user's to fix and goes up as it is (None)."""
     chain, seen = [], exc
     while seen is not None:
         chain.append(seen)
@@ -148,11 +161,6 @@ def _one_line(exc: BaseException, ray) -> IsnetError:
     for error in chain:
         if isinstance(error, IsnetError):
             return IsnetError(f"a Ray worker failed: {error}")
-    # An actor that died in its constructor reaches the driver as text: its error is one of the lines.
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
-    for line in text.splitlines():
-        if "IsnetError: " in line:
-            return IsnetError(f"a Ray worker failed: {line.split('IsnetError: ', 1)[1]}")
     died = next((error for error in chain if isinstance(error, ray.exceptions.RayActorError)), None)
     if died is not None:
         where = ("while loading the model" if getattr(died, "actor_init_failed", False)
@@ -160,7 +168,7 @@ def _one_line(exc: BaseException, ray) -> IsnetError:
         return IsnetError(f"a Ray worker process died {where} (a crash in native code, or out of memory: "
                           "the workers' logs are in Ray's session folder); the masks written so far are "
                           "complete, --resume keeps them")
-    return IsnetError(f"a Ray worker failed: {first_line(Exception(text))}")
+    return None
 
 
 def run_folder_on_ray(model: str | os.PathLike, image_dir: str | os.PathLike, output_dir: str | os.PathLike,
@@ -178,7 +186,7 @@ def run_folder_on_ray(model: str | os.PathLike, image_dir: str | os.PathLike, ou
     threads_per_actor = threads_per_actor or THREADS_PER_ACTOR
     io_threads = io_threads or min(4, threads_per_actor)
     if batch < 1 or threads_per_actor < 1 or io_threads < 1 or (actors is not None and actors < 1):
-        raise IsnetError("--batch, --actors, --threads-per-actor and --io-threads must be at least 1")
+        raise IsnetError("batch, actors, threads_per_actor and io_threads must be at least 1")
     ray = _import_ray()
     from isnet.runtime.models import model_kind
 
@@ -227,6 +235,9 @@ def run_folder_on_ray(model: str | os.PathLike, image_dir: str | os.PathLike, ou
                                            "batch": batch, "min_max": min_max})
             try:
                 for rows in written.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
+                    refusal = next((str(text) for text in rows["refusal"] if text), None)
+                    if refusal is not None:
+                        raise IsnetError(f"a Ray worker failed: {refusal}")
                     if on_model is not None and not model_told and len(rows["model"]):
                         on_model(str(rows["model"][0]), bool(rows["sigmoid"][0]))
                         model_told = True
@@ -239,7 +250,10 @@ def run_folder_on_ray(model: str | os.PathLike, image_dir: str | os.PathLike, ou
                     if progress is not None:
                         progress(len(rows["relative"]), to_process)
             except ray.exceptions.RayError as exc:
-                raise _one_line(exc, ray) from None
+                refusal = _one_line(exc, ray)
+                if refusal is None:
+                    raise
+                raise refusal from None
     finally:
         if started_here:
             ray.shutdown()

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from isnet.build_in.imageio import ImageDecodeError, encode_png, list_images, parse_suffixes
-from isnet.build_in.ops import Geometry, map_to_uint8
+from isnet.build_in.ops import Geometry, mask_from_output
 from isnet.core import IsnetError, atomic_path, write_text_atomic
 from isnet.runtime.models import LoadedModel
 from isnet.runtime.pipeline import OrderedSink, default_io_threads, ordered_map, predict_batches
@@ -133,7 +133,7 @@ def run_folder(model: LoadedModel, image_dir: str | os.PathLike, output_dir: str
     Returns the counts; an unexpected error in any stage is raised.
     """
     if batch < 1:
-        raise IsnetError(f"--batch must be at least 1, got {batch}")
+        raise IsnetError(f"batch must be at least 1, got {batch}")
     image_dir, output_dir = Path(image_dir), Path(output_dir)
     total, plan = plan_folder(image_dir, output_dir, suffixes, resume)
     to_process = len(plan.todo) + len(plan.failures)
@@ -159,14 +159,14 @@ def plan_folder(image_dir: Path, output_dir: Path, suffixes: str | None, resume:
     folder): (number of images, the plan). Shared by every engine, so that names never depend on it."""
     suffix_list = parse_suffixes(suffixes)
     if output_dir.resolve() == image_dir.resolve():
-        raise IsnetError(f"--output-dir must differ from --image-dir ({image_dir}); masks would mix with images")
+        raise IsnetError(f"the output folder must differ from the image folder ({image_dir}); masks would mix with images")
     if output_dir.exists() and not output_dir.is_dir():
-        raise IsnetError(f"--output-dir {output_dir} is a file; name a folder")
+        raise IsnetError(f"the output folder {output_dir} is a file; name a folder")
     total, plan = _plan(image_dir, output_dir, suffix_list, resume)
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise IsnetError(f"cannot create --output-dir {output_dir}: {exc.strerror or exc}") from None
+        raise IsnetError(f"cannot create the output folder {output_dir}: {exc.strerror or exc}") from None
     return total, plan
 
 
@@ -189,7 +189,7 @@ def process_items(model: LoadedModel, image_dir: Path, output_dir: Path, items: 
         return item
 
     def save(item: Item, output_map: np.ndarray) -> Item:
-        mask = map_to_uint8(preprocessor.restore(output_map, item.geometry), min_max=min_max)
+        mask = mask_from_output(output_map, item.geometry, min_max=min_max)
         with atomic_path(output_dir / item.mask) as tmp:
             encode_png(tmp, mask)
         if item.relative in keep_maps:

@@ -5,9 +5,6 @@
 - ``--size H W``: the model's input size (height, width).
 - ``--workers N``: worker *processes*; ``--io-threads N``: decode/save *threads* beside inference;
   ``--threads N``: intra-op threads of the inference library.
-
-Spellings used by earlier releases stay for one release as hidden aliases (:func:`add_renamed`):
-they still work, and the command prints a note naming the new flag.
 """
 
 from __future__ import annotations
@@ -15,9 +12,7 @@ from __future__ import annotations
 import argparse
 import math
 
-# Where the notes of renamed flags are collected on the parsed namespace (the CLI prints them).
-RENAMED_NOTES = "_renamed_flag_notes"
-
+from isnet.core.defaults import INPUT_SIZE
 
 def _number(text: str, kind: type, minimum: float, inclusive: bool, what: str):
     try:
@@ -49,61 +44,6 @@ def non_negative_float(text: str) -> float:
     return _number(text, float, 0.0, True, "a number >= 0")
 
 
-def positive_int_list(text: str) -> list[int]:
-    """argparse type: comma-separated positive integers, e.g. ``1,2,4``."""
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        values = []
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got '{text}'")
-    return values
-
-
-class _RenamedFlag(argparse.Action):
-    """A hidden old spelling: stores into the new flag's destination and leaves a note."""
-
-    def __init__(self, option_strings, dest, new_flag: str, **kwargs):
-        self.new_flag = new_flag
-        super().__init__(option_strings, dest, **kwargs)
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, values if self.nargs != 0 else True)
-        notes = getattr(namespace, RENAMED_NOTES, None) or []
-        notes.append(f"{option_string} is now {self.new_flag}; the old spelling goes away in the next release")
-        setattr(namespace, RENAMED_NOTES, notes)
-
-
-def add_renamed(parser, old: str, new_action: argparse.Action) -> None:
-    """Accept ``old`` as a hidden alias of an existing flag (same type and arity), with a note when used."""
-    parser.add_argument(old, dest=new_action.dest, action=_RenamedFlag, new_flag=new_action.option_strings[0],
-                        nargs=new_action.nargs if new_action.nargs is not None else None,
-                        type=new_action.type, metavar=new_action.metavar, help=argparse.SUPPRESS,
-                        default=argparse.SUPPRESS)
-
-
-def add_required(parser, *names: str, old: tuple[str, ...] = (), **kwargs) -> argparse.Action:
-    """A required flag that may also be given by an old spelling (``old``, hidden aliases).
-
-    argparse cannot count an alias towards a required flag, so with aliases the check is done
-    after parsing (:func:`missing_required`).
-    """
-    if old and "help" in kwargs:
-        kwargs["help"] += " (required)"
-    action = parser.add_argument(*names, required=not old, **kwargs)
-    for name in old:
-        add_renamed(parser, name, action)
-    if old:
-        parser.set_defaults(**{f"_required_{action.dest}": action.option_strings[0]})
-    return action
-
-
-def missing_required(args: argparse.Namespace) -> list[str]:
-    """The required flags (with aliases) that were not given."""
-    return [flag for key, flag in vars(args).items()
-            if key.startswith("_required_") and getattr(args, key.removeprefix("_required_"), None) is None]
-
-
 def add_weights_args(parser: argparse.ArgumentParser) -> None:
     """``--weights PATH|random``, ``--seed`` and ``--arch``: which ISNet to build."""
     group = parser.add_argument_group("model")
@@ -123,26 +63,15 @@ def add_size_arg(parser, required: bool = False, help_text: str | None = None) -
                                default=None, help=help_text or "model input height and width")
 
 
-def add_image_dir_arg(parser, help_text: str, required: bool = True, old: tuple[str, ...] = ()) -> argparse.Action:
+def add_image_dir_arg(parser, help_text: str, required: bool = True) -> argparse.Action:
     """``--image-dir DIR``: a folder of images to read."""
-    if required:
-        return add_required(parser, "--image-dir", old=old, metavar="DIR", help=help_text)
-    action = parser.add_argument("--image-dir", default=None, metavar="DIR", help=help_text)
-    for name in old:
-        add_renamed(parser, name, action)
-    return action
+    return parser.add_argument("--image-dir", required=required, default=None, metavar="DIR", help=help_text)
 
 
-def add_output_dir_arg(parser, help_text: str, required: bool = True, default: str | None = None,
-                       old: tuple[str, ...] = ()) -> argparse.Action:
+def add_output_dir_arg(parser, help_text: str, required: bool = True, default: str | None = None) -> argparse.Action:
     """``--output-dir DIR``: the folder a command writes into."""
-    if required:
-        return add_required(parser, "--output-dir", old=old, metavar="DIR", help=help_text)
-    action = parser.add_argument("--output-dir", default=default, metavar="DIR",
-                                 help=f"{help_text}" + (f" (default {default})" if default else ""))
-    for name in old:
-        add_renamed(parser, name, action)
-    return action
+    return parser.add_argument("--output-dir", required=required, default=default, metavar="DIR",
+                               help=f"{help_text}" + (f" (default {default})" if default else ""))
 
 
 def add_model_args(parser: argparse.ArgumentParser, multiple: bool = False) -> None:
@@ -155,7 +84,7 @@ def add_model_args(parser: argparse.ArgumentParser, multiple: bool = False) -> N
     group.add_argument("--threads", type=positive_int, default=None,
                        help="intra-op threads per session (default: the library's choice, one per core)")
     add_size_arg(group, help_text="model input height and width for a model without build.json (default: a "
-                                  "static ONNX input shape, else 320 320); refused for artifacts")
+                                  "static ONNX input shape, else %d %d); refused for artifacts" % INPUT_SIZE)
     group.add_argument("--preprocess", default=None, metavar="PRESET|FILE.json",
                        help="pre-processing of a model without build.json: isnet-320, isnet-1024, u2net (ImageNet "
                             "mean/std, as rembg runs U2-Net), or a JSON op list (default: the isnet recipe at --size); "
@@ -169,20 +98,17 @@ def add_batch_arg(parser: argparse.ArgumentParser) -> None:
 
 def add_io_threads_arg(parser: argparse.ArgumentParser) -> None:
     """``--io-threads N``: decode/pre-process and post-process/save threads beside inference."""
-    action = parser.add_argument("--io-threads", type=positive_int, default=None, metavar="N",
-                                 help="decode/pre-process and post-process/save threads each "
-                                      "(default: one per core, at most 4; with --engine ray one per "
-                                      "inference thread of an actor)")
-    add_renamed(parser, "--workers", action)
+    parser.add_argument("--io-threads", type=positive_int, default=None, metavar="N",
+                        help="decode/pre-process and post-process/save threads each "
+                             "(default: one per core, at most 4; with --engine ray one per "
+                             "inference thread of an actor)")
 
 
 def add_workers_arg(parser: argparse.ArgumentParser, help_text: str, default: int | None,
-                    minimum: int = 1, old: tuple[str, ...] = ()) -> None:
+                    minimum: int = 1) -> None:
     """``--workers N``: worker processes."""
     kind = positive_int if minimum == 1 else non_negative_int
-    action = parser.add_argument("--workers", type=kind, default=default, metavar="N", help=help_text)
-    for name in old:
-        add_renamed(parser, name, action)
+    parser.add_argument("--workers", type=kind, default=default, metavar="N", help=help_text)
 
 
 def add_min_max_arg(parser: argparse.ArgumentParser) -> None:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from collections.abc import Sequence
 
 from isnet.core import IsnetError
-from isnet.tools.args import RENAMED_NOTES, missing_required
 from isnet.tools.commands import COMMANDS
 
 
@@ -41,19 +41,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``isnet`` console script; returns the process exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    missing = missing_required(args)
-    if missing:
-        args._parser.error(f"the following arguments are required: {', '.join(missing)}")
-    for note in getattr(args, RENAMED_NOTES, None) or ():
-        print(f"isnet {args.command}: note: {note}", file=sys.stderr)
     try:
         return int(args._command.run(args) or 0)
-    except IsnetError as exc:
+    except IsnetError as exc:  # the user's to fix: one line
         print(f"isnet {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"isnet {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception:  # noqa: BLE001 -- ours (or a library's we did not expect): the traceback, said so
+        traceback.print_exc()
+        print(f"isnet {args.command}: internal error: the traceback above is a bug in isnet or a library it "
+              "uses; please report it with the command that ran", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

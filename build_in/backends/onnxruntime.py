@@ -113,9 +113,9 @@ class _QdqBuild:
         self.plan.excluded_nodes = resolve_exclude_nodes(self.graph, quant.exclude_nodes)
         self.plan.sixteen_bit = node_outputs(self.graph, resolve_exclude_nodes(
             self.graph, quant.activations_16bit, "backend.quantize.activations_16bit"))
-        # A budgeted CPU build measures every tensor the quantizer might read, so the ranges stay
-        # exact for whatever the search keeps float; an integer-only build quantizes every tensor anyway.
-        self.every_tensor = budgeted and not quant.integer_only
+        # A budgeted CPU build calibrates ranges that hold whatever the search keeps float; an
+        # integer-only build quantizes every tensor anyway.
+        self.more_excluded_later = budgeted and not quant.integer_only
         self.ranges = None
         # Bias correction's shifts, {Conv: per channel}, once measured. A Conv kept in float has no weight
         # rounding to correct: it keeps its source bias (with the shift, a layer kept float for accuracy
@@ -132,7 +132,7 @@ class _QdqBuild:
                                             excluded_nodes=self.plan.excluded_nodes + self.plan.float_nodes,
                                             symmetric=quant.symmetric_activations, percentile=quant.percentile,
                                             num_bins=quant.num_bins, progress=step, channel_ranges=channel_ranges,
-                                            every_tensor=self.every_tensor)
+                                            more_excluded_later=self.more_excluded_later)
 
     def measure_channels(self, path: Path, equalised: bool) -> dict:
         """The planner's per-channel ranges: they come with the calibration the build needs anyway."""
@@ -144,7 +144,7 @@ class _QdqBuild:
         """Steps 1-3 of the plan; the ranges of the graph that will be quantized."""
         self.prepared = plan_outlier_channels(self.plan, self.prepared, self.quant, self.work, self.measure_channels)
         self.graph = graph_structure(self.prepared)
-        if self.plan.float_nodes and not self.every_tensor:
+        if self.plan.float_nodes and not self.more_excluded_later:
             # Which tensors the quantizer reads depends on the nodes left out, so calibrate again.
             self.calibrate(self.prepared, "calibrate (outliers in float)")
         from onnxruntime.quantization.calibrate import save_tensors_data

@@ -25,7 +25,7 @@ from isnet.build_in.channel_ops import NNCF_QUANTIZATION_AGNOSTIC
 from isnet.build_in.config import BuildConfig, CalibrationMode, Precision, QuantType
 from isnet.build_in.int8_plan import Int8Plan, matching_nodes, plan_outlier_channels
 from isnet.build_in.sixteen_bit import group_by_module, named_by_module
-from isnet.core import IsnetError
+from isnet.core import IsnetError, first_line
 from isnet.core.logs import quiet_loggers
 
 MODEL_FILE = "model.xml"
@@ -318,13 +318,21 @@ class _Reiterable:
 def runtime_options(config: BuildConfig) -> dict:
     """How the runner compiles this build's IR: the inference precision (an int8 build's float
     layers in ``quantize.float_precision``) and the performance hint."""
-    hint = config.backend.performance_hint.upper()
-    if hint not in PERFORMANCE_HINTS:
-        raise IsnetError(f"backend.performance_hint must be one of {', '.join(PERFORMANCE_HINTS)}, got '{hint}'")
+    hint = config.backend.performance_hint.value.upper()  # OpenVINO's spelling
     precision = config.backend.dtype
     if precision is Precision.INT8:
         precision = config.backend.quantize.float_precision
     return {"inference_precision": _INFERENCE_PRECISION[precision], "performance_hint": hint}
+
+
+def _converted(ov, source: Path):
+    """OpenVINO's model of the ONNX file ``source``. The file runs on ONNX Runtime (checked before the
+    build), so OpenVINO refusing it is a limit of OpenVINO the user can route around: one line."""
+    try:
+        return ov.convert_model(str(source))
+    except Exception as exc:  # noqa: BLE001 -- OpenVINO's frontends raise their own types (OpConversionFailure, ...)
+        raise IsnetError(f"OpenVINO cannot convert this model ({type(exc).__name__}: {first_line(exc, 200)}); "
+                         "build it with backend.type: onnxruntime") from None
 
 
 def compile_model(source: Path, config: BuildConfig, out_dir: Path, work: Path,
@@ -344,7 +352,7 @@ def compile_model(source: Path, config: BuildConfig, out_dir: Path, work: Path,
         calibration = CalibrationSource(config.calibration_images(), config.preprocessor(), config.input_name)
         plan = Int8Plan.for_config(quant, len(calibration))
         source = _planned_onnx(source, plan, config, calibration, work, progress)
-        model = ov.convert_model(str(source))
+        model = _converted(ov, source)
         float_weights = _float_weights(model) if judge is not None else {}
         model, details = _quantize_int8(model, config, calibration, plan, progress)
         if quant.bias_correction:
@@ -355,5 +363,5 @@ def compile_model(source: Path, config: BuildConfig, out_dir: Path, work: Path,
             ov.save_model(model, str(target), compress_to_fp16=False)
         details["plan"] = plan.record()
     else:
-        ov.save_model(ov.convert_model(str(source)), str(target), compress_to_fp16=precision is Precision.FP16)
+        ov.save_model(_converted(ov, source), str(target), compress_to_fp16=precision is Precision.FP16)
     return {"model_file": MODEL_FILE, "runtime_options": options, "details": details}

@@ -23,11 +23,9 @@ import contextlib
 import functools
 import json
 import logging
-import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -38,41 +36,18 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from isnet.core import IsnetError, first_line
+from isnet.core import first_line
+from isnet.core.defaults import INPUT_SIZE
 from isnet.runtime.models import LoadedModel, load_model
 from isnet.runtime.pipeline import default_io_threads
 from isnet.runtime.serving import payloads
 from isnet.runtime.serving.batcher import MicroBatcher, QueueFull
 from isnet.runtime.serving.payloads import RequestError
+from isnet.runtime.serving.settings import ServeSettings
 from isnet.runtime.synthetic import synthetic_photo
 
 log = logging.getLogger("isnet.serve")
 RETRY_AFTER_SECONDS = 1
-
-
-@dataclass(frozen=True)
-class ServeSettings:
-    """The server's limits and batching (``isnet serve``'s options)."""
-
-    max_batch: int = 4
-    max_wait_ms: float = 5.0
-    max_queue: int = 32
-    max_body_mb: float = 6.0
-    max_pixels: int = 50_000_000
-    body_timeout: float = 30.0  # seconds to receive a whole body
-    threads: int | None = None  # inference threads (None: the runtime's default, every core)
-
-    def __post_init__(self):
-        for name in ("max_batch", "max_queue", "max_pixels"):
-            if getattr(self, name) < 1:
-                raise IsnetError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        finite = all(math.isfinite(value) for value in (self.max_wait_ms, self.max_body_mb, self.body_timeout))
-        if not finite or self.max_wait_ms < 0 or self.max_body_mb <= 0 or self.body_timeout <= 0:
-            raise IsnetError("--max-wait-ms must be a number >= 0, --max-body-mb and --body-timeout numbers > 0")
-
-    @property
-    def max_body_bytes(self) -> int:
-        return int(self.max_body_mb * 1024 * 1024)
 
 
 # Headers every answer of a status carries: when to retry a busy server; a stalled upload's
@@ -89,7 +64,8 @@ def _error(status: int, message: str, **headers: str) -> Response:
 class _Serving:
     """The model, its batcher and the request counters of one app."""
 
-    def __init__(self, model_path: Path, settings: ServeSettings, on_load_error: Callable[[str], None] | None):
+    def __init__(self, model_path: Path, settings: ServeSettings,
+                 on_load_error: Callable[[Exception], None] | None):
         self.model_path, self.settings, self.on_load_error = model_path, settings, on_load_error
         self.model: LoadedModel | None = None
         self.batcher: MicroBatcher | None = None
@@ -100,11 +76,10 @@ class _Serving:
         self.io = ThreadPoolExecutor(max_workers=default_io_threads(), thread_name_prefix="isnet-io")
         try:
             model = await asyncio.get_running_loop().run_in_executor(self.io, self._load_and_warm_up)
-        except Exception as exc:  # noqa: BLE001 -- reported as one line, and the server stops
-            message = str(exc) if isinstance(exc, IsnetError) else f"{self.model_path}: {first_line(exc)}"
-            log.error("cannot serve %s", message)
+        except Exception as exc:  # noqa: BLE001 -- handed to on_load_error: the server stops, serve() raises it
+            log.error("cannot serve %s: %s", self.model_path, first_line(exc))
             if self.on_load_error:
-                self.on_load_error(message)
+                self.on_load_error(exc)
             return
         settings = self.settings
         self.batcher = MicroBatcher(model.predict, settings.max_batch, settings.max_wait_ms / 1000,
@@ -116,7 +91,7 @@ class _Serving:
 
     def _load_and_warm_up(self) -> LoadedModel:
         model = load_model(self.model_path, threads=self.settings.threads)
-        tensor, _ = model.preprocessor.transform(synthetic_photo(0, model.input_size or (320, 320)))
+        tensor, _ = model.preprocessor.transform(synthetic_photo(0, model.input_size or INPUT_SIZE))
         for batch in sorted({1, self.settings.max_batch}):
             model.predict(tensor[None].repeat(batch, axis=0))
         return model
@@ -172,14 +147,13 @@ def _json_errors(endpoint):
 
 
 def create_app(model_path: str | Path, settings: ServeSettings | None = None,
-               on_load_error: Callable[[str], None] | None = None) -> Starlette:
+               on_load_error: Callable[[Exception], None] | None = None) -> Starlette:
     """The app serving ``model_path`` (an artifact folder or any model ``isnet run`` takes).
 
-    The model is loaded and warmed up in the background once the app starts; ``on_load_error(message)``
+    The model is loaded and warmed up in the background once the app starts; ``on_load_error(exception)``
     is called if that fails (``isnet serve`` then stops the server).
     """
     settings = settings or ServeSettings()
-    payloads.allow_pixels(settings.max_pixels)
     serving = _Serving(Path(model_path), settings, on_load_error)
     page = resources.files("isnet.runtime.serving").joinpath("page.html").read_text(encoding="utf-8")
 
@@ -228,8 +202,9 @@ def create_app(model_path: str | Path, settings: ServeSettings | None = None,
             decoded, prediction, _ = await predict(model, body, "image", keep_rgb=not only_mask)
 
             def encode() -> bytes:
-                saliency = payloads.restored_map(prediction.output, decoded.geometry)
-                return payloads.mask_png(saliency) if only_mask else payloads.cutout_png(decoded.rgb, saliency)
+                if only_mask:
+                    return payloads.mask_png(prediction.output, decoded.geometry)
+                return payloads.cutout_png(decoded.rgb, prediction.output, decoded.geometry)
 
             content = await serving.in_io_thread(encode)
         return Response(content, media_type=payloads.PNG)

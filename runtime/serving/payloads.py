@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from isnet.build_in.imageio import ImageDecodeError, check_complete, decode_image, png_bytes
-from isnet.build_in.ops import Geometry, Preprocessor, map_to_uint8
+from isnet.build_in.ops import Geometry, Preprocessor, mask_from_output
 from isnet.runtime.npz import INPUT_KEY
 
 PNG, NPY, NPZ, JSON = "image/png", "application/x-npy", "application/x-npz", "application/json"
@@ -114,7 +114,7 @@ def check_image_pixels(body: bytes, max_pixels: int) -> None:
     the header is no image's.
 
     Pillow reads only the header here (OpenCV decodes). Pillow refuses headers past twice its own
-    ``MAX_IMAGE_PIXELS`` itself; the app raises that limit to at least ``max_pixels``
+    ``MAX_IMAGE_PIXELS`` itself; ``isnet serve`` raises that limit to at least ``max_pixels``
     (:func:`allow_pixels`), so such a refusal always means "over this server's limit".
     """
     limit = f"this server takes at most {max_pixels:,} (--max-pixels)"
@@ -199,19 +199,14 @@ def _check_array_header(stream, kind: str, max_pixels: int) -> None:
         raise RequestError(400, f"the {kind} array is empty: {list(shape)}")
 
 
-def restored_map(output: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """The model's 1 x H x W map at the original image size (float32), as ``isnet run`` restores it."""
-    return Preprocessor.restore(output[0], geometry)
+def mask_png(output: np.ndarray, geometry: Geometry) -> bytes:
+    """The PNG mask of the model's 1 x H x W output: the bytes ``isnet run`` writes."""
+    return png_bytes(mask_from_output(output[0], geometry))
 
 
-def mask_png(saliency: np.ndarray) -> bytes:
-    """The 8-bit PNG mask of a restored map: the bytes ``isnet run`` writes."""
-    return png_bytes(map_to_uint8(saliency))
-
-
-def cutout_png(rgb: np.ndarray, saliency: np.ndarray) -> bytes:
-    """The RGBA cut-out: the image with the 8-bit mask as its alpha channel."""
-    return png_bytes(np.dstack([rgb, map_to_uint8(saliency)]))
+def cutout_png(rgb: np.ndarray, output: np.ndarray, geometry: Geometry) -> bytes:
+    """The RGBA cut-out: the image with the mask of the model's output as its alpha channel."""
+    return png_bytes(np.dstack([rgb, mask_from_output(output[0], geometry)]))
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -223,10 +218,9 @@ def npy_bytes(array: np.ndarray) -> bytes:
 
 def encode_response(output: np.ndarray, geometry: Geometry, kind: str, details: dict) -> bytes:
     """The response body of type ``kind`` for a model output; ``details`` joins a JSON answer."""
-    saliency = restored_map(output, geometry)
-    if kind == NPY:
-        return npy_bytes(saliency)
-    png = mask_png(saliency)
+    if kind == NPY:  # the float map at the picture's size
+        return npy_bytes(Preprocessor.restore(output[0], geometry))
+    png = mask_png(output, geometry)
     if kind == PNG:
         return png
     height, width = geometry.original_hw

@@ -13,7 +13,8 @@ from pathlib import Path
 from PIL import Image
 
 from isnet.core import IsnetError
-from isnet.runtime.serving.app import ServeSettings, create_app
+from isnet.runtime.serving.app import create_app
+from isnet.runtime.serving.settings import ServeSettings
 
 # SageMaker sends SIGTERM and kills the container 30 s later; in-flight requests get 25 of them.
 GRACEFUL_SHUTDOWN_SECONDS = 25
@@ -35,17 +36,17 @@ def _listen(host: str, port: int) -> socket.socket:
 def serve(model_path: str | Path, host: str = "127.0.0.1", port: int = 8080,
           settings: ServeSettings | None = None) -> None:
     """Serve ``model_path`` until SIGINT/SIGTERM; :class:`IsnetError` if the port is taken or the
-    model cannot be loaded."""
+    model cannot be loaded (any other failure to load or warm it up goes up as it is)."""
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     # Pillow only reads headers here, and the app refuses images past --max-pixels (413) by itself.
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-    failure: list[str] = []
+    failure: list[Exception] = []
     server: uvicorn.Server | None = None
 
-    def stop(message: str) -> None:
-        failure.append(message)
+    def stop(error: Exception) -> None:
+        failure.append(error)
         if server is not None:
             server.should_exit = True
 
@@ -65,4 +66,4 @@ def serve(model_path: str | Path, host: str = "127.0.0.1", port: int = 8080,
         for number, handler in previous.items():
             signal.signal(number, handler)
     if failure:
-        raise IsnetError(failure[0])
+        raise failure[0]

@@ -114,14 +114,10 @@ def test_interrupted_first_build_leaves_no_artifact(write_config, monkeypatch, t
         raise RuntimeError("power cut")
 
     monkeypatch.setattr(backend, "compile_model", crash)
-    # A library failure inside the backend is one line naming the build, and nothing is left behind.
-    with pytest.raises(IsnetError, match="onnxruntime int8 build of isnet-lite-random.onnx failed: "
-                                         "RuntimeError: power cut"):
-        build_artifact(load_build_config(write_config()))
-    assert list((tmp_path / "deploy").iterdir()) == []
-    monkeypatch.setenv("ISNET_DEBUG", "1")  # ... and the traceback when asked for
+    # A failure inside the backend is not the user's: it goes up as it is, and nothing is left behind.
     with pytest.raises(RuntimeError, match="power cut"):
         build_artifact(load_build_config(write_config()))
+    assert list((tmp_path / "deploy").iterdir()) == []
 
 
 def test_model_input_name_must_match_config(write_config):

@@ -21,15 +21,22 @@ def test_valid_config_loads_typed_and_resolves_relative_paths(tmp_path, write_co
 
 
 def test_set_overrides_any_key(write_config):
-    config = load_build_config(write_config(), ["backend.dtype=fp16", "backend.quantize.percentile=99.9",
-                                                "name=other"])
-    assert config.backend.dtype is Precision.FP16
+    config = load_build_config(write_config(), ["backend.dtype=fp16", "name=other"])
+    assert config.backend.dtype is Precision.FP16 and config.name == "other"
+    config = load_build_config(write_config(), ["backend.dtype=int8", "backend.quantize.percentile=99.9"])
     assert config.backend.quantize.percentile == 99.9
-    assert config.name == "other"
 
 
 @pytest.mark.parametrize("overrides, sets, fragments", [
     ({"backend": {"dtyp": "int8"}}, [], ["backend.dtyp", "did you mean 'dtype'"]),
+    # Keys the backend or precision would not read are refused, not dropped.
+    ({"backend": {"dtype": "fp16", "quantize": {"percentile": 99.9}}}, [],
+     ["backend.quantize.percentile", "apply to int8 builds; this one is fp16"]),
+    ({"backend": {"performance_hint": "throughput"}}, [], ["backend.performance_hint", "an OpenVINO setting"]),
+    ({"backend": {"performance_hint": "LATENCY"}}, [], ["backend.performance_hint", "choose from latency, throughput"]),
+    ({"backend": {"dtype": "int8", "keep_io_types": False}}, [], ["backend.keep_io_types", "ONNX Runtime fp16"]),
+    ({"frontend": {"opset": 13}}, [], ["frontend.opset", "an ONNX source keeps its own"]),
+    ({"frontend": {"dtype": "fp16"}}, [], ["frontend.dtype", "only fp32 source models"]),
     ({"backend": {"dtype": "int4"}}, [], ["backend.dtype", "'int4' is not valid", "int8"]),
     ({"backend": {"quantize": {"calibrate_mode": "kl"}}}, [], ["backend.quantize.calibrate_mode"]),
     ({"backend": {"quantize": {"quantize_per_channel": "yes"}}}, [], ["quantize_per_channel", "true or false"]),

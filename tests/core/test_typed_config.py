@@ -58,7 +58,7 @@ def test_overrides_parse_yaml_strings_and_keep_typed_values():
     data = {"a": {"b": 1}}
     assert apply_overrides(data, ["a.b=2", "a.c=[1, 2]", ("a.d", "3")]) == {"a.b", "a.c", "a.d"}
     assert data == {"a": {"b": 2, "c": [1, 2], "d": "3"}}
-    with pytest.raises(IsnetError, match="expects key.path=value"):
+    with pytest.raises(IsnetError, match="an override is key.path=value"):
         apply_overrides({}, ["novalue"])
 
 

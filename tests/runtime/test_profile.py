@@ -15,8 +15,8 @@ from isnet.runtime.profiler import LatencyStats, _measure
 def test_profile_command_writes_a_record_per_model_and_batch(run_isnet, lite_artifact, lite_onnx, tmp_path):
     out = tmp_path / "profile.json"
     # --size sets the plain ONNX's pre-processing; the artifact keeps its own.
-    result = run_isnet("profile", "--model", lite_artifact, lite_onnx, "--size", "48", "48", "--batch", "1,2",
-                       "--instances", "2", "--warmup", "1", "--iterations", "3", "--with-preprocess", "--json", out)
+    result = run_isnet("profile", "--model", lite_artifact, lite_onnx, "--size", "48", "48", "--batch", "1", "2",
+                       "--instances", "2", "--warmup", "1", "--iterations", "3", "--with-preprocess", "--record-json", out)
     assert result.returncode == 0, result.stderr
     records = json.loads(out.read_text())
     assert [(r["model"], r["batch"], r["input_size"]) for r in records] == [
@@ -82,7 +82,7 @@ def test_latency_percentiles():
 
 
 def test_iterations_and_duration_are_exclusive(lite_artifact):
-    with pytest.raises(IsnetError, match="either --iterations or --duration"):
+    with pytest.raises(IsnetError, match="either a number of iterations or a duration"):
         profile_model(lite_artifact, iterations=5, duration=1.0)
 
 

@@ -173,14 +173,13 @@ def test_an_empty_folder_is_a_user_error(lite_artifact, tmp_path):
         run_folder(load_model(lite_artifact), tmp_path / "empty", tmp_path / "masks")
 
 
-def test_old_flag_spellings_work_for_a_release_with_a_note(run_isnet, lite_artifact, tmp_path):
+def test_flags_have_one_spelling(run_isnet, lite_artifact, tmp_path):
     images = tmp_path / "images"
     write_synthetic_photos(images, 2)
-    proc = run_isnet("run", "--model", lite_artifact, "--image-dir", images, "--save-dir", tmp_path / "masks",
-                     "--workers", 2)
-    assert proc.returncode == 0, proc.stderr
-    assert len(list((tmp_path / "masks").glob("*.png"))) == 2
-    assert "note: --save-dir is now --output-dir" in proc.stderr
-    assert "note: --workers is now --io-threads" in proc.stderr
+    # Spellings of flags renamed before any release are refused like any unknown flag.
+    old = run_isnet("run", "--model", lite_artifact, "--image-dir", images, "--output-dir", tmp_path / "masks",
+                    "--save-dir", tmp_path / "masks")
+    assert old.returncode == 2 and "unrecognized arguments: --save-dir" in old.stderr
     missing = run_isnet("run", "--model", lite_artifact, "--image-dir", images)
     assert missing.returncode == 2 and "the following arguments are required: --output-dir" in missing.stderr
+    assert not (tmp_path / "masks").exists()

@@ -162,11 +162,11 @@ def test_set_paths_inside_a_build_resolve_against_the_current_folder(experiment,
     assert loaded.builds[0].config.dataset.path == experiment.parent / "calib" / "image"
 
 
-def test_renamed_keys_and_empty_sections(experiment):
+def test_unknown_keys_and_empty_sections(experiment):
     from isnet.core import IsnetError
     from isnet.tools.compare import read_experiment
 
-    with pytest.raises(IsnetError, match="run.workers: renamed to 'io_threads' in this release"):
+    with pytest.raises(IsnetError, match="run.workers: unknown key; valid keys: batch, io_threads"):
         read_experiment(experiment, ["run.workers=2"])
     loaded = read_experiment(experiment, ["run=", "max_delta="])  # empty sections mean the defaults
     assert loaded.run.batch == 1 and loaded.max_delta == {}

@@ -206,7 +206,7 @@ def _assert_one_line_error(proc, *fragments):
 
 @pytest.mark.slow
 def test_commands_train_gt_encoder_then_isnet(run_isnet, tiny_set, tmp_path):
-    common = ["--dataset", tiny_set, "--arch", "isnet-lite", "--train-size", 64, 64, "--epochs", 1, "--batch-size", 4,
+    common = ["--dataset", tiny_set, "--arch", "isnet-lite", "--train-size", 64, 64, "--epochs", 1, "--batch", 4,
               "--threads", 1]
     gt = run_isnet("train-gt-encoder", *common, "--output-dir", "gt")
     assert gt.returncode == 0, gt.stderr

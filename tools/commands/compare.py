@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from isnet.tools.args import add_output_dir_arg, add_renamed, add_size_arg, positive_float, positive_int
+from isnet.tools.args import add_output_dir_arg, add_size_arg, positive_float, positive_int
 
 
 class CompareCommand:
@@ -23,18 +23,17 @@ class CompareCommand:
         parser.add_argument("experiment", nargs="?", help="experiment file (YAML or JSON)")
         parser.add_argument("--model", help="source model: .pth checkpoint or .onnx")
         parser.add_argument("--dataset", help="evaluation set in ECSSD layout (image/, mask/)")
-        calibration = parser.add_argument("--calibration-dir", metavar="DIR",
-                                          help="calibration image folder (default: the evaluation images)")
-        add_renamed(parser, "--calibration", calibration)
+        parser.add_argument("--calibration-dir", metavar="DIR",
+                            help="calibration image folder (default: the evaluation images)")
         parser.add_argument("--calibration-count", type=positive_int, help="calibration images (default 50)")
         parser.add_argument("--builds", help="comma-separated presets, e.g. fp32,fp16,int8_kl,int8_max,ov_int8_max")
         add_size_arg(parser)
-        add_output_dir_arg(parser, "report folder (default: the experiment's report.path)", required=False,
-                           old=("--output",))
+        add_output_dir_arg(parser, "report folder (default: the experiment's report.path)", required=False)
         parser.add_argument("--max-delta", action="append", default=[], metavar="METRIC=TOL",
                             help="gate: fail when a build's metric moves more than TOL from the reference "
                                  "(repeatable, e.g. --max-delta mae=0.002)")
-        parser.add_argument("--profile-seconds", type=positive_float, help="profiling time per build (default 3)")
+        parser.add_argument("--duration", type=positive_float, metavar="S",
+                            help="seconds of speed measurement per build (default 3)")
         parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                             help="override an experiment key (repeatable)")
         parser.add_argument("--force", action="store_true", help="redo every stage, reusing nothing")
@@ -48,7 +47,7 @@ class CompareCommand:
         overrides: list = list(args.overrides)
         flag_values = {"model": args.model, "builds": args.builds, "report.path": args.output_dir,
                        "calibration.path": args.calibration_dir, "calibration.count": args.calibration_count,
-                       "profile.seconds": args.profile_seconds, "input_size": args.size,
+                       "profile.seconds": args.duration, "input_size": args.size,
                        "dataset": {"path": args.dataset} if args.dataset else None}
         overrides += [(key, value) for key, value in flag_values.items() if value is not None]
         for item in args.max_delta:

@@ -29,8 +29,7 @@ class DriftCommand:
         parser.add_argument("--reference", default=None, metavar="FP32",
                             help="an fp32 artifact folder or ONNX file (default: the source model in the "
                                  "artifact's build.json)")
-        add_image_dir_arg(parser, "images to measure on (use images that are not calibration images)",
-                          old=("--images",))
+        add_image_dir_arg(parser, "images to measure on (use images that are not calibration images)")
         parser.add_argument("--count", type=positive_int, default=8, help="images to use (default 8)")
         parser.add_argument("--top", type=positive_int, default=15, help="tensors to list (default 15)")
         parser.add_argument("--output-dir", default=None, metavar="DIR",

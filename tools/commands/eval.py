@@ -42,7 +42,7 @@ class EvalCommand:
         scoring.add_argument("--metric-names", nargs="+", choices=_METRIC_NAMES, default=list(_METRIC_NAMES),
                              metavar="NAME", help=f"metrics to compute: {' '.join(_METRIC_NAMES)} (default: all)")
         add_workers_arg(scoring, "processes scoring images (default 1; results are identical for any number)",
-                        default=1, old=("--num-workers",))
+                        default=1)
         scoring.add_argument("--num-bits", type=non_negative_int, default=3, metavar="N",
                              help="decimals shown in the console table and --record-txt (default 3)")
         output = parser.add_argument_group("output")
@@ -89,8 +89,13 @@ class EvalCommand:
         else:
             tasks = [evaluation.plan_from_folders(args.pred_dir, args.gt_dir, method=args.name,
                                                   allow_missing=args.allow_missing)]
-        results = evaluation.evaluate_tasks(tasks, metric_names=args.metric_names,
-                                            num_workers=args.workers, progress=True)
+        from isnet.core.memory import retain_freed_memory
+        from isnet.tools.progress import StageBars
+
+        retain_freed_memory()  # every image allocates the same large arrays; see isnet.core.memory
+        with StageBars() as bars:
+            results = evaluation.evaluate_tasks(tasks, metric_names=args.metric_names, num_workers=args.workers,
+                                                progress=bars)
         for dataset, methods in results.items():
             for method, result in methods.items():
                 if result.missing:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from isnet.core.defaults import OPSET
 from isnet.tools.args import add_output_dir_arg, add_size_arg, add_weights_args
 
 
@@ -24,11 +25,11 @@ class ExportCommand:
         parser.add_argument("--formats", nargs="+", default=["onnx", "torchscript"],
                             choices=["onnx", "torchscript", "exported-program"],
                             help="files to write (default: onnx torchscript)")
-        parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+        parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
         parser.add_argument("--static", action="store_true", help="fix batch 1 and the export size in the graph")
         parser.add_argument("--no-simplify", action="store_true", help="skip onnxsim")
         add_output_dir_arg(parser, "where to write the files", required=False, default=".")
-        parser.add_argument("--name", default=None, help="file stem (default isnet-<arch>_<H>x<W>)")
+        parser.add_argument("--name", default=None, help="file stem (default: the weights file's stem, or isnet-random, then _<H>x<W>)")
 
     def run(self, args: argparse.Namespace) -> int:
         from isnet.export.exporter import ExportRequest, export_model

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from isnet.tools.args import (add_batch_arg, add_image_dir_arg, add_io_threads_arg, add_min_max_arg, add_model_args,
-                              add_output_dir_arg, add_renamed, add_required, add_suffix_arg, positive_int)
+                              add_output_dir_arg, add_suffix_arg, positive_int)
 
 
 class Image2NpzCommand:
@@ -18,13 +18,11 @@ class Image2NpzCommand:
     name = "image2npz"
 
     def add_args(self, parser: argparse.ArgumentParser) -> None:
-        add_image_dir_arg(parser, "folder of images (searched recursively)", old=("--dataset-path",))
-        add_output_dir_arg(parser, "folder for the .npz files", old=("--target-path",))
-        add_required(parser, "--datalist", old=("--text-path",), metavar="FILE", help="datalist file to write")
-        resize = parser.add_argument("--resize", nargs=2, type=positive_int, metavar=("H", "W"), default=None,
-                                     help="resize to H x W (default: keep each image's size)")
-        # Renamed: in every other command --size is the model's input size.
-        add_renamed(parser, "--size", resize)
+        add_image_dir_arg(parser, "folder of images (searched recursively)")
+        add_output_dir_arg(parser, "folder for the .npz files")
+        parser.add_argument("--datalist", required=True, metavar="FILE", help="datalist file to write")
+        parser.add_argument("--resize", nargs=2, type=positive_int, metavar=("H", "W"), default=None,
+                            help="resize to H x W (default: keep each image's size)")
         add_suffix_arg(parser)
 
     def run(self, args: argparse.Namespace) -> int:
@@ -69,11 +67,10 @@ class Npz2PngCommand:
 
     def add_args(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--datalist", required=True, help="datalist from image2npz (names the outputs)")
-        add_required(parser, "--npz-dir", old=("--out-npz-dir",), metavar="DIR",
-                     help="folder of output npz files from npz-run")
-        add_output_dir_arg(parser, "folder for the PNG masks", old=("--draw-dir",))
+        parser.add_argument("--npz-dir", required=True, metavar="DIR", help="folder of output npz files from npz-run")
+        add_output_dir_arg(parser, "folder for the PNG masks")
         add_image_dir_arg(parser, "folder of the source images: masks are resized to their sizes "
-                                  "(default: the model's resolution)", required=False, old=("--src-dir",))
+                                  "(default: the model's resolution)", required=False)
         add_min_max_arg(parser)
 
     def run(self, args: argparse.Namespace) -> int:

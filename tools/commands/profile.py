@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from isnet.tools.args import add_image_dir_arg, add_model_args, positive_float, positive_int, positive_int_list
+from isnet.tools.args import add_image_dir_arg, add_model_args, positive_float, positive_int
 
 DEFAULT_ITERATIONS = 20
 
@@ -23,8 +23,8 @@ class ProfileCommand:
 
     def add_args(self, parser: argparse.ArgumentParser) -> None:
         add_model_args(parser, multiple=True)
-        parser.add_argument("--batch", type=positive_int_list, default=[1], metavar="1,2,4",
-                            help="batch sizes, comma-separated (default 1)")
+        parser.add_argument("--batch", type=positive_int, nargs="+", default=[1], metavar="N",
+                            help="images per inference call; several to compare them, e.g. --batch 1 2 4 (default 1)")
         parser.add_argument("--instances", type=positive_int, default=1,
                             help="concurrent sessions sharing the cores (default 1; threads then default "
                                  "to cores / instances)")
@@ -36,12 +36,13 @@ class ProfileCommand:
                             help="measure for S seconds instead of a number of calls")
         parser.add_argument("--with-preprocess", action="store_true",
                             help="also measure end to end: decode + pre-process + infer + restore + encode")
-        add_image_dir_arg(parser, "folder of images to measure on (default: synthetic photos)", required=False,
-                          old=("--images",))
-        parser.add_argument("--hint", choices=["latency", "throughput"], default=None,
+        add_image_dir_arg(parser, "folder of images to measure on (default: synthetic photos)", required=False)
+        # backend.performance_hint's values (isnet.build_in.config.PerformanceHint), without importing
+        # the build stage for --help.
+        parser.add_argument("--hint", choices=("latency", "throughput"), default=None,
                             help="OpenVINO performance hint (default: the artifact's, THROUGHPUT with "
                                  "--instances > 1, which become OpenVINO streams with one infer request each)")
-        parser.add_argument("--json", default=None, metavar="FILE", help="also write the records as JSON")
+        parser.add_argument("--record-json", default=None, metavar="FILE", help="also write the records as JSON")
 
     def run(self, args: argparse.Namespace) -> int:
         from isnet.core import write_text_atomic
@@ -55,8 +56,8 @@ class ProfileCommand:
                                  hint=args.hint)
         host = host_info()
         print(format_table(records, host))
-        if args.json:
+        if args.record_json:
             payload = [record.to_json(host) for record in records]
-            write_text_atomic(args.json, json.dumps(payload, indent=2) + "\n")
-            print(f"wrote {args.json}")
+            write_text_atomic(args.record_json, json.dumps(payload, indent=2) + "\n")
+            print(f"wrote {args.record_json}")
         return 0

@@ -25,7 +25,7 @@ class RunCommand:
     def add_args(self, parser: argparse.ArgumentParser) -> None:
         add_model_args(parser)
         add_image_dir_arg(parser, "folder of images (searched recursively)")
-        add_output_dir_arg(parser, "folder for the masks", old=("--save-dir",))
+        add_output_dir_arg(parser, "folder for the masks")
         add_batch_arg(parser)
         parser.add_argument("--resume", action="store_true", help="skip images whose mask is already complete")
         add_suffix_arg(parser)

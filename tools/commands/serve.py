@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from isnet.core import IsnetError
+from isnet.core import IsnetError, defaults
 from isnet.tools.args import non_negative_float, non_negative_int, positive_float, positive_int
 
 # Where SageMaker unpacks the model archive in an inference container.
@@ -36,19 +36,21 @@ class ServeCommand:
         parser.add_argument("--port", type=non_negative_int, default=8080, help="port (default 8080)")
         parser.add_argument("--threads", type=positive_int, default=None,
                             help="inference threads (default: the library's choice, one per core)")
-        parser.add_argument("--max-batch", type=positive_int, default=4,
-                            help="most requests per inference call (default 4; 1 turns batching off)")
-        parser.add_argument("--max-wait-ms", type=non_negative_float, default=5.0,
-                            help="how long the first request of a batch waits for others (default 5)")
-        parser.add_argument("--max-queue", type=positive_int, default=32,
-                            help="requests in flight before new ones get 503 + Retry-After (default 32)")
-        parser.add_argument("--max-body-mb", type=positive_float, default=6.0,
-                            help="largest request body in MB, 413 past it (default 6, SageMaker's limit)")
-        parser.add_argument("--max-pixels", type=positive_int, default=50_000_000,
-                            help="largest image in pixels, by its header, 413 past it (default 50000000; "
+        parser.add_argument("--max-batch", type=positive_int, default=defaults.SERVE_MAX_BATCH,
+                            help=f"most requests per inference call (default {defaults.SERVE_MAX_BATCH}; 1 turns batching off)")
+        parser.add_argument("--max-wait-ms", type=non_negative_float, default=defaults.SERVE_MAX_WAIT_MS,
+                            help=f"how long the first request of a batch waits for others (default {defaults.SERVE_MAX_WAIT_MS:g})")
+        parser.add_argument("--max-queue", type=positive_int, default=defaults.SERVE_MAX_QUEUE,
+                            help=f"requests in flight before new ones get 503 + Retry-After (default {defaults.SERVE_MAX_QUEUE})")
+        parser.add_argument("--max-body-mb", type=positive_float, default=defaults.SERVE_MAX_BODY_MB,
+                            help=f"largest request body in MB, 413 past it (default {defaults.SERVE_MAX_BODY_MB:g}, "
+                                 "SageMaker's limit)")
+        parser.add_argument("--max-pixels", type=positive_int, default=defaults.SERVE_MAX_PIXELS,
+                            help=f"largest image in pixels, by its header, 413 past it (default {defaults.SERVE_MAX_PIXELS}; "
                                  "a request peaks at about 16 bytes per pixel, 0.75 GB at 49 MP)")
-        parser.add_argument("--body-timeout", type=positive_float, default=30.0,
-                            help="seconds a client has to send a whole body, 408 past it (default 30)")
+        parser.add_argument("--body-timeout", type=positive_float, default=defaults.SERVE_BODY_TIMEOUT,
+                            help=f"seconds a client has to send a whole body, 408 past it "
+                                 f"(default {defaults.SERVE_BODY_TIMEOUT:g})")
 
     def run(self, args: argparse.Namespace) -> int:
         try:
@@ -60,10 +62,12 @@ class ServeCommand:
                              "pip install 'isnet[serve]'") from None
         from isnet.runtime.models import model_kind
         from isnet.runtime.serving import ServeSettings, serve
+        from isnet.runtime.serving.payloads import allow_pixels
 
         model_kind(args.model)  # a missing or unknown model is a one-line error before anything starts
         settings = ServeSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                                  max_body_mb=args.max_body_mb, max_pixels=args.max_pixels,
                                  body_timeout=args.body_timeout, threads=args.threads)
+        allow_pixels(settings.max_pixels)  # Pillow's own limit, process-wide: set here, once
         serve(args.model, host=args.host, port=args.port, settings=settings)
         return 0

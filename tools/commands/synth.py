@@ -20,7 +20,7 @@ class SynthCommand:
     name = "synth"
 
     def add_args(self, parser: argparse.ArgumentParser) -> None:
-        add_output_dir_arg(parser, "dataset folder to write (created if needed)", old=("--out",))
+        add_output_dir_arg(parser, "dataset folder to write (created if needed)")
         parser.add_argument("--count", type=int, required=True, metavar="N", help="number of image/mask pairs")
         parser.add_argument("--seed", type=int, default=0, metavar="S", help="dataset seed (default 0)")
         default_workers = os.cpu_count() or 1

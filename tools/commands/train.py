@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from isnet.tools.args import (add_output_dir_arg, add_renamed, add_required, add_workers_arg, non_negative_int,
+from isnet.core.defaults import INPUT_SIZE
+from isnet.tools.args import (add_output_dir_arg, add_workers_arg, non_negative_int,
                               positive_float, positive_int)
 
 # Kept here (not imported from isnet.tools.train) so that `isnet --help` does not import torch.
@@ -16,14 +17,13 @@ _PRECISIONS = ("fp32", "bf16")
 def _add_training_args(parser: argparse.ArgumentParser, arch_help: str) -> None:
     """Flags shared by both training commands: data, schedule, augmentation, speed, output."""
     data = parser.add_argument_group("data (ECSSD layout: DIR/image and DIR/mask, paired by file stem)")
-    add_required(data, "--dataset", old=("--data",), metavar="DIR", help="training folder")
-    validation = data.add_argument("--val-dataset", metavar="DIR",
-                                   help="validation folder, scored (MAE, max F-measure) after every epoch")
-    add_renamed(data, "--val-data", validation)
+    data.add_argument("--dataset", required=True, metavar="DIR", help="training folder")
+    data.add_argument("--val-dataset", metavar="DIR",
+                      help="validation folder, scored (MAE, max F-measure) after every epoch")
     data.add_argument("--train-size", nargs=2, type=positive_int, default=[224, 224], metavar=("H", "W"),
                       help="training input size (default 224 224)")
-    data.add_argument("--val-size", nargs=2, type=positive_int, default=[320, 320], metavar=("H", "W"),
-                      help="validation input size: the deploy size (default 320 320)")
+    data.add_argument("--val-size", nargs=2, type=positive_int, default=list(INPUT_SIZE), metavar=("H", "W"),
+                      help="validation input size: the deploy size (default %d %d)" % INPUT_SIZE)
     data.add_argument("--scale-min", type=float, default=0.5, metavar="F",
                       help="smallest area fraction of a random crop; 1 disables cropping (default 0.5)")
     data.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
@@ -33,8 +33,7 @@ def _add_training_args(parser: argparse.ArgumentParser, arch_help: str) -> None:
     model = parser.add_argument_group("model and schedule")
     model.add_argument("--arch", choices=_ARCHS, default=None, help=arch_help)
     model.add_argument("--epochs", type=positive_int, default=10, help="epochs (default 10)")
-    batch = model.add_argument("--batch", type=positive_int, default=8, help="pictures per step (default 8)")
-    add_renamed(model, "--batch-size", batch)
+    model.add_argument("--batch", type=positive_int, default=8, help="pictures per step (default 8)")
     model.add_argument("--lr", type=positive_float, default=1e-3,
                        help="peak AdamW learning rate, reached after the warm-up and decayed by a cosine "
                             "to 1%% of it (default 1e-3)")

@@ -43,13 +43,13 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
 from isnet.build_in import read_build_info
 from isnet.build_in.config import BUDGET_METRICS, BuildConfig, load_build_config, validate_build_config
 from isnet.build_in.ops import resolve_process_ops, with_input_size
 from isnet.core import (IsnetError, apply_overrides, bounded, did_you_mean, load_dataclass, read_yaml_mapping,
                         resolve_path)
+from isnet.core.defaults import INPUT_SIZE
 from isnet.eval import ecssd_folders
 
 # Metrics shown per build in the report, and those a gate may bound.
@@ -105,8 +105,6 @@ class CalibrationSection:
 @dataclass(frozen=True)
 class RunSection:
     """How every build runs over the evaluation set."""
-
-    RENAMED_KEYS: ClassVar[dict[str, str]] = {"workers": "io_threads"}  # the loader's hint for old files
 
     batch: int = bounded(1, minimum=1)
     io_threads: int | None = bounded(None, minimum=1)
@@ -316,7 +314,7 @@ def load_experiment(data: Mapping, source: str, base: Path, overrides: Sequence[
     is_onnx = spec.model.suffix.lower() == ".onnx"
     input_size = spec.input_size
     if input_size is None and not is_onnx and spec.process_ops is None:
-        input_size = (320, 320)
+        input_size = INPUT_SIZE
     for key in ("checkpoint", "type", "shape"):
         if key in spec.frontend:
             raise IsnetError(f"{source}: frontend.{key}: set by the experiment's "

@@ -20,6 +20,7 @@ from isnet.build_in.budget import describe_budget
 from isnet.build_in.config import FrontendType
 from isnet.build_in.difference import DifferenceAccumulator
 from isnet.core import IsnetError, digest_of, sha256_file, write_bytes_atomic
+from isnet.core.defaults import INPUT_SIZE
 from isnet.eval import validation_scores
 from isnet.tools.compare.cache import StageCache, artifact_key, image_list_key
 from isnet.tools.compare.experiment import BuildEntry, Experiment
@@ -89,7 +90,7 @@ def _export_once(experiment: Experiment, cache: StageCache, force: bool) -> tupl
     if not from_model:
         return experiment.builds
     target = experiment.output / "source" / f"{experiment.model.stem}.onnx"
-    size = experiment.input_size or (320, 320)
+    size = experiment.input_size or INPUT_SIZE
     inputs = digest_of({"model": sha256_file(experiment.model), "size": size})
     if force or cache.get("export", "source", inputs) is None or not target.is_file():
         export_model(ExportRequest(weights=str(experiment.model), size=size, output_dir=target.parent,
@@ -232,7 +233,8 @@ def run_experiment(experiment: Experiment, force: bool = False, progress: Progre
         scored = None if force else cache.get("eval", entry.name, eval_inputs)
         if scored is None:
             with clock("eval"):
-                result = evaluate_folders(masks, experiment.masks, progress=progress is not None)
+                scoring = (lambda stage, n, total, name=entry.name: progress(f"{name} eval", n, total)) if progress else None
+                result = evaluate_folders(masks, experiment.masks, progress=scoring)
             scored = {"metrics": result.metrics, "curves": {k: v.tolist() for k, v in result.curves.items()}}
             cache.put("eval", entry.name, eval_inputs, scored)
         else:

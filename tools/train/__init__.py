@@ -52,10 +52,10 @@ of six interleaved rounds on a quiet machine; export/weights/MODEL_CARD.md has t
 """
 
 from isnet.export.weights import load_gt_encoder
-from isnet.tools.train.config import Precision, Task, TrainConfig, TrainEvent, TrainResult
+from isnet.tools.train.config import TrainingPrecision, Task, TrainConfig, TrainEvent, TrainResult
 from isnet.tools.train.losses import deep_supervision_loss, feature_sync_loss, gt_encoder_loss, isnet_loss
 from isnet.tools.train.loop import train_gt_encoder, train_isnet
 
-__all__ = ["Precision", "TrainConfig", "TrainEvent", "TrainResult", "Task", "deep_supervision_loss",
+__all__ = ["TrainingPrecision", "TrainConfig", "TrainEvent", "TrainResult", "Task", "deep_supervision_loss",
            "feature_sync_loss", "gt_encoder_loss", "isnet_loss", "load_gt_encoder", "train_gt_encoder",
            "train_isnet"]

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from isnet.core import IsnetError, did_you_mean
+from isnet.core.defaults import INPUT_SIZE
 from isnet.export.model import ARCHS
 
 LAST_CHECKPOINT = "last.pth"
@@ -34,14 +35,14 @@ class Augment(str, Enum):
     HEAVY = "heavy"  # also rotation, colour, blur, noise and grayscale
 
 
-class Precision(str, Enum):
+class TrainingPrecision(str, Enum):
     """Arithmetic of the training forward/backward pass (validation and saved weights are fp32)."""
 
     FP32 = "fp32"
     BF16 = "bf16"
 
     @classmethod
-    def default(cls) -> "Precision":
+    def default(cls) -> "TrainingPrecision":
         """bf16 where the CPU computes it natively (AVX512-BF16 or AMX), else fp32."""
         probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private torch.cpu helpers
         native = any(getattr(torch.cpu, name, lambda: False)() for name in probes)
@@ -84,11 +85,11 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_steps: int = 100
     train_size: tuple[int, int] = (224, 224)
-    val_size: tuple[int, int] = (320, 320)
+    val_size: tuple[int, int] = INPUT_SIZE
     scale_min: float = 0.5
     flip: bool = True
     seed: int = 0
-    precision: Precision = field(default_factory=Precision.default)
+    precision: TrainingPrecision = field(default_factory=TrainingPrecision.default)
     workers: int = 0
     threads: int | None = None
     checkpoint_every: int = 0
@@ -112,9 +113,9 @@ class TrainConfig:
             raise IsnetError(f"augment must be one of {', '.join(a.value for a in Augment)}, "
                              f"got '{self.augment}'") from None
         try:
-            object.__setattr__(self, "precision", Precision(self.precision))
+            object.__setattr__(self, "precision", TrainingPrecision(self.precision))
         except ValueError:
-            raise IsnetError(f"precision must be one of {', '.join(p.value for p in Precision)}, "
+            raise IsnetError(f"precision must be one of {', '.join(p.value for p in TrainingPrecision)}, "
                              f"got '{self.precision}'") from None
         if self.arch is not None and self.arch not in ARCHS:
             raise IsnetError(f"unknown architecture '{self.arch}'{did_you_mean(self.arch, ARCHS)}; "

@@ -18,7 +18,7 @@ from isnet.export.model import ISNet, ISNetGTEncoder
 from isnet.export.weights import (init_from_onnx, load_folded_convolutions, load_gt_encoder, load_isnet_weights,
                                   read_checkpoint, read_checkpoint_arch, read_isnet_onnx, save_checkpoint)
 from isnet.tools.train.checkpoints import check_resumable, read_training_state
-from isnet.tools.train.config import (MIN_LR_RATIO, HISTORY, LAST_CHECKPOINT, MODEL_FILES, Augment, Precision, Task,
+from isnet.tools.train.config import (MIN_LR_RATIO, HISTORY, LAST_CHECKPOINT, MODEL_FILES, Augment, TrainingPrecision, Task,
                                       TrainConfig, TrainEvent, TrainResult)
 from isnet.tools.train.data import (EpochSampler, LoadFailure, PairDataset, collate, data_digest, deploy_preprocessor,
                                     worker_init)
@@ -209,7 +209,7 @@ def _train_loop(task: Task, config: TrainConfig, progress: Callable[[TrainEvent]
                               worker_init_fn=worker_init)
     loader = torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, sampler=sampler,
                                          num_workers=config.workers, collate_fn=collate, **loader_options)
-    bf16 = config.precision is Precision.BF16
+    bf16 = config.precision is TrainingPrecision.BF16
     report(TrainEvent("start", step, total_steps, step // steps_per_epoch + 1, config.epochs, note=init_note))
     for epoch in range(step // steps_per_epoch, config.epochs):
         sampler.set_epoch(epoch, skip_batches=step - epoch * steps_per_epoch)

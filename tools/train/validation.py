@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from isnet.build_in.imageio import decode_mask
-from isnet.build_in.ops import Geometry, Preprocessor
+from isnet.build_in.ops import Geometry, mask_from_output
 from isnet.core import IsnetError
 from isnet.eval import validation_scores
 from isnet.tools.train.config import VAL_BATCH, Task
@@ -42,7 +42,7 @@ def validate(model: torch.nn.Module, pairs, size: tuple[int, int], task: Task) -
             batch = torch.stack(inputs).contiguous(memory_format=torch.channels_last)
             logits, _ = model.side_logits(batch, heads=1) if task is Task.ISNET else model.side_logits(batch)
             maps = torch.sigmoid(logits[0][:, 0]).numpy()
-            preds.extend(Preprocessor.restore(m, g) for m, g in zip(maps, geometries))
+            preds.extend(mask_from_output(m, g) for m, g in zip(maps, geometries))
     finally:
         model.train(was_training)
     return validation_scores(preds, gts)
