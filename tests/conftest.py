@@ -157,6 +157,8 @@ def write_config(tmp_path, lite_onnx, calib_images):
             "workspace": {"path": "deploy"},
         }
         _merge(config, overrides or {})
+        if config["backend"].get("dtype") != "int8" and "quantize" not in (overrides or {}).get("backend", {}):
+            del config["backend"]["quantize"]  # the int8 default's settings: a float build refuses them
         path = tmp_path / name
         path.write_text(yaml.safe_dump(config))
         return path

@@ -152,9 +152,9 @@ def test_a_dynamic_input_needs_a_size(tmp_path, calib_images):
                                                 ("openvino", "fp32"), ("openvino", "fp16"), ("openvino", "bf16"),
                                                 ("openvino", "int8")])
 def test_every_precision_of_both_backends_builds_and_runs(foreign, tmp_path, calib_images, backend, precision):
-    quantize = {"calibrate_mode": "max"}
+    quantize = {"quantize": {"calibrate_mode": "max"}} if precision == "int8" else {}
     config = _config(tmp_path, foreign, calib_images, name=f"{backend}_{precision}",
-                     backend={"type": backend, "dtype": precision, "quantize": quantize})
+                     backend={"type": backend, "dtype": precision, **quantize})
     info = build_artifact(load_build_config(config)).info
     assert info["fidelity"]["nonfinite_values"] == 0
     model = load_model(tmp_path / "deploy" / f"{backend}_{precision}")
