@@ -84,7 +84,7 @@ def _stock_in_child(*args) -> dict:
 
 def _stock_fidelity(model: Path, fp32_model: Path, config: dict, work: Path) -> dict:
     """The stock model against the fp32 build on the held-out images `isnet build` checks."""
-    from isnet.build_in.backends.onnxruntime_runner import OnnxRuntimeRunner
+    from isnet.build_in.runners.onnxruntime import OnnxRuntimeRunner
     from isnet.build_in.builder import _fidelity, _sample_inputs
     from isnet.build_in.config import validate_build_config
 
@@ -97,7 +97,7 @@ def _stock_fidelity(model: Path, fp32_model: Path, config: dict, work: Path) -> 
 def _latency_ms(model_file: Path, size: int, runs: int = 20) -> float:
     import numpy as np
 
-    from isnet.build_in.backends.onnxruntime_runner import OnnxRuntimeRunner
+    from isnet.build_in.runners.onnxruntime import OnnxRuntimeRunner
 
     runner = OnnxRuntimeRunner(model_file)
     x = (np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32) - 0.5)

@@ -24,7 +24,7 @@ import numpy as np
 
 from isnet.build_in.artifact import BUILD_JSON, FORMAT_VERSION
 from isnet.build_in.backends import get_backend
-from isnet.build_in.backends.onnxruntime_runner import OnnxRuntimeRunner
+from isnet.build_in.runners.onnxruntime import OnnxRuntimeRunner
 from isnet.build_in.budget import DriftJudge, MaskScorer
 from isnet.build_in.config import BuildConfig, FrontendType, Precision
 from isnet.build_in.difference import DifferenceAccumulator

@@ -15,87 +15,14 @@ Resize size taken from a static ONNX input shape, else from ``size``, else 320x3
 
 from __future__ import annotations
 
-import enum
 import os
 import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from isnet.build_in.artifact import BUILD_JSON, is_artifact, open_artifact
+from isnet.build_in.artifact import BUILD_JSON, LoadedModel, ModelKind, is_artifact, open_artifact, static_dim
 from isnet.build_in.ops import Preprocessor, default_process_ops, resolve_process_ops, with_input_size
-from isnet.build_in.runner import Runner
 from isnet.core import IsnetError, first_line
 from isnet.core.defaults import INPUT_SIZE as DEFAULT_SIZE
-
-
-class ModelKind(str, enum.Enum):
-    """What a model path holds."""
-
-    ARTIFACT = "artifact"
-    ONNX = "onnx"
-    TORCHSCRIPT = "torchscript"
-    CHECKPOINT = "checkpoint"
-
-
-@dataclass
-class LoadedModel:
-    """A model ready to run: its runner, its pre-processing and where it came from.
-
-    ``name`` is the artifact's name, or the file name for a plain model file.
-    ``fixed_batch`` is the batch size baked into the graph (None when the batch is dynamic);
-    :meth:`predict` pads or splits batches to fit it, so callers may use any batch size.
-    """
-
-    path: Path
-    name: str
-    kind: ModelKind
-    backend: str
-    precision: str
-    runner: Runner
-    preprocessor: Preprocessor
-    fixed_batch: int | None = None
-    info: dict = field(default_factory=dict)
-    # A bare ONNX file whose output is a logit map: predict() applies the sigmoid (see load_model).
-    apply_sigmoid: bool = False
-
-    @property
-    def input_size(self) -> tuple[int, int] | None:
-        """The model input (height, width), or None when it follows each image."""
-        return self.preprocessor.input_size
-
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        """Run a float32 N x 3 x H x W batch; return the N x 1 x H x W saliency maps (float32)."""
-        count = batch.shape[0]
-        step = self.fixed_batch or count
-        outputs = []
-        for start in range(0, count, step):
-            chunk = batch[start:start + step]
-            real = chunk.shape[0]
-            if real < step:
-                # A fixed-batch graph cannot take a short final batch: pad with copies of the
-                # last image and drop their outputs.
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], step - real, axis=0)])
-            result = self.runner.infer({self.runner.input_name: chunk})[self.runner.output_name]
-            outputs.append(result[:real])
-        if self.apply_sigmoid:
-            outputs = [1.0 / (1.0 + np.exp(-o)) for o in outputs]
-        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
-
-
-def _static_dim(value) -> int | None:
-    return value if isinstance(value, int) and value > 0 else None
-
-
-def _artifact_fixed_batch(info: dict, runner: Runner) -> int | None:
-    """The batch an artifact's graph is fixed to: the runner's own input shape when it tells, else build.json."""
-    shape = getattr(runner, "input_shape", None)
-    if isinstance(shape, (list, tuple)) and len(shape) == 4:
-        return _static_dim(shape[0])
-    if info["input"].get("dynamic_batch"):
-        return None
-    return _static_dim((info["input"].get("shape") or [None])[0])
 
 
 def _bare_preprocessor(path: Path, preprocess, size: tuple[int, int] | None,
@@ -188,12 +115,9 @@ def load_model(path: str | os.PathLike, threads: int | None = None,
         if size is not None or preprocess is not None:
             raise IsnetError(f"{path}: an artifact's pre-processing and input size come from its {BUILD_JSON}; "
                              "drop --size and --preprocess")
-        artifact = open_artifact(path, threads=threads, **(runner_options or {}))
-        return LoadedModel(path, artifact.name, kind, str(artifact.info["backend"]),
-                           str(artifact.info["precision"]), artifact.runner, artifact.preprocessor,
-                           fixed_batch=_artifact_fixed_batch(artifact.info, artifact.runner), info=artifact.info)
+        return open_artifact(path, threads=threads, **(runner_options or {}))
     if kind is ModelKind.ONNX:
-        from isnet.build_in.backends.onnxruntime_runner import OnnxRuntimeRunner
+        from isnet.build_in.runners.onnxruntime import OnnxRuntimeRunner
 
         runner = OnnxRuntimeRunner(path, threads=threads)
         shape = runner.input_shape
@@ -201,16 +125,16 @@ def load_model(path: str | os.PathLike, threads: int | None = None,
             raise IsnetError(f"{path}: expected an N x 3 x H x W input, the model takes {shape}")
         if runner.session.get_inputs()[0].type not in ("tensor(float)", "tensor(float16)"):
             raise IsnetError(f"{path}: the input is {runner.session.get_inputs()[0].type}; isnet feeds float images")
-        static_hw = (_static_dim(shape[2]), _static_dim(shape[3]))
+        static_hw = (static_dim(shape[2]), static_dim(shape[3]))
         static_hw = None if None in static_hw else static_hw
         if static_hw is not None and size is not None and size != static_hw:
             raise IsnetError(f"{path}: the model's input is fixed at {static_hw[0]}x{static_hw[1]}; "
                              f"--size {size[0]} {size[1]} does not fit it (drop --size)")
         model = LoadedModel(path, path.name, kind, "onnxruntime", "fp32", runner,
-                            _bare_preprocessor(path, preprocess, size, static_hw), fixed_batch=_static_dim(shape[0]))
+                            _bare_preprocessor(path, preprocess, size, static_hw), fixed_batch=static_dim(shape[0]))
         model.apply_sigmoid = _bare_onnx_gives_logits(model)
         return model
-    from isnet.runtime.torch_runners import CheckpointRunner, TorchScriptRunner
+    from isnet.build_in.runners.pytorch import CheckpointRunner, TorchScriptRunner
 
     if kind is ModelKind.TORCHSCRIPT:
         runner = TorchScriptRunner(path, threads=threads)

@@ -125,6 +125,22 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# /proc/cpuinfo flags that decide which precision runs fastest, by what they mean for a build.
+CPU_FEATURES = {"amx_bf16": "AMX-BF16", "amx_int8": "AMX-INT8", "avx512_bf16": "AVX-512 BF16",
+                "avx512_vnni": "AVX-512 VNNI", "avx512f": "AVX-512", "avx_vnni": "AVX-VNNI", "avx2": "AVX2"}
+
+
+def cpu_features() -> list[str]:
+    """The matrix and vector units of this CPU that int8 and bf16 builds use (names of :data:`CPU_FEATURES`,
+    in that order); empty where ``/proc/cpuinfo`` is not readable."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            flags = next((set(line.split(":", 1)[1].split()) for line in handle if line.startswith("flags")), set())
+    except OSError:
+        return []
+    return [name for flag, name in CPU_FEATURES.items() if flag in flags]
+
+
 def host_info() -> dict:
     """Host name, OS, CPU model and core counts, Python and the versions of the libraries that run models."""
     import psutil
@@ -139,6 +155,7 @@ def host_info() -> dict:
         "hostname": socket.gethostname(),
         "platform": platform.platform(),
         "cpu": _cpu_model(),
+        "cpu_features": cpu_features(),
         "logical_cores": psutil.cpu_count(logical=True),
         "physical_cores": psutil.cpu_count(logical=False),
         "versions": versions,

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from isnet.build_in.backends.onnxruntime_runner import OnnxRuntimeRunner, open_runner  # noqa: F401 -- a backend opens its artifacts
+from isnet.build_in.runners.onnxruntime import OnnxRuntimeRunner, open_runner  # noqa: F401 -- a backend opens its artifacts
 from isnet.build_in.bias_correction import conv_weight_error_shifts, correct_biases
 from isnet.build_in.budget import DRIFT_IMAGES, MAX_FLOAT_SHARE, SIXTEEN_BIT, DriftJudge, search_budget
 from isnet.build_in.calibration import CalibrationSource, compute_tensor_ranges

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from isnet.build_in.backends.openvino_runner import (PERFORMANCE_HINTS, OpenVinoRunner,  # noqa: F401 -- a backend
+from isnet.build_in.runners.openvino import (PERFORMANCE_HINTS, OpenVinoRunner,  # noqa: F401 -- a backend
                                                      open_runner)  # opens its artifacts
 from isnet.build_in.budget import DRIFT_IMAGES, MAX_FLOAT_SHARE, DriftJudge, search_budget
 from isnet.build_in.calibration import CalibrationSource, compute_tensor_ranges

@@ -234,12 +234,22 @@ def create_app(model_path: str | Path, settings: ServeSettings | None = None,
     return AccessLog(BodyLimit(app, settings.max_body_bytes, settings.body_timeout))
 
 
+# A refused request's body is read and dropped, up to this many bytes, before its answer is
+# completed: a client that sends its whole body before reading (urllib, SageMaker's runtime) then
+# reads the answer; closing with its bytes unread would reset the connection and lose the answer.
+DRAIN_BYTES = 64 << 20
+
+
 class BodyLimit:
     """ASGI middleware: 413 for a body over ``max_bytes``, before it is read whole; 408 for a body
     that has not arrived whole ``timeout`` seconds after the request's headers.
 
     A declared ``Content-Length`` over the limit is refused at once; a body sent without one
-    (chunked) is counted as it arrives and refused when it passes the limit.
+    (chunked) is counted as it arrives and refused when it passes the limit. Every refusal (4xx,
+    5xx) that leaves part of the body unread is sent at once, and its last byte only once the rest
+    of the body (up to :data:`DRAIN_BYTES`, within ``timeout``) has been read and dropped; not for a
+    408 (that client is not sending) or a client waiting on ``Expect: 100-continue`` (it sends
+    nothing unless asked).
     """
 
     def __init__(self, app, max_bytes: int, timeout: float):
@@ -251,18 +261,46 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
+        waits_for_continue = headers.get(b"expect", b"").lower() == b"100-continue"
+        received, complete, status = 0, declared in (None, b"0") and b"transfer-encoding" not in headers, 200
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+
+        async def drain() -> None:
+            nonlocal received, complete
+            dropped = 0
+            while not complete and dropped <= DRAIN_BYTES:
+                try:
+                    message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+                except TimeoutError:
+                    return
+                if message["type"] != "http.request":
+                    return  # the client went away
+                dropped += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
+
+        async def answer(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            last = message["type"] == "http.response.body" and not message.get("more_body", False)
+            unread = not complete and status >= 400 and status != 408 and not (waits_for_continue and received == 0)
+            if last and unread:
+                await send({**message, "more_body": True})
+                await drain()
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
         limit = f"bodies over {self.max_bytes / 1024 / 1024:g} MB are refused (--max-body-mb)"
         if declared is not None:
             try:
                 too_large = int(declared) > self.max_bytes
             except ValueError:
-                return await _error(400, "invalid Content-Length")(scope, receive, send)
+                return await _error(400, "invalid Content-Length")(scope, receive, answer)
             if too_large:
-                return await _error(413, f"the body is {int(declared):,} bytes; {limit}")(scope, receive, send)
-        received, complete = 0, False
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout
+                return await _error(413, f"the body is {int(declared):,} bytes; {limit}")(scope, receive, answer)
 
         async def counted():
             nonlocal received, complete
@@ -280,7 +318,7 @@ class BodyLimit:
                     raise RequestError(413, f"the body passed {self.max_bytes:,} bytes; {limit}")
             return message
 
-        await self.app(scope, counted, send)
+        await self.app(scope, counted, answer)
 
 
 class AccessLog:

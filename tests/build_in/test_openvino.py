@@ -22,7 +22,7 @@ TOLERANCE = {"fp32": 1e-5, "fp16": 1e-2, "bf16": 3e-2, "int8": 0.1}
 @pytest.fixture(scope="module")
 def ort_reference(lite_onnx, calib_images):
     """The fp32 ONNX Runtime output of the tiny model on three held-out images."""
-    from isnet.build_in.backends.onnxruntime_runner import OnnxRuntimeRunner
+    from isnet.build_in.runners.onnxruntime import OnnxRuntimeRunner
     from isnet.build_in.ops import Preprocessor, default_process_ops
 
     pre = Preprocessor.from_specs(default_process_ops((64, 64)))

@@ -141,6 +141,47 @@ def test_refusals_are_one_line_json(server, photo_folder, tmp_path):
     assert re.search(r"POST /invocations 413 \d+ ", server.log_text()) and re.search(r"POST /invocations 400 ", server.log_text())
 
 
+def _raw_post(port: int, body: bytes, content_type: str, chunk: int | None = None) -> bytes:
+    """A client that sends the whole request (headers and body, chunked when ``chunk``) before reading."""
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        head = f"POST /invocations HTTP/1.1\r\nHost: test\r\nContent-Type: {content_type}\r\n"
+        if chunk is None:
+            sock.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        else:
+            sock.sendall(f"{head}Transfer-Encoding: chunked\r\n\r\n".encode())
+            for start in range(0, len(body), chunk):
+                part = body[start:start + chunk]
+                sock.sendall(b"%x\r\n%s\r\n" % (len(part), part))
+            sock.sendall(b"0\r\n\r\n")
+        reply = b""
+        while data := sock.recv(1 << 16):
+            reply += data
+            if b"\r\n\r\n" in reply and b'"}' in reply:
+                break
+        return reply
+
+
+def test_refusals_reach_clients_that_send_the_whole_body_first(server):
+    import urllib.error
+    import urllib.request
+
+    big, small = b"\0" * (7 * 1024 * 1024), b"\0" * (2 * 1024 * 1024)
+    cases = [(big, "image/png", 413, "--max-body-mb"), (small, "text/plain", 415, "Content-Type")]
+    for body, content_type, status, words in cases:
+        for _ in range(3):  # a reset is a race: every attempt must read the answer
+            request = urllib.request.Request(f"http://127.0.0.1:{server.port}/invocations", data=body,
+                                             headers={"Content-Type": content_type}, method="POST")
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=60)
+            assert refused.value.code == status and words in json.loads(refused.value.read())["error"]
+        reply = _raw_post(server.port, body, content_type)
+        assert reply.startswith(f"HTTP/1.1 {status} ".encode()) and words.encode() in reply, reply[:200]
+    # A chunked body passes the limit as it arrives: the client still reads the 413.
+    reply = _raw_post(server.port, big, "image/png", chunk=1 << 20)
+    assert reply.startswith(b"HTTP/1.1 413 ") and b"--max-body-mb" in reply, reply[:200]
+    assert post_image(server.port, b"", content_type="image/png").status == 400  # still serving
+
+
 def test_decompression_bombs_are_refused_from_their_headers(server):
     # 60 megapixels of one grey level: about 60 KB of PNG, 180 MB once decoded.
     bomb = _png(np.zeros((6000, 10000), np.uint8))

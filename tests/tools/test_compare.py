@@ -1,6 +1,7 @@
 """`isnet compare` end to end on a tiny random model and a tiny generated set."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -68,6 +69,33 @@ def test_compare_writes_every_report_file_and_column(run_isnet, experiment):
         photo_mask = report / "photos" / "masks" / build / "grace_hopper.png"
         assert photo_mask.is_file() and decode_mask(photo_mask).shape == (600, 512)
     assert "photographs without ground truth (grace_hopper.jpg)" in markdown
+    # Without bounds nothing is recommended; with them, the fastest build within them is, and --deploy copies it.
+    assert payload["recommended"] is None and "give max_delta" in proc.stdout
+    assert payload["host"]["cpu_features"] == [f for f in payload["host"]["cpu_features"] if f]
+    bounded = run_isnet("compare", experiment, "--max-delta", "mae=1", "--deploy", "deployed", cwd=experiment.parent)
+    assert bounded.returncode == 0, bounded.stderr
+    payload = json.loads((report / "report.json").read_text())
+    fastest = max(payload["builds"], key=lambda b: b["throughput_ips"])["name"]
+    assert payload["recommended"] == fastest and f"recommended: {fastest} (" in bounded.stdout
+    deployed = experiment.parent / "deployed" / Path(builds[fastest]["artifact"]).name
+    assert (deployed / "build.json").is_file() and json.loads((deployed / "build.json").read_text())["name"]
+    assert "**Recommended:** " + fastest in (report / "report.md").read_text()
+
+
+def test_the_recommendation_is_the_fastest_build_within_the_bounds():
+    from isnet.tools.compare import BuildReport, recommend
+
+    def build(name, mae, speed, nonfinite=0):
+        return BuildReport(name, Path(name), {}, {"mae": mae}, {}, 0.0, speed, 1.0, 1.0, nonfinite=nonfinite)
+
+    reports = [build("fp32", 0.050, 10), build("int8", 0.0504, 30), build("int8_kl", 0.060, 40),
+               build("broken", 0.050, 50, nonfinite=3)]
+    # The fastest one within the bounds; a build with NaN maps never, whatever its scores.
+    assert recommend(reports, "fp32", {"mae": 0.001}).name == "int8"
+    assert recommend(reports, "fp32", {"mae": 0.02}).name == "int8_kl"
+    assert recommend(reports, "fp32", {"mae": 0.0001}).name == "fp32"  # only the reference is within them
+    assert recommend(reports, "fp32", {}) is None  # no bounds: no recommendation
+    assert recommend([build("fp32", 0.05, 10, nonfinite=1)], "fp32", {"mae": 1}) is None
 
 
 @pytest.mark.slow

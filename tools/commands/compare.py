@@ -37,6 +37,8 @@ class CompareCommand:
         parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                             help="override an experiment key (repeatable)")
         parser.add_argument("--force", action="store_true", help="redo every stage, reusing nothing")
+        parser.add_argument("--deploy", metavar="DIR",
+                            help="copy the recommended build's artifact (the fastest within max_delta) into DIR/<name>")
 
     def run(self, args: argparse.Namespace) -> int:
         from isnet.core import IsnetError
@@ -82,6 +84,10 @@ class CompareCommand:
         spent = [f"{stage} {seconds:.1f} s" for stage, seconds in result.stage_seconds.items() if seconds >= 0.05]
         print(f"time: {', '.join(spent) or 'every stage reused'}")
         print(f"report: {result.files['report.md']} (and report.json, curves, strip) in {result.output}")
+        print(f"recommended: {result.recommendation}")
+        deployed = _deploy(result.recommended, args.deploy) if args.deploy else None
+        if deployed:
+            print(f"deployed {result.recommended.name} to {deployed}")
         if result.violations:
             for violation in result.violations:
                 print(f"FAIL {violation}")
@@ -89,4 +95,19 @@ class CompareCommand:
         if experiment.max_delta:
             print(f"gate: every build within {', '.join(f'{k} {v}' for k, v in experiment.max_delta.items())} "
                   f"of {result.reference}")
-        return 0
+        return 0 if deployed is not False else 1
+
+
+def _deploy(recommended, folder: str) -> Path | bool:
+    """Copy the recommended build's artifact folder into ``folder`` (atomically); False when there is none."""
+    import shutil
+
+    from isnet.core import atomic_dir
+
+    if recommended is None:
+        print("nothing deployed: no build to recommend")
+        return False
+    target = Path(folder) / recommended.artifact.name
+    with atomic_dir(target, replace=True) as staging:
+        shutil.copytree(recommended.artifact, staging, dirs_exist_ok=True)
+    return target

@@ -8,8 +8,8 @@ and write one report that puts accuracy, drift from the reference and speed side
 """
 
 from isnet.tools.compare.experiment import PRESETS, BuildEntry, Experiment, load_experiment, read_experiment
-from isnet.tools.compare.report import BuildReport, gate, table_rows
+from isnet.tools.compare.report import BuildReport, gate, recommend, table_rows
 from isnet.tools.compare.stages import CompareResult, run_experiment
 
 __all__ = ["PRESETS", "BuildEntry", "BuildReport", "CompareResult", "Experiment", "gate", "load_experiment",
-           "read_experiment", "run_experiment", "table_rows"]
+           "read_experiment", "recommend", "run_experiment", "table_rows"]

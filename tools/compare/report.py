@@ -65,29 +65,61 @@ class FailedBuild:
     reason: str
 
 
+def _violations(report: BuildReport, ref: BuildReport | None, reference: str, max_delta: Mapping[str, float]
+                ) -> list[str]:
+    """Why ``report`` is outside the gate, one sentence each (none: within it)."""
+    found = []
+    if report.nonfinite:
+        # A map with NaN or inf in it is broken whatever the tolerances say.
+        found.append(f"{report.name}: {report.nonfinite} NaN/inf values in its output maps")
+    if report.name == reference or ref is None:
+        return found
+    for metric, tolerance in max_delta.items():
+        if metric == "drift":
+            delta = report.drift_mean_abs
+            if delta is not None and delta > tolerance:
+                found.append(f"{report.name}: mean |diff| vs {reference} {delta:.4f} > {tolerance}")
+            continue
+        delta = report.metrics[metric] - ref.metrics[metric]
+        if abs(delta) > tolerance:
+            found.append(f"{report.name}: {metric} {report.metrics[metric]:.4f} vs {reference} "
+                         f"{ref.metrics[metric]:.4f} (delta {delta:+.4f}, allowed {tolerance})")
+    return found
+
+
 def gate(reports: list[BuildReport], reference: str, max_delta: Mapping[str, float],
          failures: Sequence[FailedBuild] = ()) -> list[str]:
     """Each build that failed, and each whose metric moved from the reference by more than its tolerance,
     as a sentence."""
-    violations = [f"{f.name}: not built: {f.reason}" for f in failures]
     ref = next((r for r in reports if r.name == reference), None)
-    for report in reports:
-        if report.nonfinite:
-            # A map with NaN or inf in it is broken whatever the tolerances say.
-            violations.append(f"{report.name}: {report.nonfinite} NaN/inf values in its output maps")
-        if report.name == reference or ref is None:
-            continue
-        for metric, tolerance in max_delta.items():
-            if metric == "drift":
-                delta = report.drift_mean_abs
-                if delta is not None and delta > tolerance:
-                    violations.append(f"{report.name}: mean |diff| vs {reference} {delta:.4f} > {tolerance}")
-                continue
-            delta = report.metrics[metric] - ref.metrics[metric]
-            if abs(delta) > tolerance:
-                violations.append(f"{report.name}: {metric} {report.metrics[metric]:.4f} vs {reference} "
-                                  f"{ref.metrics[metric]:.4f} (delta {delta:+.4f}, allowed {tolerance})")
-    return violations
+    return [f"{f.name}: not built: {f.reason}" for f in failures] + [
+        violation for report in reports for violation in _violations(report, ref, reference, max_delta)]
+
+
+def recommend(reports: list[BuildReport], reference: str, max_delta: Mapping[str, float]) -> BuildReport | None:
+    """The build to ship: the fastest (images/s) of those within ``max_delta`` of the reference (the
+    reference itself included). None without bounds to judge by, or when no build is within them."""
+    ref = next((r for r in reports if r.name == reference), None)
+    if not max_delta or ref is None:
+        return None
+    within = [r for r in reports if not _violations(r, ref, reference, max_delta)]
+    return max(within, key=lambda r: r.throughput_ips, default=None)
+
+
+def recommendation_line(recommended: BuildReport | None, reports: list[BuildReport], reference: str,
+                        max_delta: Mapping[str, float], host: Mapping) -> str:
+    """One sentence: the build to ship on this machine, and why; or why there is none."""
+    where = f"{host.get('cpu', 'this CPU')} ({', '.join(host.get('cpu_features') or ['no AVX2'])})"
+    if not max_delta:
+        return "no recommendation: give max_delta (the drift allowed from the reference) to have one"
+    if recommended is None:
+        return f"no build is within max_delta of {reference}: none recommended"
+    ref = next(r for r in reports if r.name == reference)
+    speedup = recommended.throughput_ips / ref.throughput_ips if ref.throughput_ips > 0 else float("nan")
+    return (f"{recommended.name} ({recommended.backend} {recommended.precision}): the fastest build within max_delta, "
+            f"{recommended.throughput_ips:.1f} images/s, {speedup:.2f}x {reference}, on {where}; the fastest "
+            "precision depends on the CPU's units (AMX and AVX-512 BF16 favour bf16, VNNI int8): measure on the "
+            "machine you deploy to")
 
 
 def table_rows(reports: list[BuildReport], reference: str, failures: Sequence[FailedBuild] = ()
@@ -117,7 +149,8 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 def write_report(experiment: Experiment, reports: list[BuildReport], notes: list[str], violations: list[str],
                  mask_dirs: dict[str, Path], images: list[Path], photo_masks: dict[str, Path] | None = None,
-                 photos: list[Path] = (), failures: Sequence[FailedBuild] = ()) -> dict[str, Path]:
+                 photos: list[Path] = (), failures: Sequence[FailedBuild] = (), host: Mapping | None = None
+                 ) -> dict[str, Path]:
     """Write report.md, report.json, the curve plots, the accuracy-speed plot and the mask strip; return
     their paths."""
     from isnet.eval import EvalResult, plot_curves
@@ -137,7 +170,13 @@ def write_report(experiment: Experiment, reports: list[BuildReport], notes: list
     strip = strip_image(out / "strip.png", strip_rows, names) if strip_rows else None
     speed = accuracy_speed_plot(out / "accuracy_speed.png", reports) if reports else None
 
+    host = host or {}
+    recommended = recommend(reports, experiment.reference, experiment.max_delta)
+    advice = recommendation_line(recommended, reports, experiment.reference, experiment.max_delta, host)
     md = [f"# {experiment.name}: accuracy and speed per build", "",
+          f"Measured on {host.get('cpu', 'an unknown CPU')}, {host.get('logical_cores', '?')} logical cores; "
+          f"CPU features: {', '.join(host.get('cpu_features') or []) or 'none of AMX, AVX-512, AVX2'}.", "",
+          f"**Recommended:** {advice}", "",
           f"{len(images)} images from `{experiment.images}`, ground truth `{experiment.masks}`. "
           f"Drift is the mean absolute difference of the raw output maps from build `{experiment.reference}` on "
           f"{min(experiment.run.drift_images, len(images))} images; speed is inference only, batch "
@@ -166,6 +205,7 @@ def write_report(experiment: Experiment, reports: list[BuildReport], notes: list
     payload = {
         "name": experiment.name, "images": str(experiment.images), "masks": str(experiment.masks),
         "reference": experiment.reference, "max_delta": dict(experiment.max_delta), "violations": violations,
+        "recommended": recommended.name if recommended else None, "recommendation": advice, "host": dict(host),
         "notes": notes,
         "builds": [{"name": r.name, "artifact": str(r.artifact), "backend": r.backend, "precision": r.precision,
                     "calibration": r.calibration_mode, "size_mb": r.size_mb, "metrics": r.metrics,

@@ -24,7 +24,7 @@ from isnet.core.defaults import INPUT_SIZE
 from isnet.eval import validation_scores
 from isnet.tools.compare.cache import StageCache, artifact_key, image_list_key
 from isnet.tools.compare.experiment import BuildEntry, Experiment
-from isnet.tools.compare.report import BuildReport, FailedBuild, gate, write_report
+from isnet.tools.compare.report import BuildReport, FailedBuild, gate, recommend, recommendation_line, write_report
 
 Progress = Callable[[str, int, int], None]
 
@@ -45,6 +45,9 @@ class CompareResult:
     # export, build, photos and report are always timed (a reused one costs its cache check); run,
     # eval, profile and drift appear only when they ran.
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    # The fastest build within max_delta (None without bounds, or when none is within them).
+    recommended: BuildReport | None = None
+    recommendation: str = ""
 
 
 class _StageClock:
@@ -300,7 +303,13 @@ def run_experiment(experiment: Experiment, force: bool = False, progress: Progre
                             entry.config.backend.dtype.value if entry.config else "?", failed[entry.name])
                 for entry in all_builds if entry.name in failed]
     violations = gate(reports, experiment.reference, experiment.max_delta, failures)
+    from isnet.runtime import host_info
+
+    host = host_info()
+    recommended = recommend(reports, experiment.reference, experiment.max_delta)
     with clock("report"):
         files = write_report(experiment, reports, notes, violations, mask_dirs, images, photo_masks, photos,
-                             failures)
-    return CompareResult(out, reports, experiment.reference, violations, notes, files, failures, clock.seconds)
+                             failures, host)
+    return CompareResult(out, reports, experiment.reference, violations, notes, files, failures, clock.seconds,
+                         recommended, recommendation_line(recommended, reports, experiment.reference,
+                                                          experiment.max_delta, host))

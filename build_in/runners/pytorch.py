@@ -1,4 +1,4 @@
-"""PyTorch runners behind the :class:`~isnet.build_in.runner.Runner` contract: TorchScript files and ``.pth``
+"""PyTorch runners behind the :class:`~isnet.build_in.runners.Runner` contract: TorchScript files and ``.pth``
 checkpoints, for reference runs next to compiled artifacts.
 
 torch is imported when a runner is created, never at module import. ``threads`` calls

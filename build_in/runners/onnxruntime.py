@@ -11,7 +11,7 @@ from isnet.core import IsnetError, first_line
 
 
 class OnnxRuntimeRunner:
-    """An ONNX Runtime CPU session behind the :class:`~isnet.build_in.runner.Runner` contract.
+    """An ONNX Runtime CPU session behind the :class:`~isnet.build_in.runners.Runner` contract.
 
     ``threads`` sets intra-op threads (None: ONNX Runtime's default, one per core).
     """

@@ -14,7 +14,7 @@ PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT")
 
 
 class OpenVinoRunner:
-    """A compiled OpenVINO model on the CPU behind the :class:`~isnet.build_in.runner.Runner` contract.
+    """A compiled OpenVINO model on the CPU behind the :class:`~isnet.build_in.runners.Runner` contract.
 
     The IR has a dynamic batch; the runner reshapes it to each batch size it sees (compiled once
     per size and kept), which is what the CPU plugin runs fastest. ``streams`` > 1 with the
