@@ -149,7 +149,7 @@ def build_preset(name: str, preset: str, model: Path, calib: Path, work: Path, p
     from functools import partial
 
     from isnet.build_in import build_artifact, read_build_info, validate_build_config
-    from isnet.eval import validation_scores
+    from isnet.eval import selection_scores
     from isnet.tools.compare import PRESETS
     from isnet.tools.compare.experiment import BUDGETED_PRESETS
 
@@ -162,7 +162,7 @@ def build_preset(name: str, preset: str, model: Path, calib: Path, work: Path, p
             if not budget:
                 raise SystemExit(f"{preset} is budgeted: give a budget")
             settings["backend"]["quantize"].update(max_drift=budget, validation={"path": str(calib.parent)})
-            scorer = partial(validation_scores, smeasure=True)
+            scorer = partial(selection_scores, smeasure=True)
         config = {"name": name, "frontend": {"checkpoint": str(model)}, **settings,
                   "dataset": {"path": str(calib), "process_ops": process_ops,
                               "sampler": {"get_data_num": calibration}},

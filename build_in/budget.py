@@ -16,8 +16,15 @@ full-resolution layer in float costs its own int8 kernel and the conversions of 
 tensors around it (two such groups of U²-Netp cost 30% of int8's speed), a decoder layer at
 1/16 of the resolution next to nothing.
 
+A budget is a promise about pictures the build has not seen, so a candidate is judged by an upper
+bound of its drift, not by the drift on the validation pictures alone: the pictures are resampled
+(bootstrap, :data:`BOOTSTRAP_RESAMPLES` times, paired: the same resample for the candidate and
+fp32) and the drift of each metric is bounded by the ``validation.confidence`` quantile of its
+resampled |change|. A one-sided bound at confidence c needs at least 1 / (1 - c) pictures (20 at
+95%), or a single picture decides it.
+
 The metrics live in ``isnet.eval``, a later stage; the caller hands them in as a
-:data:`MaskScorer` (``isnet build`` and ``isnet compare`` pass ``isnet.eval.validation_scores``
+:data:`MaskScorer` (``isnet build`` and ``isnet compare`` pass ``isnet.eval.selection_scores``
 with ``smeasure=True``).
 """
 
@@ -37,8 +44,16 @@ from isnet.build_in.imageio import decode_mask, pair_images_with_masks
 from isnet.build_in.ops import mask_from_output
 from isnet.core import IsnetError
 
-# (masks as uint8 at their image's size, GT masks) -> {"mae": ..., "sm": ..., "maxfmeasure": ...}
-MaskScorer = Callable[[list[np.ndarray], list[np.ndarray]], dict[str, float]]
+# (masks as uint8 at their image's size, GT masks, selections (S, n) of picture indices) ->
+# {"mae": (S,), "sm": (S,), "maxfmeasure": (S,)}: the dataset scores of each selection
+MaskScorer = Callable[[list[np.ndarray], list[np.ndarray], np.ndarray], dict[str, np.ndarray]]
+# Resamples of the validation pictures behind each bound (the bound's own noise: about 0.5% of it).
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def minimum_pictures(confidence: float) -> int:
+    """The fewest validation pictures a one-sided bound at ``confidence`` rests on: 1 / (1 - confidence)."""
+    return math.ceil(1 / (1 - confidence) - 1e-9)
 # Past this share of the quantized activations kept in float, int8 buys little: the search stops there.
 MAX_FLOAT_SHARE = 0.25
 # The ranking: validation images the layer-wise drift and the effect of each leading candidate are
@@ -97,7 +112,8 @@ class BudgetCheck:
     """One candidate model scored on the validation images."""
 
     within: bool
-    drift: dict[str, float]  # |metric change| per budget key, and mean_abs
+    drift: dict[str, float]  # |metric change| per budget key, and mean_abs, on the validation pictures
+    bound: dict[str, float]  # their upper bounds at the judge's confidence: what the budget is held to
     images_per_second: float
 
 
@@ -113,9 +129,20 @@ class DriftJudge:
             self.bounds["mean_abs"] = quant.max_drift.mean_abs
         if set(self.bounds) - {"mean_abs"} and scorer is None:
             raise IsnetError("backend.quantize.max_drift: metric budgets are scored with isnet.eval; build with "
-                             "`isnet build` (or pass scorer=partial(isnet.eval.validation_scores, smeasure=True) "
+                             "`isnet build` (or pass scorer=partial(isnet.eval.selection_scores, smeasure=True) "
                              "to build_artifact)")
         self.pairs = validation_pairs(config)
+        self.confidence = quant.validation.confidence
+        needed = minimum_pictures(self.confidence)
+        if len(self.pairs) < needed:
+            raise IsnetError(f"backend.quantize.validation: {len(self.pairs)} validation pictures cannot bound the "
+                             f"drift at {self.confidence:.0%} confidence; give at least {needed} (more pictures "
+                             "with masks, or a higher validation.count), or a lower validation.confidence")
+        count = len(self.pairs)
+        # Row 0: the validation pictures themselves; then the resamples (fixed: every candidate and
+        # fp32 are judged on the same ones, and a rebuild judges alike).
+        self.selections = np.vstack([np.arange(count), np.random.default_rng(0).integers(
+            0, count, size=(BOOTSTRAP_RESAMPLES, count))])
         self.preprocessor = config.preprocessor()
         self.scorer = scorer
         # Candidates open as the artifact will (an OpenVINO build's float layers in bf16, say); the
@@ -127,7 +154,8 @@ class DriftJudge:
         self._probe_inputs: list[np.ndarray] = []
         self.masks = [decode_mask(mask) for _, _, mask in self.pairs]
         self.fp32_maps, fp32_masks, _ = self._run(open_runner(reference))
-        self.fp32_scores = scorer(fp32_masks, self.masks) if set(self.bounds) - {"mean_abs"} else {}
+        self.fp32_selected = scorer(fp32_masks, self.masks, self.selections) if set(self.bounds) - {"mean_abs"} else {}
+        self.fp32_scores = {key: float(values[0]) for key, values in self.fp32_selected.items()}
 
     def _inputs(self):
         for _, image, _ in self.pairs:
@@ -179,27 +207,33 @@ class DriftJudge:
         return self.check(*self._run(self.open_runner(model_file)))
 
     def check(self, maps: list[np.ndarray], masks: list[np.ndarray], speed: float = float("nan")) -> BudgetCheck:
-        """Score one model's raw maps and uint8 masks of the validation images (in order) against fp32's."""
-        drift: dict[str, float] = {}
-        if self.fp32_scores:
-            scores = self.scorer(masks, self.masks)
-            drift.update({key: abs(scores[key] - self.fp32_scores[key]) for key in self.bounds if key in scores})
-        difference = DifferenceAccumulator()
-        for expected, got in zip(self.fp32_maps, maps):
-            difference.add(expected, got)
-        drift["mean_abs"] = difference.total().mean_abs
-        within = all(drift[key] <= bound for key, bound in self.bounds.items())
-        return BudgetCheck(within, drift, speed)
+        """Score one model's raw maps and uint8 masks of the validation images (in order) against fp32's:
+        each drift on the pictures, and its upper bound at the judge's confidence."""
+        changes: dict[str, np.ndarray] = {}
+        if self.fp32_selected:
+            selected = self.scorer(masks, self.masks, self.selections)
+            changes = {key: np.abs(selected[key] - self.fp32_selected[key]) for key in self.bounds if key in selected}
+        # The maps' mean |difference| over all pixels, per selection: summed per picture, then resampled.
+        sums = np.array([float(np.abs(got.astype(np.float64) - expected).sum()) for expected, got in zip(self.fp32_maps, maps)])
+        sizes = np.array([expected.size for expected in self.fp32_maps], dtype=np.float64)
+        changes["mean_abs"] = sums[self.selections].sum(axis=1) / sizes[self.selections].sum(axis=1)
+        drift = {key: float(values[0]) for key, values in changes.items()}
+        bound = {key: float(np.quantile(values[1:], self.confidence)) for key, values in changes.items()}
+        within = all(bound[key] <= limit for key, limit in self.bounds.items())
+        return BudgetCheck(within, drift, bound, speed)
 
     def misses(self, check: BudgetCheck) -> str:
         """The bounds ``check`` misses, for an error message (``sm 0.0041 > 0.003``)."""
-        return ", ".join(f"{key} {check.drift[key]:.4g} > {bound:g}" for key, bound in self.bounds.items()
-                         if check.drift[key] > bound)
+        return ", ".join(f"{key} {check.bound[key]:.4g} > {limit:g}" for key, limit in self.bounds.items()
+                         if check.bound[key] > limit) + f" (upper bounds at {self.confidence:.0%} confidence)"
 
     def record(self, check: BudgetCheck) -> dict:
-        """What every backend's build.json budget record holds: bounds, validation set, drift, fp32 scores."""
-        return {"bounds": self.bounds, "validation": {"path": str(self.pairs[0][1].parent), "images": len(self.pairs)},
-                "drift": check.drift, "fp32_scores": self.fp32_scores}
+        """What every backend's build.json budget record holds: bounds, validation set, drift on it and its
+        upper bounds at the confidence, fp32 scores."""
+        return {"bounds": self.bounds, "validation": {"path": str(self.pairs[0][1].parent), "images": len(self.pairs),
+                                                      "confidence": self.confidence,
+                                                      "bootstrap_resamples": BOOTSTRAP_RESAMPLES},
+                "drift": check.drift, "drift_upper_bound": check.bound, "fp32_scores": self.fp32_scores}
 
     def summary(self, result: "SearchResult") -> dict:
         """The search as build.json records it (``float_nodes``, or ``sixteen_bit_tensors`` for an
@@ -252,7 +286,7 @@ def search_float_nodes(quantize: Callable[[list[str]], Path], judge: DriftJudge,
         nodes = list(dict.fromkeys(n for group in ranked[:count] for n in group))
         check = judge(quantize(nodes))
         trials.append({"float_candidates": count, "float_nodes": len(nodes), "drift": check.drift,
-                       "within": check.within})
+                       "drift_upper_bound": check.bound, "within": check.within})
         return check
 
     first = attempt(0, [])
@@ -266,7 +300,7 @@ def search_float_nodes(quantize: Callable[[list[str]], Path], judge: DriftJudge,
     checks: dict[int, BudgetCheck] = {}
     if limit == len(groups):  # else the whole model float says nothing
         checks[limit] = attempt(limit, groups)
-        if any(checks[limit].drift[key] > HOPELESS_FACTOR * bound for key, bound in judge.bounds.items()):
+        if any(checks[limit].bound[key] > HOPELESS_FACTOR * bound for key, bound in judge.bounds.items()):
             raise IsnetError(_unreachable(judge, checks[limit], limit, remedy))
     step = (lambda n, total: progress("rank layers", 1, total)) if progress else None
     ranked = (rank or rank_by_effect)(groups[:MEASURED_CANDIDATES], quantize, judge, DRIFT_IMAGES, step) + \
@@ -390,7 +424,9 @@ def _unreachable(judge: DriftJudge, check: BudgetCheck, count: int, remedy: str 
 
 def describe_budget(record: dict) -> str:
     """One line for a ``build.json`` budget record (``backend_details.plan.budget``)."""
-    drift = ", ".join(f"{key} {record['drift'][key]:.4f} (<= {bound:g})" for key, bound in record["bounds"].items())
+    upper = record["drift_upper_bound"]
+    drift = ", ".join(f"{key} {record['drift'][key]:.4f}, bound {upper[key]:.4f} (<= {bound:g})"
+                      for key, bound in record["bounds"].items()) + f" at {record['validation']['confidence']:.0%} confidence"
     if record.get("sixteen_bit_tensors"):
         how = f"gave {len(record['sixteen_bit_tensors'])} tensors 16 bits; {len(record['trials'])} trials"
     elif record.get("float_nodes"):

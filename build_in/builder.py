@@ -158,7 +158,7 @@ def build_artifact(config: BuildConfig, force: bool = False, progress: Progress 
     """Compile ``config`` into ``<workspace>/<name>/``; return the folder and its ``build.json`` contents.
 
     ``scorer`` scores masks for an int8 build with a metric budget (``backend.quantize.max_drift``
-    with ``validation``; see :mod:`isnet.build_in.budget`): ``partial(isnet.eval.validation_scores, smeasure=True)``.
+    with ``validation``; see :mod:`isnet.build_in.budget`): ``partial(isnet.eval.selection_scores, smeasure=True)``.
 
     Raises IsnetError for user-fixable problems (existing artifact without ``force``, a model that
     does not match the config, a backend that is not installed, non-finite outputs).

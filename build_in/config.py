@@ -118,6 +118,9 @@ class ValidationConfig:
 
     path: Path | None = None
     count: int = bounded(50, minimum=1)
+    # The budget must hold at this confidence on pictures the build has not seen: a build is accepted
+    # when the one-sided bootstrap upper bound of each budgeted drift is within its bound.
+    confidence: float = bounded(0.95, above=0)
 
 
 # Widest channel / median channel past which a tensor counts as having an outlier channel.
@@ -413,6 +416,8 @@ def _check_semantics(config: BuildConfig, source: str) -> None:
     if quant.integer_only and quant.exclude_nodes:
         raise fail("backend.quantize.exclude_nodes", "an integer_only build leaves no node in float; give the "
                    "nodes 16 bits with backend.quantize.activations_16bit instead")
+    if quant.validation.confidence >= 1:
+        raise fail("backend.quantize.validation.confidence", f"a confidence below 1, got {quant.validation.confidence}")
     budget = quant.max_drift.metric_bounds()
     if config.backend.dtype is Precision.INT8 and budget and quant.validation.path is None:
         raise fail(f"backend.quantize.max_drift.{next(iter(budget))}", "a metric budget is checked on images with "

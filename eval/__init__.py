@@ -8,8 +8,9 @@ Entry points:
 
 - :func:`evaluate_folders` -- a prediction folder against a GT folder (what ``isnet compare`` uses);
   returns an :class:`EvalResult` (``metrics`` dict, ``curves``).
-- :func:`validation_scores` -- MAE and max F-measure (and S-measure if asked) of in-memory maps
-  (training validation; with ``smeasure=True``, the scorer of a budgeted int8 build).
+- :func:`validation_scores` -- MAE and max F-measure (and S-measure if asked) of in-memory maps;
+  (training validation); :func:`selection_scores` -- the same for selections of the pictures
+  (bootstrap resamples: with ``smeasure=True``, the scorer of a budgeted int8 build).
 - :func:`evaluate_json` / :func:`plan_from_json` + :func:`evaluate_tasks` -- PySODEvalToolkit's
   dataset and method JSON files (what ``isnet eval`` uses).
 - :func:`ecssd_folders` / :func:`ecssd_pairs` -- the one reading of a dataset in ECSSD layout
@@ -18,7 +19,8 @@ Entry points:
   with ``step(pred, gt)`` and ``results()``, for in-memory uint8 maps.
 """
 
-from isnet.eval._evaluator import METRIC_NAMES, RESULT_KEYS, EvalResult, SaliencyEvaluator, validation_scores
+from isnet.eval._evaluator import (METRIC_NAMES, RESULT_KEYS, EvalResult, SaliencyEvaluator, selection_scores,
+                                   validation_scores)
 from isnet.eval._inputs import EvalTask, ecssd_folders, ecssd_pairs, plan_from_folders, plan_from_json
 from isnet.eval._metrics import MAE, EMeasure, FMeasure, SMeasure, WeightedFMeasure
 from isnet.eval._reports import format_table, plot_curves, save_curves, write_csv, write_json, write_txt
@@ -29,5 +31,5 @@ __all__ = [
     "MAE", "FMeasure", "EMeasure", "SMeasure", "WeightedFMeasure",
     "ecssd_folders", "ecssd_pairs", "evaluate_folders", "evaluate_json", "evaluate_tasks", "plan_from_folders",
     "plan_from_json",
-    "validation_scores", "format_table", "plot_curves", "save_curves", "write_csv", "write_json", "write_txt",
+    "validation_scores", "selection_scores", "format_table", "plot_curves", "save_curves", "write_csv", "write_json", "write_txt",
 ]

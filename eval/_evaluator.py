@@ -155,3 +155,28 @@ def validation_scores(preds, gts, smeasure: bool = False) -> dict[str, float]:
         evaluator.step(pred, gt)
     metrics = evaluator.results().metrics
     return {key: metrics[key] for key in ("mae", "maxfmeasure", "sm") if key in metrics}
+
+
+def selection_scores(preds, gts, selections: np.ndarray, smeasure: bool = False) -> dict[str, np.ndarray]:
+    """The dataset scores (``mae``, ``maxfmeasure``, and ``sm`` with ``smeasure``) of selections of the
+    pictures: ``selections`` is an integer array (S, n) of picture indices (repeats allowed, e.g.
+    bootstrap resamples); each score comes back as an (S,) array, row i what :func:`validation_scores`
+    gives for the pictures of ``selections[i]``. A budgeted int8 build scores its candidates so, to
+    bound their drift on pictures it has not seen (:mod:`isnet.build_in.budget`). Inputs as for
+    :func:`validation_scores`.
+    """
+    pred_maps, gt_maps = _as_maps(preds), _as_maps(gts)
+    if len(pred_maps) != len(gt_maps):
+        raise ValueError(f"{len(pred_maps)} predictions but {len(gt_maps)} GT maps")
+    if not pred_maps:
+        raise ValueError("no maps given")
+    evaluator = SaliencyEvaluator(("mae", "fmeasure", "sm") if smeasure else ("mae", "fmeasure"))
+    records = [evaluator._measure(pred, gt) for pred, gt in zip(pred_maps, gt_maps)]
+    # Per picture: MAE, the F-measure at each of the 256 thresholds (max F is the maximum of their
+    # mean over the pictures), S-measure.
+    mae = np.array([record[0] for record in records])
+    fmeasure = np.stack([record[1][3] for record in records])
+    scores = {"mae": mae[selections].mean(axis=-1), "maxfmeasure": fmeasure[selections].mean(axis=-2).max(axis=-1)}
+    if smeasure:
+        scores["sm"] = np.array([record[2] for record in records])[selections].mean(axis=-1)
+    return scores

@@ -2,6 +2,7 @@
 
 import json
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -15,9 +16,9 @@ from isnet.build_in.layer_drift import (
     stage_of,
 )
 from isnet.core import IsnetError
-from isnet.eval import validation_scores
+from isnet.eval import selection_scores
 
-mask_scores = partial(validation_scores, smeasure=True)
+mask_scores = partial(selection_scores, smeasure=True)
 
 NO_GUARD = "backend.quantize.outlier_channel_ratio=null"  # the outlier guard would fix the lifted channel first
 
@@ -32,7 +33,7 @@ def lifted_config(write_config, lifted_onnx, calib_images):
     def config(budget: dict, name: str = "budgeted"):
         path = write_config({"name": name, "frontend": {"checkpoint": str(source)},
                              "backend": {"quantize": {"calibrate_mode": "max", "max_drift": budget,
-                                                      "validation": {"path": str(calib_images.parent)}}}},
+                                                      "validation": {"path": str(calib_images.parent), "confidence": 0.5}}}},
                             name=f"{name}.yaml")
         return load_build_config(path, [NO_GUARD])
     return config, lifted
@@ -80,7 +81,7 @@ def test_budgeted_build_keeps_the_blamed_tensor_float_until_the_budget_holds(lif
     budget = {"mean_abs": drift * 0.9, "mae": 1.0}
     result = build_artifact(config_path(budget), scorer=mask_scores)
     record = result.info["backend_details"]["plan"]["budget"]
-    assert record["float_nodes"] and record["drift"]["mean_abs"] <= drift * 0.9
+    assert record["float_nodes"] and record["drift_upper_bound"]["mean_abs"] <= drift * 0.9
     # (the last trial may be a failing step of the bisection: the passing model is written again)
     assert len(record["trials"]) >= 2 and not record["trials"][0]["within"] and any(t["within"] for t in record["trials"])
     assert record["bounds"] == budget and set(record["fp32_scores"]) == {"mae", "sm", "maxfmeasure"}
@@ -104,6 +105,48 @@ def test_an_impossible_budget_fails_cleanly_and_writes_nothing(lifted_config, ru
     met = run_isnet("build", config_path({"mean_abs": 1.0}, "loose").config_path, "--set", NO_GUARD)
     assert met.returncode == 0, met.stderr
     assert "budget met on 3 validation images: mean_abs" in met.stdout and "no layer needed" in met.stdout
+
+
+class _Runner:
+    """A stand-in model: the map of each picture (in the judge's order) is the fp32 one plus ``shift(i)``."""
+
+    input_name, output_name = "input", "output"
+
+    def __init__(self, shift):
+        self.shift, self.calls = shift, 0
+
+    def infer(self, inputs):
+        image = inputs["input"]
+        fp32 = 1 / (1 + np.exp(-4 * (image.mean(axis=1, keepdims=True) - 0.1)))
+        self.calls += 1
+        return {"output": np.clip(fp32 + self.shift(self.calls - 1), 0, 1).astype(np.float32)}
+
+
+def test_the_budget_holds_an_upper_bound_of_the_drift_not_the_drift_alone(write_config, tmp_path):
+    from isnet.build_in.budget import DriftJudge
+    from isnet.tools.synth import generate_dataset
+
+    generate_dataset(tmp_path / "validation", 24, seed=5)
+    config = load_build_config(write_config({"backend": {"quantize": {"calibrate_mode": "max", "max_drift": {
+        "mean_abs": 0.012, "mae": 0.05}, "validation": {"path": str(tmp_path / "validation")}}}}))
+    shifts = {"fp32": lambda i: 0.0, "spread": lambda i: 0.01, "one": lambda i: 0.24 if i == 7 else 0.0}
+    judge = DriftJudge(config, Path("fp32"), mask_scores, lambda path: _Runner(shifts[str(path)]))
+    assert judge.confidence == 0.95 and len(judge.pairs) == 24
+    spread, one = judge(Path("spread")), judge(Path("one"))
+    # Both move the maps by 0.01 on average over the 24 pictures ...
+    assert spread.drift["mean_abs"] == pytest.approx(0.01, rel=0.05) and one.drift["mean_abs"] == pytest.approx(0.01, rel=0.1)
+    # ... but a drift that sits on one picture may be anywhere from 0 to 0.24 on the next pictures: its
+    # bound is far above the 0.012 budget; the same drift on every picture is bounded by itself.
+    assert spread.bound["mean_abs"] == pytest.approx(spread.drift["mean_abs"], rel=1e-6) and spread.within
+    assert one.bound["mean_abs"] > 1.5 * one.drift["mean_abs"] and not one.within
+    assert "mean_abs" in judge.misses(one) and "at 95% confidence" in judge.misses(one)
+    record = judge.record(spread)
+    assert record["validation"]["confidence"] == 0.95 and record["drift_upper_bound"]["mean_abs"] > 0
+    # 24 pictures cannot bound a drift at 99% (that needs 100): one line saying how many it needs.
+    strict = load_build_config(write_config({"backend": {"quantize": {"calibrate_mode": "max", "max_drift": {
+        "mean_abs": 0.01}, "validation": {"path": str(tmp_path / "validation"), "confidence": 0.99}}}}, name="strict.yaml"))
+    with pytest.raises(IsnetError, match="24 validation pictures cannot bound the drift at 99% confidence; give at least 100"):
+        DriftJudge(strict, Path("fp32"), mask_scores, lambda path: _Runner(shifts[str(path)]))
 
 
 def test_budget_config_errors_are_one_line(write_config, calib_images):
@@ -189,7 +232,7 @@ class _LinearJudge:
 
         drift = max(self.start - self.per_layer * self.floated, 0.0)
         self.trials.append(self.floated)
-        return BudgetCheck(drift <= self.bounds["mae"], {"mae": drift}, 1.0)
+        return BudgetCheck(drift <= self.bounds["mae"], {"mae": drift}, {"mae": drift}, 1.0)
 
     def misses(self, check) -> str:
         return f"mae {check.drift['mae']:.4g} > {self.bounds['mae']:g}"

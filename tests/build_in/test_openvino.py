@@ -79,12 +79,12 @@ def test_missing_extra_names_it(monkeypatch, write_config):
 def test_openvino_int8_keeps_outlier_tensors_float_and_meets_a_budget(write_config, lifted_onnx, calib_images):
     from functools import partial
 
-    from isnet.eval import validation_scores
+    from isnet.eval import selection_scores
 
-    mask_scores = partial(validation_scores, smeasure=True)
+    mask_scores = partial(selection_scores, smeasure=True)
 
     source, lifted, _ = lifted_onnx
-    budget = {"max_drift": {"mae": 0.05, "mean_abs": 0.05}, "validation": {"path": str(calib_images.parent)}}
+    budget = {"max_drift": {"mae": 0.05, "mean_abs": 0.05}, "validation": {"path": str(calib_images.parent), "confidence": 0.5}}
     config = load_build_config(write_config({"frontend": {"checkpoint": str(source)}, "backend": {
         "type": "openvino", "dtype": "int8", "quantize": {"calibrate_mode": "max", **budget}}}))
     result = build_artifact(config, scorer=mask_scores)
@@ -108,7 +108,7 @@ def test_openvino_budget_keeps_layers_float_until_it_holds(write_config, calib_i
     float takes little off), so the test lifts the search's limit."""
     import openvino as ov
     from isnet.build_in.backends import openvino as backend
-    from isnet.eval import validation_scores
+    from isnet.eval import selection_scores
 
     monkeypatch.setattr(backend, "MAX_FLOAT_SHARE", 1.0)
 
@@ -116,8 +116,8 @@ def test_openvino_budget_keeps_layers_float_until_it_holds(write_config, calib_i
         config = load_build_config(write_config({"name": name, "backend": {
             "type": "openvino", "dtype": "int8", "quantize": {
                 "calibrate_mode": "percentile", "percentile": 90, "max_drift": budget,
-                "validation": {"path": str(calib_images.parent)}}}}, name=f"{name}.yaml"))
-        return build_artifact(config, scorer=partial(validation_scores, smeasure=True))
+                "validation": {"path": str(calib_images.parent), "confidence": 0.5}}}}, name=f"{name}.yaml"))
+        return build_artifact(config, scorer=partial(selection_scores, smeasure=True))
 
     loose = build({"mean_abs": 1.0}, "loose")
     drift = loose.info["backend_details"]["plan"]["budget"]["drift"]["mean_abs"]
@@ -172,6 +172,7 @@ def test_bias_correction_turns_on_nncfs_fast_bias_correction(write_config, calib
     assert corrected.info["backend_details"]["nncf_fast_bias_correction"] is True
     assert (plain.artifact_dir / "model.bin").read_bytes() != (corrected.artifact_dir / "model.bin").read_bytes()
     # With a budget it is refused: layers the search keeps float would keep NNCF's corrected biases.
-    budget = ["backend.quantize.max_drift.mean_abs=1", f"backend.quantize.validation.path={calib_images.parent}"]
+    budget = ["backend.quantize.max_drift.mean_abs=1", f"backend.quantize.validation.path={calib_images.parent}",
+              "backend.quantize.validation.confidence=0.5"]
     with pytest.raises(IsnetError, match="cannot be undone"):
         build_artifact(load_build_config(config, ["name=budgeted", "backend.quantize.bias_correction=true", *budget]))

@@ -11,7 +11,7 @@ from isnet.build_in.budget import Probe, rank_by_isolated_damage
 from isnet.build_in.sixteen_bit import (TRUNK, convs_reading_float, in_module, module_groups, module_of,
                                         quantized_activations, sixteen_bit_activations)
 from isnet.core import IsnetError
-from isnet.eval import validation_scores
+from isnet.eval import selection_scores
 from onnx import TensorProto, helper
 
 NO_GUARD = "backend.quantize.outlier_channel_ratio=null"
@@ -148,8 +148,8 @@ def test_isolated_damage_ranks_the_groups_that_break_the_model_first():
 
 @pytest.mark.slow
 def test_integer_only_budget_gives_16_bits_until_the_budget_holds(lifted_build, calib_images):
-    scorer = partial(validation_scores, smeasure=True)
-    validation = {"path": str(calib_images.parent)}
+    scorer = partial(selection_scores, smeasure=True)
+    validation = {"path": str(calib_images.parent), "confidence": 0.5}
     loose, _ = lifted_build({"integer_only": True, "max_drift": {"mean_abs": 1.0}, "validation": validation},
                             "loose", [NO_GUARD], scorer)
     record = loose.info["backend_details"]["plan"]["budget"]

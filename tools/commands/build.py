@@ -26,13 +26,13 @@ class BuildCommand:
         from isnet.build_in import build_artifact, load_build_config
         from isnet.build_in.budget import describe_budget
         from isnet.core.memory import return_freed_memory
-        from isnet.eval import validation_scores
+        from isnet.eval import selection_scores
         from isnet.tools.progress import StageBars
 
         config = load_build_config(args.config, args.overrides)
         return_freed_memory()  # a build's peak is what limits it (isnet.core.memory)
         with StageBars(prefix=f"{config.name}: ") as bars:
-            result = build_artifact(config, force=args.force, progress=bars, scorer=partial(validation_scores, smeasure=True))
+            result = build_artifact(config, force=args.force, progress=bars, scorer=partial(selection_scores, smeasure=True))
         info = result.info
         fidelity = info["fidelity"]
         size_mb = sum((result.artifact_dir / name).stat().st_size for name in info["artifact_sha256"]) / 1e6

@@ -21,7 +21,7 @@ from isnet.build_in.config import FrontendType
 from isnet.build_in.difference import DifferenceAccumulator
 from isnet.core import IsnetError, digest_of, sha256_file, write_bytes_atomic
 from isnet.core.defaults import INPUT_SIZE
-from isnet.eval import validation_scores
+from isnet.eval import selection_scores
 from isnet.tools.compare.cache import StageCache, artifact_key, image_list_key
 from isnet.tools.compare.experiment import BuildEntry, Experiment
 from isnet.tools.compare.report import BuildReport, FailedBuild, gate, recommend, recommendation_line, write_report
@@ -78,7 +78,7 @@ def _build_stage(entry: BuildEntry, force: bool, progress: Progress | None) -> t
         if (info and info.get("config") == entry.config.to_dict()
                 and info.get("source", {}).get("sha256") == sha256_file(entry.config.frontend.checkpoint)):
             return info, True
-    result = build_artifact(entry.config, force=True, scorer=partial(validation_scores, smeasure=True),
+    result = build_artifact(entry.config, force=True, scorer=partial(selection_scores, smeasure=True),
                             progress=(lambda stage, n, total: progress(f"{entry.name} {stage}", n, total))
                             if progress else None)
     return result.info, False
