@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -35,6 +35,7 @@ class EvalResult:
     recall vs precision) when any F-measure family metric was asked for, ``em`` with the E-measure.
     For files, ``missing`` lists the GT names skipped for want of a prediction (only with
     ``allow_missing``) and ``resized`` the names whose prediction was resized to its GT.
+    ``picture_mae`` is each picture's MAE by name (files) or position (in-memory maps).
     """
 
     metrics: dict[str, float]
@@ -42,6 +43,7 @@ class EvalResult:
     num_images: int
     missing: tuple[str, ...] = ()
     resized: tuple[str, ...] = ()
+    picture_mae: dict[str, float] = field(default_factory=dict)
 
 
 def check_metric_names(names: Iterable[str]) -> tuple[str, ...]:
@@ -96,6 +98,10 @@ class SaliencyEvaluator:
     def num_images(self) -> int:
         """Pairs stepped so far."""
         return self._metrics[0].num_images
+
+    def picture_mae(self) -> list[float]:
+        """Each stepped picture's MAE, in order (empty when MAE was not asked for)."""
+        return [float(score) for metric in self._metrics if isinstance(metric, MAE) for score in metric._scores]
 
     def results(self) -> EvalResult:
         """Dataset-level scores and curves; raises ``ValueError`` before the first step."""

@@ -88,7 +88,8 @@ def evaluate_tasks(tasks: Sequence[EvalTask], *, metric_names: Iterable[str] = M
         result = evaluator.results()
         results.setdefault(task.dataset, {})[task.method] = EvalResult(
             metrics=result.metrics, curves=result.curves, num_images=result.num_images,
-            missing=task.missing, resized=tuple(names_resized))
+            missing=task.missing, resized=tuple(names_resized),
+            picture_mae=dict(zip((name for name, _, _ in task.pairs), evaluator.picture_mae())))
     return results
 
 

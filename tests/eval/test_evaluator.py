@@ -127,6 +127,13 @@ def test_folder_results_do_not_depend_on_the_number_of_workers(tmp_path, masks_f
     for pred, gt in pairs:
         evaluator.step(pred, gt)
     assert evaluator.results().metrics == one.metrics
+    # Each picture's own MAE, by name, whatever the workers: they average to the dataset's.
+    assert one.picture_mae == two.picture_mae and list(one.picture_mae) == [f"{i:02d}" for i in range(12)]
+    for i, (pred, gt) in enumerate(pairs):
+        single = MAE()
+        single.step(pred, gt)
+        assert one.picture_mae[f"{i:02d}"] == single.results()["mae"]
+    assert np.mean(list(one.picture_mae.values())) == pytest.approx(one.metrics["mae"], rel=1e-12)
 
 
 def test_folder_evaluation_restricted_to_names(tmp_path, masks_folder):

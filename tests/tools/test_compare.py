@@ -69,6 +69,12 @@ def test_compare_writes_every_report_file_and_column(run_isnet, experiment):
         photo_mask = report / "photos" / "masks" / build / "grace_hopper.png"
         assert photo_mask.is_file() and decode_mask(photo_mask).shape == (600, 512)
     assert "photographs without ground truth (grace_hopper.jpg)" in markdown
+    # Per picture: how far each build moved each picture's MAE from fp32, and its worst pictures in the strip.
+    assert builds["fp32"]["picture_drift"] is None
+    drift = builds["int8"]["picture_drift"]
+    assert 0 <= drift["p50"] <= drift["p95"] <= drift["max"] and len(drift["worst"]) == 3
+    assert max(abs(change) for change in drift["worst"].values()) == pytest.approx(drift["max"])
+    assert "## Per-picture drift" in markdown and "the strip shows those a build moved most" in markdown
     # Without bounds nothing is recommended; with them, the fastest build within them is, and --deploy copies it.
     assert payload["recommended"] is None and "give max_delta" in proc.stdout
     assert payload["host"]["cpu_features"] == [f for f in payload["host"]["cpu_features"] if f]

@@ -35,6 +35,7 @@ class BuildReport:
     calibration_overlap: int = 0
     nonfinite: int = 0  # NaN/inf values in its output maps on the drift images
     drift_resized: bool = False  # its maps were resized to the reference's size to measure drift
+    picture_mae: dict[str, float] = field(default_factory=dict)  # each evaluation picture's MAE, by name
 
     @property
     def input_size(self) -> tuple[int, int] | None:
@@ -122,6 +123,37 @@ def recommendation_line(recommended: BuildReport | None, reports: list[BuildRepo
             "machine you deploy to")
 
 
+# Pictures named per build as its worst, and added to the strip of masks over all builds.
+WORST_PICTURES = 3
+STRIP_WORST = 2
+
+
+def picture_drift(report: BuildReport, ref: BuildReport | None) -> dict | None:
+    """How ``report``'s per-picture MAE moved from the reference's: |change| p50, p95, max, and the
+    pictures it moved most ({"name": change}); None for the reference itself, or without scores."""
+    if ref is None or report is ref:
+        return None
+    names = [name for name in ref.picture_mae if name in report.picture_mae]
+    if not names:
+        return None
+    change = np.array([report.picture_mae[name] - ref.picture_mae[name] for name in names])
+    size = np.abs(change)
+    worst = np.argsort(-size, kind="stable")[:WORST_PICTURES]
+    return {"p50": float(np.quantile(size, 0.5)), "p95": float(np.quantile(size, 0.95)), "max": float(size.max()),
+            "worst": {names[i]: float(change[i]) for i in worst}}
+
+
+def worst_pictures(reports: list[BuildReport], reference: str, count: int = STRIP_WORST) -> list[str]:
+    """The pictures some build moved most from the reference (largest per-picture |change of MAE|)."""
+    ref = next((r for r in reports if r.name == reference), None)
+    worst: dict[str, float] = {}
+    for report in reports:
+        drift = picture_drift(report, ref)
+        for name, change in (drift or {}).get("worst", {}).items():
+            worst[name] = max(worst.get(name, 0.0), abs(change))
+    return sorted(worst, key=lambda name: -worst[name])[:count]
+
+
 def table_rows(reports: list[BuildReport], reference: str, failures: Sequence[FailedBuild] = ()
                ) -> tuple[list[str], list[list[str]]]:
     """The report table: header and rows of formatted cells; failed builds last, marked as such."""
@@ -162,6 +194,9 @@ def write_report(experiment: Experiment, reports: list[BuildReport], notes: list
     plots = plot_curves(out, results) if reports else []
     count = min(experiment.strip_images, len(images)) if reports else 0
     picks = [images[round(i * (len(images) - 1) / max(count - 1, 1))] for i in range(count)] if count else []
+    by_stem = {image.stem: image for image in images}
+    worst = [by_stem[name] for name in worst_pictures(reports, experiment.reference) if name in by_stem]
+    picks += [image for image in worst if image not in picks]
     names = [r.name for r in reports]
     strip_rows = [(image, experiment.masks / f"{image.stem}.png", {b: mask_dirs[b] / f"{image.stem}.png" for b in names})
                   for image in picks]
@@ -184,12 +219,25 @@ def write_report(experiment: Experiment, reports: list[BuildReport], notes: list
           markdown_table(header, rows), ""]
     if failures:
         md += ["## Builds that failed", ""] + [f"- {f.name}: {f.reason}" for f in failures] + [""]
+    ref = next((r for r in reports if r.name == experiment.reference), None)
+    drifts = {r.name: picture_drift(r, ref) for r in reports}
+    if any(drifts.values()):
+        md += ["## Per-picture drift", "",
+               f"How far each picture's MAE moved from `{experiment.reference}`'s: a build whose mean holds can "
+               "still fail a few pictures badly.", "",
+               markdown_table(["build", "p50 |dMAE|", "p95 |dMAE|", "max |dMAE|", "worst pictures (dMAE)"],
+                              [[name, f"{d['p50']:.4f}", f"{d['p95']:.4f}", f"{d['max']:.4f}",
+                                ", ".join(f"{picture} ({change:+.4f})" for picture, change in d["worst"].items())]
+                               for name, d in drifts.items() if d]), ""]
     if speed:
         md += ["## Accuracy against speed", "", f"![accuracy against images/s]({speed.name})", ""]
     if plots:
         md += ["## Curves", ""] + [f"![PR and F-measure curves]({p.name})" for p in plots] + [""]
     if strip:
         md += ["## Masks side by side", ""]
+        if worst:
+            md += [f"Besides evenly spaced pictures, the strip shows those a build moved most from "
+                   f"`{experiment.reference}`: {', '.join(image.name for image in worst)}.", ""]
         if photos:
             md += [f"The last {len(photos)} rows are photographs without ground truth "
                    f"({', '.join(p.name for p in photos)}), run by every build.", ""]
@@ -211,6 +259,7 @@ def write_report(experiment: Experiment, reports: list[BuildReport], notes: list
                     "calibration": r.calibration_mode, "size_mb": r.size_mb, "metrics": r.metrics,
                     "drift_mean_abs": r.drift_mean_abs, "throughput_ips": r.throughput_ips,
                     "latency_p50_ms": r.latency_p50_ms, "reused": r.reused, "nonfinite": r.nonfinite,
+                    "picture_drift": drifts[r.name],
                     "calibration_overlap": r.calibration_overlap,
                     "input_size": list(r.input_size) if r.input_size else None} for r in reports],
         "failed": [{"name": f.name, "backend": f.backend, "precision": f.precision, "reason": f.reason}

@@ -232,13 +232,14 @@ def run_experiment(experiment: Experiment, force: bool = False, progress: Progre
                 raise IsnetError(f"{entry.name}: {result.failed} images failed; see {result.failures_path}")
             cache.put("run", entry.name, run_inputs, {"done": result.done, "seconds": result.seconds})
 
-        eval_inputs = digest_of({"run": run_inputs, "masks": mask_key})
+        eval_inputs = digest_of({"run": run_inputs, "masks": mask_key, "picture_mae": True})
         scored = None if force else cache.get("eval", entry.name, eval_inputs)
         if scored is None:
             with clock("eval"):
                 scoring = (lambda stage, n, total, name=entry.name: progress(f"{name} eval", n, total)) if progress else None
                 result = evaluate_folders(masks, experiment.masks, progress=scoring)
-            scored = {"metrics": result.metrics, "curves": {k: v.tolist() for k, v in result.curves.items()}}
+            scored = {"metrics": result.metrics, "curves": {k: v.tolist() for k, v in result.curves.items()},
+                      "picture_mae": result.picture_mae}
             cache.put("eval", entry.name, eval_inputs, scored)
         else:
             reused.append("scores")
@@ -270,7 +271,7 @@ def run_experiment(experiment: Experiment, force: bool = False, progress: Progre
             curves={k: np.asarray(v) for k, v in scored["curves"].items()}, drift_mean_abs=None,
             throughput_ips=profiled["throughput_ips"], latency_p50_ms=profiled["p50_ms"],
             size_mb=sum(f.stat().st_size for f in files if f.is_file()) / 1e6, reused=reused,
-            calibration_overlap=overlap))
+            calibration_overlap=overlap, picture_mae=scored["picture_mae"]))
 
     # Drift of raw output maps against the reference build, on the first `drift_images` images.
     by_name = {r.name: r for r in reports}
