@@ -138,9 +138,19 @@ def _as_maps(arrays) -> list[np.ndarray]:
     raise ValueError(f"maps must be uint8, bool or float in [0, 1], got {batch.dtype}")
 
 
+def _scored_pairs(preds, gts, smeasure: bool) -> tuple[SaliencyEvaluator, list[np.ndarray], list[np.ndarray]]:
+    """The cheap validation evaluator (MAE, F-measure, S-measure with ``smeasure``) and the paired maps."""
+    pred_maps, gt_maps = _as_maps(preds), _as_maps(gts)
+    if len(pred_maps) != len(gt_maps):
+        raise ValueError(f"{len(pred_maps)} predictions but {len(gt_maps)} GT maps")
+    if not pred_maps:
+        raise ValueError("no maps given")
+    return SaliencyEvaluator(("mae", "fmeasure", "sm") if smeasure else ("mae", "fmeasure")), pred_maps, gt_maps
+
+
 def validation_scores(preds, gts, smeasure: bool = False) -> dict[str, float]:
     """MAE and max F-measure of in-memory maps: the cheap validation scores for training; with
-    ``smeasure`` the S-measure too (what a budgeted int8 build scores, ``isnet.build_in.budget``).
+    ``smeasure`` the S-measure too.
 
     ``preds`` and ``gts`` are arrays shaped (H, W), (N, H, W) or (N, 1, H, W), or sequences of such
     (e.g. one batch per element); pairs are matched by position and must have the same size. Float
@@ -151,12 +161,7 @@ def validation_scores(preds, gts, smeasure: bool = False) -> dict[str, float]:
 
     Returns ``{"mae": float, "maxfmeasure": float}`` (and ``"sm"``).
     """
-    pred_maps, gt_maps = _as_maps(preds), _as_maps(gts)
-    if len(pred_maps) != len(gt_maps):
-        raise ValueError(f"{len(pred_maps)} predictions but {len(gt_maps)} GT maps")
-    if not pred_maps:
-        raise ValueError("no maps given")
-    evaluator = SaliencyEvaluator(("mae", "fmeasure", "sm") if smeasure else ("mae", "fmeasure"))
+    evaluator, pred_maps, gt_maps = _scored_pairs(preds, gts, smeasure)
     for pred, gt in zip(pred_maps, gt_maps):
         evaluator.step(pred, gt)
     metrics = evaluator.results().metrics
@@ -171,12 +176,7 @@ def selection_scores(preds, gts, selections: np.ndarray, smeasure: bool = False)
     bound their drift on pictures it has not seen (:mod:`isnet.build_in.budget`). Inputs as for
     :func:`validation_scores`.
     """
-    pred_maps, gt_maps = _as_maps(preds), _as_maps(gts)
-    if len(pred_maps) != len(gt_maps):
-        raise ValueError(f"{len(pred_maps)} predictions but {len(gt_maps)} GT maps")
-    if not pred_maps:
-        raise ValueError("no maps given")
-    evaluator = SaliencyEvaluator(("mae", "fmeasure", "sm") if smeasure else ("mae", "fmeasure"))
+    evaluator, pred_maps, gt_maps = _scored_pairs(preds, gts, smeasure)
     records = [evaluator._measure(pred, gt) for pred, gt in zip(pred_maps, gt_maps)]
     # Per picture: MAE, the F-measure at each of the 256 thresholds (max F is the maximum of their
     # mean over the pictures), S-measure.
