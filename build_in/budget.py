@@ -154,6 +154,11 @@ class DriftJudge:
         self._probe_inputs: list[np.ndarray] = []
         self.masks = [decode_mask(mask) for _, _, mask in self.pairs]
         self.fp32_maps, fp32_masks, _ = self._run(open_runner(reference))
+        for (_, image, mask), ours, theirs in zip(self.pairs, fp32_masks, self.masks):
+            if ours.shape != theirs.shape:
+                raise IsnetError(f"backend.quantize.validation: {mask} is {theirs.shape[1]}x{theirs.shape[0]}, its "
+                                 f"picture {image.name} {ours.shape[1]}x{ours.shape[0]}; a mask must have its "
+                                 "picture's size")
         self.fp32_selected = scorer(fp32_masks, self.masks, self.selections) if set(self.bounds) - {"mean_abs"} else {}
         self.fp32_scores = {key: float(values[0]) for key, values in self.fp32_selected.items()}
 
@@ -424,9 +429,11 @@ def _unreachable(judge: DriftJudge, check: BudgetCheck, count: int, remedy: str 
 
 def describe_budget(record: dict) -> str:
     """One line for a ``build.json`` budget record (``backend_details.plan.budget``)."""
-    upper = record["drift_upper_bound"]
-    drift = ", ".join(f"{key} {record['drift'][key]:.4f}, bound {upper[key]:.4f} (<= {bound:g})"
-                      for key, bound in record["bounds"].items()) + f" at {record['validation']['confidence']:.0%} confidence"
+    upper = record.get("drift_upper_bound")  # absent from artifacts built before budgets had a confidence
+    drift = ", ".join(f"{key} {record['drift'][key]:.4f}" + (f", bound {upper[key]:.4f}" if upper else "")
+                      + f" (<= {bound:g})" for key, bound in record["bounds"].items())
+    if upper:
+        drift += f" at {record['validation']['confidence']:.0%} confidence"
     if record.get("sixteen_bit_tensors"):
         how = f"gave {len(record['sixteen_bit_tensors'])} tensors 16 bits; {len(record['trials'])} trials"
     elif record.get("float_nodes"):

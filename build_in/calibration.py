@@ -98,8 +98,9 @@ def ranges_taken_over(model, names: Sequence[str], symmetric: bool,
     input of a removable activation gets the activation's range (if the activation ends up in
     float, its input is quantized with the activation's output range, which clamps exactly what the
     activation clamps, so the model computes what the fused one does); the outputs of MaxPool,
-    Resize, Reshape, ... take their input's range, which holds every value they can compute (it may
-    be a little wider than their own, never narrower). Measuring those tensors instead keeps each
+    Resize, Reshape, ... take their input's range, which holds every value they can compute (with
+    ``max`` ranges: it may be a little wider than their own, never narrower; the budgeted builds
+    calibrate with ``max``). Measuring those tensors instead keeps each
     Conv's output apart from its ReLU's: ISNet at 1024x1024 calibrated at 4.35 GB, against 2.90 GB
     so (2026-12-07, AMD EPYC).
     """

@@ -377,7 +377,8 @@ def _refuse_ignored_keys(config: BuildConfig, fail) -> None:
         changed = next(f.name for f in dataclasses.fields(QuantizeConfig)
                        if getattr(backend.quantize, f.name) != getattr(QuantizeConfig(), f.name))
         raise fail(f"backend.quantize.{changed}", f"quantization settings apply to int8 builds; this one is "
-                                                  f"{backend.dtype.value} (remove backend.quantize)")
+                                                  f"{backend.dtype.value} (remove backend.quantize; on the "
+                                                  "command line --set backend.quantize=null)")
 
 
 def _check_semantics(config: BuildConfig, source: str) -> None:

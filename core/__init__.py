@@ -11,13 +11,13 @@
 It imports nothing from the stages, so every stage can import it.
 """
 
-from isnet.core.errors import IsnetError, did_you_mean, first_line
+from isnet.core.errors import EXIT_CHECKS_FAILED, IsnetError, did_you_mean, first_line
 from isnet.core.files import atomic_dir, atomic_path, atomic_temp_target, digest_of, sha256_file, write_bytes_atomic, write_text_atomic
 from isnet.core.typed_config import (apply_overrides, bounded, internal, load_dataclass, read_yaml_mapping, resolve_path,
                                      to_plain)
 
 __all__ = [
-    "IsnetError", "apply_overrides", "atomic_dir", "atomic_path", "atomic_temp_target", "bounded", "did_you_mean", "digest_of",
+    "EXIT_CHECKS_FAILED", "IsnetError", "apply_overrides", "atomic_dir", "atomic_path", "atomic_temp_target", "bounded", "did_you_mean", "digest_of",
     "first_line", "internal", "load_dataclass", "read_yaml_mapping", "resolve_path", "sha256_file", "to_plain", "write_bytes_atomic",
     "write_text_atomic",
 ]

@@ -11,6 +11,14 @@ import difflib
 from collections.abc import Iterable
 
 
+# Exit codes of the ``isnet`` command: 0 done; 1 a bug (its traceback is printed); 2 the user's mistake
+# (one line); 3 the job finished and wrote its results, but some fail its checks (images that could not
+# be read, a build past the drift gate, files that differ): scripts can tell that from a crash.
+EXIT_BUG = 1
+EXIT_USER_ERROR = 2
+EXIT_CHECKS_FAILED = 3
+
+
 class IsnetError(Exception):
     """A user mistake: the message says what is wrong and what to do instead."""
 

@@ -180,9 +180,13 @@ def selection_scores(preds, gts, selections: np.ndarray, smeasure: bool = False)
     records = [evaluator._measure(pred, gt) for pred, gt in zip(pred_maps, gt_maps)]
     # Per picture: MAE, the F-measure at each of the 256 thresholds (max F is the maximum of their
     # mean over the pictures), S-measure.
+    # A selection's mean is its picture counts over n times the per-picture values: (S, n) weights
+    # instead of an (S, n, 256) gather (200 MB for 2000 resamples of 50 pictures).
+    count = len(records)
+    weights = np.stack([np.bincount(row, minlength=count) for row in np.atleast_2d(selections)]) / selections.shape[-1]
     mae = np.array([record[0] for record in records])
     fmeasure = np.stack([record[1][3] for record in records])
-    scores = {"mae": mae[selections].mean(axis=-1), "maxfmeasure": fmeasure[selections].mean(axis=-2).max(axis=-1)}
+    scores = {"mae": weights @ mae, "maxfmeasure": (weights @ fmeasure).max(axis=-1)}
     if smeasure:
-        scores["sm"] = np.array([record[2] for record in records])[selections].mean(axis=-1)
+        scores["sm"] = weights @ np.array([record[2] for record in records])
     return scores

@@ -53,8 +53,8 @@ class MaskWriter:
                  output_dir: str, batch: int, min_max: bool):
         from isnet.runtime.models import load_model
 
-        # A refusal raised here (or in a batch) reaches the driver only as text; it goes back as the
-        # "refusal" column of every batch instead, which the driver raises as the IsnetError it is.
+        # A refusal raised here reaches the driver only as text; it goes back as the "refusal" column
+        # of every batch instead, which the driver raises as the IsnetError it is.
         self.model, self.refusal = None, None
         try:
             self.model = load_model(model, threads=threads, **load_options)

@@ -13,6 +13,7 @@ import traceback
 from collections.abc import Sequence
 
 from isnet.core import IsnetError
+from isnet.core.errors import EXIT_BUG, EXIT_USER_ERROR
 from isnet.tools.commands import COMMANDS
 
 
@@ -45,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args._command.run(args) or 0)
     except IsnetError as exc:  # the user's to fix: one line
         print(f"isnet {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"isnet {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -53,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         traceback.print_exc()
         print(f"isnet {args.command}: internal error: the traceback above is a bug in isnet or a library it "
               "uses; please report it with the command that ran", file=sys.stderr)
-        return 1
+        return EXIT_BUG
 
 
 if __name__ == "__main__":

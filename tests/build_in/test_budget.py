@@ -147,6 +147,13 @@ def test_the_budget_holds_an_upper_bound_of_the_drift_not_the_drift_alone(write_
         "mean_abs": 0.01}, "validation": {"path": str(tmp_path / "validation"), "confidence": 0.99}}}}, name="strict.yaml"))
     with pytest.raises(IsnetError, match="24 validation pictures cannot bound the drift at 99% confidence; give at least 100"):
         DriftJudge(strict, Path("fp32"), mask_scores, lambda path: _Runner(shifts[str(path)]))
+    # A mask of another size than its picture is the user's to fix: one line naming it.
+    import cv2
+
+    mask = sorted((tmp_path / "validation" / "mask").iterdir())[3]
+    cv2.imwrite(str(mask), cv2.resize(cv2.imread(str(mask), cv2.IMREAD_GRAYSCALE), (17, 13)))
+    with pytest.raises(IsnetError, match=f"{mask.name} is 17x13, its picture .* a mask must have its picture's size"):
+        DriftJudge(config, Path("fp32"), mask_scores, lambda path: _Runner(shifts[str(path)]))
 
 
 def test_budget_config_errors_are_one_line(write_config, calib_images):

@@ -94,7 +94,7 @@ def test_compare_reports_differences_and_one_sided_files(run_isnet, lite_artifac
     assert report.only_a == ("p0",) and report.only_b == ()
 
     result = run_isnet("npz-compare", tmp_path / "a", tmp_path / "b")
-    assert result.returncode == 1
+    assert result.returncode == 3
     assert "only in DIR_A: p0" in result.stdout
 
 
@@ -169,7 +169,7 @@ def test_compare_flags_non_finite_files(run_isnet, tmp_path):
         (tmp_path / side).mkdir()
         np.savez(tmp_path / side / "x.npz", output_0=np.full((1, 1, 4, 4), value, np.float32))
     proc = run_isnet("npz-compare", tmp_path / "a", tmp_path / "b")
-    assert proc.returncode == 1
+    assert proc.returncode == 3
     row = next(line for line in proc.stdout.splitlines() if line.startswith("x "))
     assert row.split()[1:] == ["nan", "nan", "nan", "16"]
     assert "16 values are NaN or infinite" in proc.stdout

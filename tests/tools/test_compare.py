@@ -123,7 +123,7 @@ def test_gate_fails_a_drifting_build_and_overlap_is_reported(run_isnet, experime
     # Same report folder as the tests above: the export and the fp32 / fp16 stages are reused.
     proc = run_isnet("compare", experiment, "--max-delta", "drift=0", "--set", "calibration.path=eval/image",
                      cwd=root)
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 3, proc.stderr
     assert "FAIL int8: mean |diff| vs fp32" in proc.stdout
     assert "int8: 4 of the 6 evaluation images were also calibration images" in proc.stdout
     payload = json.loads((root / "report" / "report.json").read_text())
@@ -236,7 +236,7 @@ def test_a_build_that_fails_is_a_row_and_every_other_build_is_reported(run_isnet
     path = experiment.parent / "failing.yaml"
     path.write_text(yaml.safe_dump(data))
     proc = run_isnet("compare", path, cwd=experiment.parent)
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 3, proc.stderr
     assert "FAIL bf16: not built: backend.dtype: onnxruntime builds fp32, fp16, int8, not bf16" in proc.stdout
     payload = json.loads((tmp_path / "report" / "report.json").read_text())
     builds = {b["name"]: b for b in payload["builds"]}

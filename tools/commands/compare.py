@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from isnet.core import EXIT_CHECKS_FAILED
 from isnet.tools.args import add_output_dir_arg, add_size_arg, positive_float, positive_int
 
 
@@ -14,7 +15,7 @@ class CompareCommand:
     Give an experiment file (YAML/JSON, see tools/compare/experiment.py), or flags (--model, --dataset,
     --builds ...), or both (flags win). The report folder gets report.md, report.json, PR and
     F-measure curves and a strip of masks per build. Reruns reuse every stage whose inputs did
-    not change. With max_delta tolerances, the exit code is 1 when a build drifts past them.
+    not change. With max_delta tolerances, the exit code is 3 when a build drifts past them.
     """
 
     name = "compare"
@@ -65,6 +66,9 @@ class CompareCommand:
             if not args.builds:
                 overrides.append(("builds", "fp32,fp16,int8_kl,int8_max"))
             experiment = load_experiment({}, "command line", Path.cwd(), overrides)
+        if args.deploy and not experiment.max_delta:
+            raise IsnetError("--deploy copies the fastest build within max_delta: give max_delta (--max-delta "
+                             "METRIC=TOL, or in the experiment)")
 
         # Builds come first and are limited by their peak memory; evaluation keeps freed memory for
         # itself later (isnet.core.memory).
@@ -91,11 +95,11 @@ class CompareCommand:
         if result.violations:
             for violation in result.violations:
                 print(f"FAIL {violation}")
-            return 1
+            return EXIT_CHECKS_FAILED
         if experiment.max_delta:
             print(f"gate: every build within {', '.join(f'{k} {v}' for k, v in experiment.max_delta.items())} "
                   f"of {result.reference}")
-        return 0 if deployed is not False else 1
+        return 0 if deployed is not False else EXIT_CHECKS_FAILED
 
 
 def _deploy(recommended, folder: str) -> Path | bool:

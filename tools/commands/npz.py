@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from isnet.core import EXIT_CHECKS_FAILED
 from isnet.tools.args import (add_batch_arg, add_image_dir_arg, add_io_threads_arg, add_min_max_arg, add_model_args,
                               add_output_dir_arg, add_suffix_arg, positive_int)
 
@@ -85,7 +86,7 @@ class Npz2PngCommand:
 class NpzCompareCommand:
     """Compare two folders of output npz files by name: max |diff|, mean |diff| and cosine similarity.
 
-    Per file and overall. The exit code is 1 when a file exists on one side only or a value is NaN
+    Per file and overall. The exit code is 3 when a file exists on one side only or a value is NaN
     or infinite.
     """
 
@@ -113,4 +114,4 @@ class NpzCompareCommand:
             if names:
                 shown = ", ".join(names[:5]) + (f", ... ({len(names)} in all)" if len(names) > 5 else "")
                 print(f"only in {side}: {shown}")
-        return 1 if report.only_a or report.only_b or broken else 0
+        return EXIT_CHECKS_FAILED if report.only_a or report.only_b or broken else 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from isnet.core import EXIT_CHECKS_FAILED
 from isnet.core import IsnetError
 from isnet.tools.args import (add_batch_arg, add_image_dir_arg, add_io_threads_arg, add_min_max_arg, add_model_args,
                               add_output_dir_arg, add_suffix_arg, positive_int)
@@ -97,5 +98,5 @@ class RunCommand:
               f"{f' on {result.nodes} nodes' if result.nodes > 1 else ''}); masks in {result.output_dir}")
         if result.failures_path is not None:
             print(f"failures listed in {result.failures_path}")
-            return 1
+            return EXIT_CHECKS_FAILED
         return 0

@@ -125,7 +125,7 @@ def _train_loop(task: Task, config: TrainConfig, progress: Callable[[TrainEvent]
     val_pairs = ecssd_pairs(config.val_dir, "validation") if config.val_dir is not None else []
     if len(pairs) < config.batch_size:
         raise IsnetError(f"{config.data_dir} has {len(pairs)} pairs, fewer than one batch of {config.batch_size}; "
-                         "lower --batch-size or add pictures")
+                         "lower --batch or add pictures")
     digest = data_digest(pairs)
     if config.init_weights is not None and not config.init_weights.is_file():
         raise IsnetError(f"initial weights not found: {config.init_weights} (pass an official or isnet .pth, "
