@@ -16,8 +16,9 @@ pytestmark = pytest.mark.slow
 
 def _build(tmp_path, u2netp, images, backend: str, precision: str):
     name = f"{backend}_{precision}"
+    quantize = {"quantize": {"calibrate_mode": "max"}} if precision == "int8" else {}
     config = {"name": name, "frontend": {"checkpoint": str(u2netp)},
-              "backend": {"type": backend, "dtype": precision, "quantize": {"calibrate_mode": "max"}},
+              "backend": {"type": backend, "dtype": precision, **quantize},
               "dataset": {"path": str(images), "process_ops": "u2net", "sampler": {"get_data_num": 2}},
               "verify": {"images": 2}, "workspace": {"path": str(tmp_path / "deploy")}}
     path = tmp_path / f"{name}.yaml"
