@@ -14,7 +14,8 @@ the validation MAE most ranked 23rd), so the leading candidates are re-ranked by
 how much slower the model gets. Drift removed per share of speed lost comes first: a
 full-resolution layer in float costs its own int8 kernel and the conversions of the large
 tensors around it (two such groups of U²-Netp cost 30% of int8's speed), a decoder layer at
-1/16 of the resolution next to nothing.
+1/16 of the resolution next to nothing. Where the budget needs many candidates, the costliest
+of those kept are then tried back in int8 one by one, since the fewest is not the cheapest.
 
 A budget is a promise about pictures the build has not seen, so a candidate is judged by an upper
 bound of its drift, not by the drift on the validation pictures alone: the pictures are resampled
@@ -103,8 +104,23 @@ SIXTEEN_BIT = "16-bit"
 # A group's damage alone in an otherwise faithful model stands far above the noise (on ISNet the
 # three pictures probed gave each group's within a factor 2 of each other): fewer images do.
 ISOLATED_IMAGES = 3
-# rank(candidates, quantize, judge, images, progress) -> candidates, the first to keep first
-Ranking = Callable[..., list[tuple[str, ...]]]
+# rank(candidates, quantize, judge, images, progress) -> Ranked
+Ranking = Callable[..., "Ranked"]
+# Once the fewest leading candidates are found, the costliest of them (those whose float costs more
+# than one COST_STEP) are tried back in int8, one trial each, this many at most: the ranking puts
+# cheap candidates first, but where the budget needs a long prefix it takes in expensive ones too
+# (on the pretrained U²-Netp, 25 were needed and the 17th held the 320x320 decoder Conv, 28% of
+# fp32's whole time alone).
+PRUNE_TRIALS = 4
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """Candidates in the order to keep them, and what keeping each alone costs in speed (a share:
+    0.3 = the model 30% slower), where it was measured."""
+
+    order: list[tuple[str, ...]]
+    cost: dict[tuple[str, ...], float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -153,7 +169,7 @@ class DriftJudge:
         self.trials = 0
         self._probe_inputs: list[np.ndarray] = []
         self.masks = [decode_mask(mask) for _, _, mask in self.pairs]
-        self.fp32_maps, fp32_masks, _ = self._run(open_runner(reference))
+        self.fp32_maps, fp32_masks, self.fp32_images_per_second = self._run(open_runner(reference))
         for (_, image, mask), ours, theirs in zip(self.pairs, fp32_masks, self.masks):
             if ours.shape != theirs.shape:
                 raise IsnetError(f"backend.quantize.validation: {mask} is {theirs.shape[1]}x{theirs.shape[0]}, its "
@@ -246,7 +262,8 @@ class DriftJudge:
         first, final = result.first.images_per_second, result.check.images_per_second
         kept = "sixteen_bit_tensors" if result.remedy == SIXTEEN_BIT else "float_nodes"
         return {**self.record(result.check), "drift_all_int8": result.first.drift, kept: result.float_nodes,
-                "images_per_second": {"all_int8": round(first, 2), "final": round(final, 2)},
+                "images_per_second": {"fp32": round(self.fp32_images_per_second, 2), "all_int8": round(first, 2),
+                                      "final": round(final, 2)},
                 "estimated_speed_cost": round(1 - final / first, 3) if first else None,
                 "trials": result.trials, "candidates": [list(group) for group in result.ranked[:32]]}
 
@@ -281,16 +298,19 @@ def search_float_nodes(quantize: Callable[[list[str]], Path], judge: DriftJudge,
     by measured effect (:func:`rank_by_effect`) and keeps the first 1, 2, 4, ... in float until the
     budget holds, then bisects down to the fewest (the error of a layer mostly adds up, so more
     float layers rarely drift more; near the noise a subset can drift less than all of them, which
-    is why a narrow miss with all of them in float does not end the search). IsnetError when the
+    is why a narrow miss with all of them in float does not end the search), and last tries the
+    costliest of those back in int8, one at a time (:data:`PRUNE_TRIALS`). IsnetError when the
     budget cannot be met, or (``whole_model``: the candidates are every quantized layer) only with
     every candidate in float, which would leave nothing in int8.
     """
     trials: list[dict] = []
+    written: list[list[str]] = [[]]  # the nodes of the model on disk
 
-    def attempt(count: int, ranked: Sequence[tuple[str, ...]]) -> BudgetCheck:
+    def attempt(count: int, ranked: Sequence[tuple[str, ...]], **note) -> BudgetCheck:
         nodes = list(dict.fromkeys(n for group in ranked[:count] for n in group))
         check = judge(quantize(nodes))
-        trials.append({"float_candidates": count, "float_nodes": len(nodes), "drift": check.drift,
+        written[0] = nodes
+        trials.append({"float_candidates": count, "float_nodes": len(nodes), **note, "drift": check.drift,
                        "drift_upper_bound": check.bound, "within": check.within})
         return check
 
@@ -308,8 +328,8 @@ def search_float_nodes(quantize: Callable[[list[str]], Path], judge: DriftJudge,
         if any(checks[limit].bound[key] > HOPELESS_FACTOR * bound for key, bound in judge.bounds.items()):
             raise IsnetError(_unreachable(judge, checks[limit], limit, remedy))
     step = (lambda n, total: progress("rank layers", 1, total)) if progress else None
-    ranked = (rank or rank_by_effect)(groups[:MEASURED_CANDIDATES], quantize, judge, DRIFT_IMAGES, step) + \
-        groups[MEASURED_CANDIDATES:]
+    measured = (rank or rank_by_effect)(groups[:MEASURED_CANDIDATES], quantize, judge, DRIFT_IMAGES, step)
+    ranked = measured.order + groups[MEASURED_CANDIDATES:]
     failing, count = 0, 1
     while count < limit:
         checks[count] = attempt(count, ranked)
@@ -328,10 +348,18 @@ def search_float_nodes(quantize: Callable[[list[str]], Path], judge: DriftJudge,
             passing = middle
         else:
             failing = middle
-    nodes = list(dict.fromkeys(n for group in ranked[:passing] for n in group))
-    if trials[-1]["float_candidates"] != passing or trials[-1]["float_nodes"] != len(nodes):
+    kept, check = list(ranked[:passing]), checks[passing]
+    costly = sorted((group for group in kept if measured.cost.get(group, 0.0) > COST_STEP),
+                    key=lambda group: -measured.cost[group])[:PRUNE_TRIALS]
+    for group in costly:
+        trial = [other for other in kept if other != group]
+        trial_check = attempt(len(trial), trial, back_in_int8=list(group))
+        if trial_check.within:
+            kept, check = trial, trial_check
+    nodes = list(dict.fromkeys(n for group in kept for n in group))
+    if written[0] != nodes:
         quantize(nodes)  # the file on disk must be the passing model
-    return SearchResult(nodes, checks[passing], first, trials, ranked, remedy)
+    return SearchResult(nodes, check, first, trials, ranked, remedy)
 
 
 def search_budget(quantize: Callable[[list[str]], Path], judge: DriftJudge,
@@ -355,24 +383,26 @@ def search_budget(quantize: Callable[[list[str]], Path], judge: DriftJudge,
 
 
 def rank_by_effect(candidates: Sequence[tuple[str, ...]], quantize: Callable[[list[str]], Path], judge: DriftJudge,
-                   images: int, progress: Callable[[int, int], None] | None = None) -> list[tuple[str, ...]]:
+                   images: int, progress: Callable[[int, int], None] | None = None) -> Ranked:
     """``candidates`` in the order :func:`order_by_gain_per_cost` gives, from a probe of ``images``
-    validation images with each one alone kept in float and one of the all-int8 model."""
+    validation images with each one alone kept in float and one of the all-int8 model; each one's
+    cost is its slowdown over the all-int8 model."""
     base = judge.probe(quantize([]), images)
     probes = []
     for index, group in enumerate(candidates):
         probes.append(judge.probe(quantize(list(group)), images))
         if progress:
             progress(index + 1, len(candidates))
-    return [candidates[i] for i in order_by_gain_per_cost(base, probes)]
+    cost = {group: _slowdown(base, probe) for group, probe in zip(candidates, probes)}
+    return Ranked([candidates[i] for i in order_by_gain_per_cost(base, probes)], cost)
 
 
 def rank_by_isolated_damage(candidates: Sequence[tuple[str, ...]], quantize: Callable[[list[str]], Path],
                              judge: DriftJudge, images: int,
-                             progress: Callable[[int, int], None] | None = None) -> list[tuple[str, ...]]:
+                             progress: Callable[[int, int], None] | None = None) -> Ranked:
     """``candidates`` ordered by what each does alone: with every other candidate kept (float or
     16-bit) and this one int8, the drift it adds over all of them kept, per share of speed that
-    quantizing it gains (most damage per gain first).
+    quantizing it gains (most damage per gain first); that gain is each one's cost.
 
     Where errors compound, as in ISNet at 1024 (its all-int8 maps are broken, so keeping any one
     group takes little off and :func:`rank_by_effect` sees noise), each group's own damage in an
@@ -382,16 +412,21 @@ def rank_by_isolated_damage(candidates: Sequence[tuple[str, ...]], quantize: Cal
     images = min(images, ISOLATED_IMAGES)
     everything = list(dict.fromkeys(item for group in candidates for item in group))
     base = judge.probe(quantize(everything), images)
-    damages, gains = [], []
+    damages, cost = [], {}
     for index, group in enumerate(candidates):
         alone = set(group)
         probe = judge.probe(quantize([item for item in everything if item not in alone]), images)
         damages.append(probe.drift - base.drift)
-        gains.append(_cost_steps(base.seconds / probe.seconds - 1 if probe.seconds > 0 else 0.0))
+        cost[group] = _slowdown(probe, base)
         if progress:
             progress(index + 1, len(candidates))
-    order = sorted(range(len(candidates)), key=lambda i: (-damages[i] / gains[i], i))
-    return [candidates[i] for i in order]
+    order = sorted(range(len(candidates)), key=lambda i: (-damages[i] / _cost_steps(cost[candidates[i]]), i))
+    return Ranked([candidates[i] for i in order], cost)
+
+
+def _slowdown(faster: Probe, slower: Probe) -> float:
+    """How much slower ``slower`` ran than ``faster``, as a share (0.3: 30% slower)."""
+    return slower.seconds / faster.seconds - 1 if faster.seconds > 0 else 0.0
 
 
 def order_by_gain_per_cost(base: Probe, probes: Sequence[Probe]) -> list[int]:
@@ -404,8 +439,7 @@ def order_by_gain_per_cost(base: Probe, probes: Sequence[Probe]) -> list[int]:
         gain = base.drift - probe.drift
         if gain <= 0:
             return (1, probe.drift, index)
-        slowdown = probe.seconds / base.seconds - 1 if base.seconds > 0 else 0.0
-        return (0, -gain / _cost_steps(slowdown), index)
+        return (0, -gain / _cost_steps(_slowdown(base, probe)), index)
     return sorted(range(len(probes)), key=key)
 
 
@@ -427,8 +461,8 @@ def _unreachable(judge: DriftJudge, check: BudgetCheck, count: int, remedy: str 
             "try another calibrate_mode or build fp16/bf16")
 
 
-def describe_budget(record: dict) -> str:
-    """One line for a ``build.json`` budget record (``backend_details.plan.budget``)."""
+def describe_budget(record: dict, backend: str = "") -> str:
+    """One line for a ``build.json`` budget record (``backend_details.plan.budget``) of a ``backend`` build."""
     upper = record.get("drift_upper_bound")  # absent from artifacts built before budgets had a confidence
     drift = ", ".join(f"{key} {record['drift'][key]:.4f}" + (f", bound {upper[key]:.4f}" if upper else "")
                       + f" (<= {bound:g})" for key, bound in record["bounds"].items())
@@ -441,4 +475,24 @@ def describe_budget(record: dict) -> str:
                f"{record['estimated_speed_cost']:.0%}); {len(record['trials'])} trials")
     else:
         how = "no layer needed to stay in float"
-    return f"budget met on {record['validation']['images']} validation images: {drift}; {how}"
+    return f"budget met on {record['validation']['images']} validation images: {drift}; {how}{_speed_clause(record, backend)}"
+
+
+# A budgeted int8 build that runs at less than this many times fp32's speed on the validation pictures
+# is reported as no faster than fp32 on this CPU.
+WORTHWHILE_SPEEDUP = 1.25
+
+
+def _speed_clause(record: dict, backend: str) -> str:
+    speed = record.get("images_per_second") or {}
+    if not speed.get("fp32"):  # artifacts built before the judge timed fp32
+        return ""
+    speedup = speed["final"] / speed["fp32"]
+    clause = f"; {speed['final']:.2f} images/s on them, {speedup:.2f}x fp32's {speed['fp32']:.2f}"
+    if speedup < WORTHWHILE_SPEEDUP:
+        clause += " -- on this CPU the layers kept float cost what int8 saves"
+        if backend == "onnxruntime":
+            # Measured: QLinearConv runs NHWC, a float Conv NCHWc; each float island adds transposes and reorders.
+            clause += ("; ONNX Runtime converts the layout around every float layer, OpenVINO's int8 keeps float "
+                       "layers at less cost (isnet compare measures both)")
+    return clause

@@ -171,8 +171,25 @@ def test_build_json_records_the_budget(lifted_config):
     info = build_artifact(config_path({"maxfmeasure": 1.0, "sm": 1.0}), scorer=mask_scores).info
     budget = info["backend_details"]["plan"]["budget"]
     assert set(budget["drift"]) == {"maxfmeasure", "sm", "mean_abs"}
-    assert budget["images_per_second"]["final"] > 0
+    assert budget["images_per_second"]["final"] > 0 and budget["images_per_second"]["fp32"] > 0
     json.dumps(info)  # all plain data
+
+
+def test_the_budget_line_says_when_an_int8_build_is_no_faster_than_fp32():
+    from isnet.build_in.budget import describe_budget
+
+    record = {"bounds": {"mae": 0.0005}, "drift": {"mae": 0.0002}, "drift_upper_bound": {"mae": 0.0004},
+              "validation": {"images": 50, "confidence": 0.95}, "float_nodes": ["Conv_810"] * 92,
+              "estimated_speed_cost": 0.5, "trials": [{}] * 14,
+              "images_per_second": {"fp32": 4.4, "all_int8": 8.2, "final": 4.1}}
+    slow = describe_budget(record, "onnxruntime")
+    assert "4.10 images/s on them, 0.93x fp32's 4.40" in slow and "cost what int8 saves" in slow
+    assert "OpenVINO's int8 keeps float layers at less cost" in slow
+    assert "OpenVINO" not in describe_budget(record, "openvino")
+    fast = describe_budget({**record, "images_per_second": {"fp32": 4.4, "all_int8": 11.5, "final": 10.1}}, "onnxruntime")
+    assert "2.30x fp32's" in fast and "cost what int8 saves" not in fast
+    # Artifacts built before the judge timed fp32 say nothing about it.
+    assert "fp32's" not in describe_budget({**record, "images_per_second": {"all_int8": 8.2, "final": 4.1}})
 
 
 def test_ranking_puts_drift_removed_per_speed_lost_first():
@@ -243,6 +260,51 @@ class _LinearJudge:
 
     def misses(self, check) -> str:
         return f"mae {check.drift['mae']:.4g} > {self.bounds['mae']:g}"
+
+
+class _CostJudge:
+    """Drift = the damage of the groups left int8; seconds = 1 + the float cost of the groups kept. The
+    ranking probes (a few images, the maps' mean |difference|) see ``probe_damage`` where it is given:
+    what a layer does to the maps of eight pictures is not what it does to the budgeted metrics."""
+
+    def __init__(self, damage: dict[str, float], cost: dict[str, float], bound: float, probe_damage: dict):
+        self.damage, self.cost, self.bounds, self.pairs = damage, cost, {"mae": bound}, [None] * 50
+        self.probe_damage = {**damage, **probe_damage}
+        self.kept: list[str] = []
+
+    def quantize(self, nodes: list[str]):
+        self.kept = list(nodes)
+        return "model.onnx"
+
+    def probe(self, _model_file, _images):
+        drift = sum(d for name, d in self.probe_damage.items() if name not in self.kept)
+        return Probe(drift, 1.0 + sum(self.cost[name] for name in self.kept))
+
+    def __call__(self, _model_file):
+        from isnet.build_in.budget import BudgetCheck
+
+        drift = sum(d for name, d in self.damage.items() if name not in self.kept)
+        return BudgetCheck(drift <= self.bounds["mae"], {"mae": drift}, {"mae": drift}, 1.0)
+
+
+def test_the_search_puts_costly_layers_it_kept_back_in_int8_when_the_budget_holds_without_them():
+    from isnet.build_in.budget import search_float_nodes
+
+    # "wide" costs 60% of the speed in float, but on the probes it takes so much off that it ranks
+    # first anyway, and the budget is met with the first two candidates: wide and a.
+    cost = {"a": 0.0, "b": 0.0, "c": 0.0, "wide": 0.6}
+    candidates = [("a",), ("b",), ("c",), ("wide",)]
+    # On the budgeted metric it does nothing: put back in int8, the budget still holds.
+    judge = _CostJudge({"a": 0.004, "b": 0.003, "c": 0.002, "wide": 0.0}, cost, 0.0055, {"wide": 0.05})
+    result = search_float_nodes(judge.quantize, judge, lambda: candidates)
+    assert result.ranked[0] == ("wide",) and result.float_nodes == ["a"] and result.check.within
+    assert judge.kept == ["a"]  # the file on disk is the model kept
+    assert [trial.get("back_in_int8") for trial in result.trials][-1] == ["wide"] and result.trials[-1]["within"]
+    # Where the budget needs it, it stays float: the trial without it misses.
+    judge = _CostJudge({"a": 0.004, "b": 0.003, "c": 0.002, "wide": 0.002}, cost, 0.0055, {"wide": 0.05})
+    result = search_float_nodes(judge.quantize, judge, lambda: candidates)
+    assert result.float_nodes == ["wide", "a"] and result.check.within and judge.kept == ["wide", "a"]
+    assert result.trials[-1]["back_in_int8"] == ["wide"] and not result.trials[-1]["within"]
 
 
 def test_a_search_that_cannot_succeed_says_so_after_one_trial_with_every_candidate_in_float():

@@ -104,6 +104,26 @@ def test_the_recommendation_is_the_fastest_build_within_the_bounds():
     assert recommend([build("fp32", 0.05, 10, nonfinite=1)], "fp32", {"mae": 1}) is None
 
 
+def test_the_recommendation_names_the_faster_int8_backend_among_builds_within_the_bounds():
+    from isnet.tools.compare.report import BuildReport, recommend, recommendation_line
+
+    def build(name, backend, precision, mae, speed):
+        return BuildReport(name, Path(name), {"backend": backend, "precision": precision}, {"mae": mae}, {}, 0.0,
+                           speed, 1.0, 1.0)
+
+    host = {"cpu": "AMD EPYC", "cpu_features": ["AVX-512 VNNI"]}
+    reports = [build("fp32", "onnxruntime", "fp32", 0.050, 4.4), build("int8_auto", "onnxruntime", "int8", 0.0502, 4.5),
+               build("ov_int8_auto", "openvino", "int8", 0.0498, 10.9),
+               build("int8_kl", "onnxruntime", "int8", 0.070, 20.0)]  # faster, but out of bounds: not counted
+    line = recommendation_line(recommend(reports, "fp32", {"mae": 0.001}), reports, "fp32", {"mae": 0.001}, host)
+    assert line.startswith("ov_int8_auto (openvino int8)")
+    assert "openvino is the faster int8 path on this CPU (ov_int8_auto 10.9 images/s, int8_auto 4.5)" in line
+    # One backend's int8 alone: nothing to compare.
+    alone = reports[:2]
+    assert "faster int8 path" not in recommendation_line(recommend(alone, "fp32", {"mae": 0.001}), alone, "fp32",
+                                                         {"mae": 0.001}, host)
+
+
 @pytest.mark.slow
 def test_rerun_reuses_every_stage(run_isnet, experiment):
     first = run_isnet("compare", experiment, cwd=experiment.parent)

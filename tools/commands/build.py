@@ -52,7 +52,7 @@ class BuildCommand:
                   f"{plan['outlier_count']} tensors with an outlier channel (widest: "
                   f"{widest['ratio']:.1f}x the median channel; backend.quantize.outlier_channel_ratio)")
         if plan.get("budget"):
-            print(describe_budget(plan["budget"]))
+            print(describe_budget(plan["budget"], info["backend"]))
         if details.get("sixteen_bit_tensors"):
             form = "integer-only: every Conv reads int8/int16; " if plan.get("form") == "integer-only" else ""
             print(f"{form}{len(details['sixteen_bit_tensors'])} activations in 16 bits "

@@ -207,7 +207,7 @@ def run_experiment(experiment: Experiment, force: bool = False, progress: Progre
             notes.append(f"{entry.name}: {warning}")
         budget = ((info.get("backend_details") or {}).get("plan") or {}).get("budget")
         if budget:
-            notes.append(f"{entry.name}: {describe_budget(budget)}")
+            notes.append(f"{entry.name}: {describe_budget(budget, info['backend'])}")
         calibration = info.get("calibration") or {}
         overlap = sum(1 for item in calibration.get("images", []) if item["sha256"] in image_hashes)
         if overlap:
