@@ -192,7 +192,7 @@ OPS: dict[str, type[Op]] = {cls.type: cls for cls in (DecodeImage, Resize, CvtCo
 def default_process_ops(size: Sequence[int] = INPUT_SIZE) -> tuple[Mapping, ...]:
     """The reference recipe's pre-processing at ``size`` (height, width), as an immutable op list.
 
-    RGB, bilinear resize, ``(x / 255 - 0.5) / 1.0`` (ISNET.md): what the official models were
+    RGB, bilinear resize, ``(x / 255 - 0.5) / 1.0``: what the official models were
     trained with. Models without a ``build.json``, default build configs, training and the tests
     all take it from here.
     """
@@ -224,7 +224,7 @@ def _u2net_ops() -> tuple[Mapping, ...]:
 
 # Pre-processing by name, accepted wherever process_ops is (build configs, experiments, --preprocess).
 PRESETS: Mapping[str, tuple[Mapping, ...]] = MappingProxyType({
-    "isnet-320": default_process_ops((320, 320)),    # the edge recipe's size (ISNET.md)
+    "isnet-320": default_process_ops((320, 320)),    # the edge recipe's size
     "isnet-1024": default_process_ops((1024, 1024)),  # the official ISNet recipe (isnet-general-use)
     "u2net": _u2net_ops(),
 })

@@ -128,7 +128,7 @@ def _stages(*rows: tuple[int | str, int, int]) -> tuple[StageSpec, ...]:
     return tuple(StageSpec(4 if h == "4F" else int(h), h == "4F", mid, out) for h, mid, out in rows)
 
 
-# The official ISNetDIS channel plan (ISNET.md) and its GT encoder.
+# The official ISNetDIS channel plan (the DIS authors' isnet.py) and its GT encoder.
 _OFFICIAL = IsnetArch(
     name="isnet",
     stem=64,

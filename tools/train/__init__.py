@@ -8,7 +8,7 @@ Two entry points, both returning a :class:`TrainResult` and reporting progress t
   GT; the side outputs are already at the input size) plus, given a trained GT encoder, the
   feature-synchronisation loss: MSE between ISNet's six decoder features
   ``[stage1d ... stage5d, stage6]`` and the frozen encoder's six stage features for the same
-  mask (ISNET.md; Qin et al., "Highly Accurate Dichotomous Image Segmentation", ECCV 2022).
+  mask (Qin et al., "Highly Accurate Dichotomous Image Segmentation", ECCV 2022).
 
 What the network sees
     Pictures are decoded with the project's decoder (RGB uint8), augmented geometrically (random
