@@ -272,18 +272,21 @@ class DriftJudge:
 class SearchResult:
     """What the search kept in float and what it measured."""
 
-    float_nodes: list[str]
+    float_nodes: list[str]  # the candidates' nodes kept (the plan's groups not included)
     check: BudgetCheck
     first: BudgetCheck
     trials: list[dict] = field(default_factory=list)
     ranked: list[tuple[str, ...]] = field(default_factory=list)  # the candidates, in the order tried
     remedy: str = FLOAT  # what the kept candidates became: FLOAT (nodes) or SIXTEEN_BIT (tensors)
+    plan_kept: list[tuple[str, ...]] = field(default_factory=list)  # the plan's groups still kept
+    plan_released: list[tuple[str, ...]] = field(default_factory=list)  # the plan's groups put back in int8
 
 
 def search_float_nodes(quantize: Callable[[list[str]], Path], judge: DriftJudge,
                        candidates: Callable[[], Sequence[tuple[str, ...]]],
                        progress: Callable[[str, int, int], None] | None = None,
-                       rank: "Ranking | None" = None, remedy: str = FLOAT, whole_model: bool = False) -> SearchResult:
+                       rank: "Ranking | None" = None, remedy: str = FLOAT, whole_model: bool = False,
+                       plan_groups: Sequence[tuple[str, ...]] = ()) -> SearchResult:
     """The fewest leading candidates to keep in float for ``judge``'s budget to hold.
 
     ``quantize(nodes)`` writes the model with ``nodes`` (beyond the build's own exclusions) in
@@ -291,40 +294,76 @@ def search_float_nodes(quantize: Callable[[list[str]], Path], judge: DriftJudge,
     most damaging first by their local error (called only if the model as it is misses the
     budget). With ``remedy`` :data:`SIXTEEN_BIT` the groups are tensors that ``quantize`` gives
     16-bit integers instead (an integer-only build); ``rank`` orders the leading candidates
-    (default :func:`rank_by_effect`). The search tries the model as it is, then every candidate in float at once: where
+    (default :func:`rank_by_effect`). ``plan_groups`` are kept in every trial from the start (the
+    int8 plan's own remedies, e.g. the nodes around an outlier channel).
+
+    The search tries the model as it is, then every candidate in float at once: where
     even that leaves a metric at more than :data:`HOPELESS_FACTOR` times its bound, no choice
     among them will meet it, and one trial says so (at 1024x1024 a trial takes minutes, and a
     search that doubles its way up to all of them ten). Otherwise it ranks the leading candidates
     by measured effect (:func:`rank_by_effect`) and keeps the first 1, 2, 4, ... in float until the
     budget holds, then bisects down to the fewest (the error of a layer mostly adds up, so more
     float layers rarely drift more; near the noise a subset can drift less than all of them, which
-    is why a narrow miss with all of them in float does not end the search), and last tries the
-    costliest of those back in int8, one at a time (:data:`PRUNE_TRIALS`). IsnetError when the
+    is why a narrow miss with all of them in float does not end the search). Last, it tries the
+    costliest of those back in int8, one at a time (:data:`PRUNE_TRIALS`), and then each plan group:
+    another remedy may have made it unneeded (on the pretrained U²-Netp, bias correction fixes the
+    outlier channel's damage and its float nodes cost a fifth of int8's speed). IsnetError when the
     budget cannot be met, or (``whole_model``: the candidates are every quantized layer) only with
     every candidate in float, which would leave nothing in int8.
     """
     trials: list[dict] = []
     written: list[list[str]] = [[]]  # the nodes of the model on disk
+    plan_kept = list(plan_groups)
 
-    def attempt(count: int, ranked: Sequence[tuple[str, ...]], **note) -> BudgetCheck:
-        nodes = list(dict.fromkeys(n for group in ranked[:count] for n in group))
+    def attempt(kept: Sequence[tuple[str, ...]], plan: Sequence[tuple[str, ...]] = plan_kept, **note) -> BudgetCheck:
+        nodes = list(dict.fromkeys(n for group in [*plan, *kept] for n in group))
         check = judge(quantize(nodes))
         written[0] = nodes
-        trials.append({"float_candidates": count, "float_nodes": len(nodes), **note, "drift": check.drift,
+        trials.append({"float_candidates": len(kept), "float_nodes": len(nodes), **note, "drift": check.drift,
                        "drift_upper_bound": check.bound, "within": check.within})
         return check
 
-    first = attempt(0, [])
-    if first.within:
-        return SearchResult([], first, first, trials, remedy=remedy)
-    groups = list(candidates())
+    def with_plan(nodes: list[str]) -> Path:  # what the ranking probes: the plan's groups kept as well
+        return quantize(list(dict.fromkeys([*(n for group in plan_groups for n in group), *nodes])))
+
+    first = attempt([])
+    kept, check, ranked = [], first, Ranked([])
+    if not first.within:
+        kept, check, ranked = _fewest_leading(attempt, judge, with_plan, candidates(), first, progress, rank, remedy,
+                                              whole_model)
+    costly = sorted((group for group in kept if ranked.cost.get(group, 0.0) > COST_STEP),
+                    key=lambda group: -ranked.cost[group])[:PRUNE_TRIALS]
+    for group in costly:
+        trial = [other for other in kept if other != group]
+        trial_check = attempt(trial, back_in_int8=list(group))
+        if trial_check.within:
+            kept, check = trial, trial_check
+    released = []
+    for group in list(plan_kept):
+        plan = [other for other in plan_kept if other != group]
+        trial_check = attempt(kept, plan, back_in_int8=list(group))
+        if trial_check.within:
+            plan_kept[:], check = plan, trial_check
+            released.append(group)
+    nodes = list(dict.fromkeys(n for group in kept for n in group))
+    everything = list(dict.fromkeys(n for group in [*plan_kept, *kept] for n in group))
+    if written[0] != everything:
+        quantize(everything)  # the file on disk must be the passing model
+    return SearchResult(nodes, check, first, trials, ranked.order, remedy, list(plan_kept), released)
+
+
+def _fewest_leading(attempt, judge: DriftJudge, quantize, groups: Sequence[tuple[str, ...]], first: BudgetCheck,
+                    progress, rank, remedy: str, whole_model: bool):
+    """:func:`search_float_nodes`' search proper: (the fewest leading groups that pass, its check, the
+    :class:`Ranked` candidates followed by the unmeasured ones)."""
+    groups = list(groups)
     # Candidates that are the whole model in float are fp32 again: at most all but one may stay float.
     limit = len(groups) - 1 if whole_model and remedy == FLOAT else len(groups)
     if limit < 1:
         raise IsnetError(_unreachable(judge, first, 0, remedy))
     checks: dict[int, BudgetCheck] = {}
     if limit == len(groups):  # else the whole model float says nothing
-        checks[limit] = attempt(limit, groups)
+        checks[limit] = attempt(groups)
         if any(checks[limit].bound[key] > HOPELESS_FACTOR * bound for key, bound in judge.bounds.items()):
             raise IsnetError(_unreachable(judge, checks[limit], limit, remedy))
     step = (lambda n, total: progress("rank layers", 1, total)) if progress else None
@@ -332,40 +371,30 @@ def search_float_nodes(quantize: Callable[[list[str]], Path], judge: DriftJudge,
     ranked = measured.order + groups[MEASURED_CANDIDATES:]
     failing, count = 0, 1
     while count < limit:
-        checks[count] = attempt(count, ranked)
+        checks[count] = attempt(ranked[:count])
         if checks[count].within:
             break
         failing, count = count, count * 2
     passing = min(count, limit)
     if passing not in checks:
-        checks[passing] = attempt(passing, ranked)
+        checks[passing] = attempt(ranked[:passing])
     if not checks[passing].within:
         raise IsnetError(_unreachable(judge, checks[passing], passing, remedy, whole_model=limit < len(groups)))
     while passing - failing > 1:
         middle = (passing + failing) // 2
-        checks[middle] = attempt(middle, ranked)
+        checks[middle] = attempt(ranked[:middle])
         if checks[middle].within:
             passing = middle
         else:
             failing = middle
-    kept, check = list(ranked[:passing]), checks[passing]
-    costly = sorted((group for group in kept if measured.cost.get(group, 0.0) > COST_STEP),
-                    key=lambda group: -measured.cost[group])[:PRUNE_TRIALS]
-    for group in costly:
-        trial = [other for other in kept if other != group]
-        trial_check = attempt(len(trial), trial, back_in_int8=list(group))
-        if trial_check.within:
-            kept, check = trial, trial_check
-    nodes = list(dict.fromkeys(n for group in kept for n in group))
-    if written[0] != nodes:
-        quantize(nodes)  # the file on disk must be the passing model
-    return SearchResult(nodes, check, first, trials, ranked, remedy)
+    return list(ranked[:passing]), checks[passing], Ranked(ranked, measured.cost)
 
 
 def search_budget(quantize: Callable[[list[str]], Path], judge: DriftJudge,
                   progress: Callable[[str, int, int], None] | None, *, by_module: bool,
                   modules: Callable[[], Sequence[tuple[str, ...]]],
-                  ranked_layers: Callable[[], Sequence[tuple[str, ...]]], remedy: str = FLOAT) -> SearchResult:
+                  ranked_layers: Callable[[], Sequence[tuple[str, ...]]], remedy: str = FLOAT,
+                  plan_groups: Sequence[tuple[str, ...]] = ()) -> SearchResult:
     """The budget search of every int8 build: :func:`search_float_nodes` over the right candidates.
 
     In a graph named by module (a PyTorch export: ``/stage1d/...``, ``by_module``) the candidates
@@ -374,12 +403,12 @@ def search_budget(quantize: Callable[[list[str]], Path], judge: DriftJudge,
     single layers do not reach the error (keeping its 28 most damaging layers float left the maps
     0.42 off; docs/int8-isnet.md). Otherwise (U²-Netp's files name layers ``Conv_787``) the
     candidates are ``ranked_layers()``, the backend's layers by local error, re-ranked by
-    :func:`rank_by_effect`.
+    :func:`rank_by_effect`. ``plan_groups``: as :func:`search_float_nodes` takes them.
     """
     if by_module:
-        return search_float_nodes(quantize, judge, modules, progress,
-                                  rank=rank_by_isolated_damage, remedy=remedy, whole_model=True)
-    return search_float_nodes(quantize, judge, ranked_layers, progress, remedy=remedy)
+        return search_float_nodes(quantize, judge, modules, progress, rank=rank_by_isolated_damage, remedy=remedy,
+                                  whole_model=True, plan_groups=plan_groups)
+    return search_float_nodes(quantize, judge, ranked_layers, progress, remedy=remedy, plan_groups=plan_groups)
 
 
 def rank_by_effect(candidates: Sequence[tuple[str, ...]], quantize: Callable[[list[str]], Path], judge: DriftJudge,

@@ -129,6 +129,9 @@ class Int8Plan:
     outliers: list[dict] = field(default_factory=list)  # as outlier_channels lists them, after equalisation
     equalized: list = field(default_factory=list)  # isnet.build_in.equalize.ScaledChannel
     float_nodes: list[str] = field(default_factory=list)  # ONNX nodes kept float around outlier tensors
+    # Nodes around outlier tensors the budget search found it could put back in int8 (another remedy,
+    # such as bias correction, having made them unneeded)
+    float_nodes_released: list[str] = field(default_factory=list)
     sixteen_bit: list[str] = field(default_factory=list)  # tensors asked 16 bits: activations_16bit, outliers
     sixteen_bit_weights: list[str] = field(default_factory=list)  # weights of Convs reading outlier tensors
     bias_correction: dict | None = None
@@ -146,7 +149,8 @@ class Int8Plan:
                 "excluded_nodes": self.excluded_nodes, "outlier_ratio": self.outlier_ratio,
                 "outlier_tensors": self.outliers[:10], "outlier_count": len(self.outliers),
                 "equalized_channels": [asdict(item) for item in self.equalized],
-                "outlier_nodes_in_float": self.float_nodes, "sixteen_bit_requested": self.sixteen_bit,
+                "outlier_nodes_in_float": self.float_nodes, "outlier_nodes_back_in_int8": self.float_nodes_released,
+                "sixteen_bit_requested": self.sixteen_bit,
                 "sixteen_bit_weights": self.sixteen_bit_weights,
                 "bias_correction": self.bias_correction, "budget": self.budget}
 

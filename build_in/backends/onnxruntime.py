@@ -117,6 +117,9 @@ class _QdqBuild:
         # integer-only build quantizes every tensor anyway.
         self.more_excluded_later = budgeted and not quant.integer_only
         self.ranges = None
+        # A budgeted CPU build hands the plan's float nodes to the search as a group it may put back in
+        # int8 (plan_and_calibrate); bias correction then measures every Conv's shift.
+        self.plan_groups: list[tuple[str, ...]] = []
         # Bias correction's shifts, {Conv: per channel}, once measured. A Conv kept in float has no weight
         # rounding to correct: it keeps its source bias (with the shift, a layer kept float for accuracy
         # ran off by the other layers' correction: demo int8_auto dMAE +0.0034 -> +0.0006 without it).
@@ -147,6 +150,8 @@ class _QdqBuild:
         if self.plan.float_nodes and not self.more_excluded_later:
             # Which tensors the quantizer reads depends on the nodes left out, so calibrate again.
             self.calibrate(self.prepared, "calibrate (outliers in float)")
+        elif self.plan.float_nodes:
+            self.plan_groups, self.plan.float_nodes = [tuple(self.plan.float_nodes)], []
         from onnxruntime.quantization.calibrate import save_tensors_data
 
         save_tensors_data(self.ranges, self.work / "calibration.json")
@@ -203,7 +208,7 @@ class _QdqBuild:
     def search(self, judge: DriftJudge) -> None:
         """The budget search (:func:`isnet.build_in.budget.search_budget`); the passing model is left in
         ``target``. An integer-only build gives its candidates 16 bits, a CPU build keeps them float."""
-        excluded = set(self.plan.excluded_nodes + self.plan.float_nodes)
+        excluded = set(self.plan.excluded_nodes + [node for group in self.plan_groups for node in group])
         by_module = named_by_module([node.name for node in self.graph.node])
 
         def quantized_tensors() -> list[str]:
@@ -232,7 +237,10 @@ class _QdqBuild:
                                    ranked_layers=ranked_layers, remedy=SIXTEEN_BIT)
         else:
             result = search_budget(self.quantize, judge, self.progress, by_module=by_module,
-                                   modules=lambda: group_by_module(quantized_nodes()), ranked_layers=ranked_layers)
+                                   modules=lambda: group_by_module(quantized_nodes()), ranked_layers=ranked_layers,
+                                   plan_groups=self.plan_groups)
+            self.plan.float_nodes = [node for group in result.plan_kept for node in group]
+            self.plan.float_nodes_released = [node for group in result.plan_released for node in group]
         self.plan.budget = judge.summary(result)
 
     def record(self) -> dict:

@@ -307,6 +307,29 @@ def test_the_search_puts_costly_layers_it_kept_back_in_int8_when_the_budget_hold
     assert result.trials[-1]["back_in_int8"] == ["wide"] and not result.trials[-1]["within"]
 
 
+def test_the_search_puts_the_plans_float_nodes_back_in_int8_when_the_budget_holds_without_them():
+    from isnet.build_in.budget import search_float_nodes
+
+    cost = {"a": 0.0, "b": 0.0, "outlier": 0.2}
+    # Another remedy made the plan's float nodes unneeded: the model as it is passes, and passes without them.
+    judge = _CostJudge({"a": 0.001, "b": 0.001, "outlier": 0.0}, cost, 0.005, {})
+    result = search_float_nodes(judge.quantize, judge, lambda: [("a",), ("b",)], plan_groups=[("outlier",)])
+    assert result.plan_released == [("outlier",)] and result.plan_kept == [] and result.float_nodes == []
+    assert judge.kept == [] and [t.get("back_in_int8") for t in result.trials] == [None, ["outlier"]]
+    # Needed: kept, and the model on disk is the passing one with it.
+    judge = _CostJudge({"a": 0.001, "b": 0.001, "outlier": 0.01}, cost, 0.005, {})
+    result = search_float_nodes(judge.quantize, judge, lambda: [("a",), ("b",)], plan_groups=[("outlier",)])
+    assert result.plan_kept == [("outlier",)] and result.plan_released == [] and judge.kept == ["outlier"]
+    # The ranking probes and every trial keep the plan's group float until it is released.
+    judge = _CostJudge({"a": 0.004, "b": 0.0001, "outlier": 0.0}, cost, 0.001, {})
+    seen = []
+    quantize = judge.quantize
+    judge.quantize = lambda nodes: (seen.append(list(nodes)), quantize(nodes))[1]
+    result = search_float_nodes(judge.quantize, judge, lambda: [("a",), ("b",)], plan_groups=[("outlier",)])
+    assert all("outlier" in nodes for nodes in seen[:-1]) and seen[-1] == ["a"] and result.float_nodes == ["a"]
+    assert result.plan_released == [("outlier",)] and judge.kept == ["a"]
+
+
 def test_a_search_that_cannot_succeed_says_so_after_one_trial_with_every_candidate_in_float():
     from isnet.build_in.budget import search_float_nodes
 

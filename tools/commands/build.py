@@ -51,6 +51,9 @@ class BuildCommand:
             print(f"kept {len(plan['outlier_nodes_in_float'])} nodes in float around "
                   f"{plan['outlier_count']} tensors with an outlier channel (widest: "
                   f"{widest['ratio']:.1f}x the median channel; backend.quantize.outlier_channel_ratio)")
+        if plan.get("outlier_nodes_back_in_int8"):
+            print(f"the budget holds with the {len(plan['outlier_nodes_back_in_int8'])} nodes around "
+                  f"{plan['outlier_count']} outlier-channel tensors in int8: the search put them back")
         if plan.get("budget"):
             print(describe_budget(plan["budget"], info["backend"]))
         if details.get("sixteen_bit_tensors"):
