@@ -315,16 +315,19 @@ def search_float_nodes(quantize: Callable[[list[str]], Path], judge: DriftJudge,
     written: list[list[str]] = [[]]  # the nodes of the model on disk
     plan_kept = list(plan_groups)
 
+    def write(nodes: list[str]) -> Path:  # every model the search writes, trials and ranking probes alike
+        written[0] = list(nodes)
+        return quantize(nodes)
+
     def attempt(kept: Sequence[tuple[str, ...]], plan: Sequence[tuple[str, ...]] = plan_kept, **note) -> BudgetCheck:
         nodes = list(dict.fromkeys(n for group in [*plan, *kept] for n in group))
-        check = judge(quantize(nodes))
-        written[0] = nodes
+        check = judge(write(nodes))
         trials.append({"float_candidates": len(kept), "float_nodes": len(nodes), **note, "drift": check.drift,
                        "drift_upper_bound": check.bound, "within": check.within})
         return check
 
     def with_plan(nodes: list[str]) -> Path:  # what the ranking probes: the plan's groups kept as well
-        return quantize(list(dict.fromkeys([*(n for group in plan_groups for n in group), *nodes])))
+        return write(list(dict.fromkeys([*(n for group in plan_groups for n in group), *nodes])))
 
     first = attempt([])
     kept, check, ranked = [], first, Ranked([])
@@ -348,7 +351,7 @@ def search_float_nodes(quantize: Callable[[list[str]], Path], judge: DriftJudge,
     nodes = list(dict.fromkeys(n for group in kept for n in group))
     everything = list(dict.fromkeys(n for group in [*plan_kept, *kept] for n in group))
     if written[0] != everything:
-        quantize(everything)  # the file on disk must be the passing model
+        write(everything)  # the file on disk must be the passing model
     return SearchResult(nodes, check, first, trials, ranked.order, remedy, list(plan_kept), released)
 
 
@@ -518,7 +521,11 @@ def _speed_clause(record: dict, backend: str) -> str:
         return ""
     speedup = speed["final"] / speed["fp32"]
     clause = f"; {speed['final']:.2f} images/s on them, {speedup:.2f}x fp32's {speed['fp32']:.2f}"
-    if speedup < WORTHWHILE_SPEEDUP:
+    if "sixteen_bit_tensors" in record:
+        clause += " (emulated on this CPU: an NPU's speed is another matter)"
+    elif speedup < WORTHWHILE_SPEEDUP and not record.get("float_nodes"):
+        clause += " -- on this CPU this int8 build is no faster than fp32"
+    elif speedup < WORTHWHILE_SPEEDUP:
         clause += " -- on this CPU the layers kept float cost what int8 saves"
         if backend == "onnxruntime":
             # Measured: QLinearConv runs NHWC, a float Conv NCHWc; each float island adds transposes and reorders.

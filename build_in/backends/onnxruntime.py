@@ -124,6 +124,9 @@ class _QdqBuild:
         # rounding to correct: it keeps its source bias (with the shift, a layer kept float for accuracy
         # ran off by the other layers' correction: demo int8_auto dMAE +0.0034 -> +0.0006 without it).
         self.shifts: dict[str, np.ndarray] = {}
+        # The same measured with the plan's groups float: what a trial that keeps them runs with (the
+        # shift of a Conv depends on the int8 error of what it reads).
+        self.shifts_with_plan: dict[str, np.ndarray] = {}
         self.corrected_convs = 0  # in the model quantize() wrote last
 
     def calibrate(self, path: Path, stage: str, channel_ranges: dict | None = None) -> None:
@@ -162,7 +165,9 @@ class _QdqBuild:
             return self.prepared
         model = onnx.load(str(self.prepared))
         kept = set(extra_float)
-        self.corrected_convs = correct_biases(model, {name: shift for name, shift in self.shifts.items()
+        plan = {node for group in self.plan_groups for node in group}
+        shifts = self.shifts_with_plan if plan and plan <= kept else self.shifts
+        self.corrected_convs = correct_biases(model, {name: shift for name, shift in shifts.items()
                                                       if name not in kept})
         corrected = self.work / "bias_corrected.onnx"
         onnx.save(model, str(corrected))
@@ -194,14 +199,20 @@ class _QdqBuild:
 
     def correct_biases(self) -> None:
         """:mod:`isnet.build_in.bias_correction` on the calibration images: each quantized Conv's
-        shift measured on the all-int8 model."""
+        shift measured on the all-int8 model, and for a budgeted build whose plan keeps nodes float
+        also with those float (the search tries them back in int8; each trial gets the shifts
+        measured on what its Convs read)."""
         count = min(BIAS_CORRECTION_IMAGES, len(self.source_data))
+        plan = [node for group in self.plan_groups for node in group]
+        passes = [(self.shifts_with_plan, plan)] if plan else []
+        passes.append((self.shifts, []))
+        for done, (shifts, kept) in enumerate(passes):
+            if self.progress:
+                self.progress("bias correction", done, len(passes))
+            shifts.update(conv_weight_error_shifts(self.prepared, self.quantize(kept),
+                                                   (feed for feed, _ in zip(self.source_data, range(count)))))
         if self.progress:
-            self.progress("bias correction", 0, 1)
-        self.shifts.update(conv_weight_error_shifts(self.prepared, self.quantize([]),
-                                                    (feed for feed, _ in zip(self.source_data, range(count)))))
-        if self.progress:
-            self.progress("bias correction", 1, 1)
+            self.progress("bias correction", len(passes), len(passes))
         self.plan.bias_correction = {"images": count, "convs": len(self.shifts), "mean_abs_shift": float(
             np.mean([np.abs(s).mean() for s in self.shifts.values()])) if self.shifts else 0.0}
 

@@ -188,6 +188,11 @@ def test_the_budget_line_says_when_an_int8_build_is_no_faster_than_fp32():
     assert "OpenVINO" not in describe_budget(record, "openvino")
     fast = describe_budget({**record, "images_per_second": {"fp32": 4.4, "all_int8": 11.5, "final": 10.1}}, "onnxruntime")
     assert "2.30x fp32's" in fast and "cost what int8 saves" not in fast
+    # An integer-only build's CPU speed is emulation; a build that kept nothing float has no float layers to blame.
+    npu = describe_budget({**record, "float_nodes": [], "sixteen_bit_tensors": ["t"] * 10}, "onnxruntime")
+    assert "emulated on this CPU" in npu and "cost what int8 saves" not in npu
+    plain = describe_budget({**record, "float_nodes": []}, "onnxruntime")
+    assert "no faster than fp32" in plain and "layers kept float" not in plain
     # Artifacts built before the judge timed fp32 say nothing about it.
     assert "fp32's" not in describe_budget({**record, "images_per_second": {"all_int8": 8.2, "final": 4.1}})
 
@@ -328,6 +333,17 @@ def test_the_search_puts_the_plans_float_nodes_back_in_int8_when_the_budget_hold
     result = search_float_nodes(judge.quantize, judge, lambda: [("a",), ("b",)], plan_groups=[("outlier",)])
     assert all("outlier" in nodes for nodes in seen[:-1]) and seen[-1] == ["a"] and result.float_nodes == ["a"]
     assert result.plan_released == [("outlier",)] and judge.kept == ["a"]
+
+
+def test_the_model_left_on_disk_is_the_passing_one_even_when_a_ranking_probe_wrote_last():
+    from isnet.build_in.budget import SIXTEEN_BIT, rank_by_isolated_damage, search_float_nodes
+
+    # One candidate: the trial with it kept passes, then the ranking probes write other models and no
+    # trial follows; the file must still be rewritten to the passing one.
+    judge = _CostJudge({"t1": 0.01}, {"t1": 0.0}, 0.005, {})
+    result = search_float_nodes(judge.quantize, judge, lambda: [("t1",)], rank=rank_by_isolated_damage,
+                                remedy=SIXTEEN_BIT)
+    assert result.float_nodes == ["t1"] and judge.kept == ["t1"]
 
 
 def test_a_search_that_cannot_succeed_says_so_after_one_trial_with_every_candidate_in_float():
