@@ -307,7 +307,8 @@ def search_float_nodes(quantize: Callable[[list[str]], Path], judge: DriftJudge,
     is why a narrow miss with all of them in float does not end the search). Last, it tries the
     costliest of those back in int8, one at a time (:data:`PRUNE_TRIALS`), and then each plan group:
     another remedy may have made it unneeded (on the pretrained U²-Netp, bias correction fixes the
-    outlier channel's damage and its float nodes cost a fifth of int8's speed). IsnetError when the
+    outlier channel's damage and its float nodes cost a fifth of int8's speed). With plan groups,
+    the very first trial has every layer in int8, them too; when it passes, nothing else is tried. IsnetError when the
     budget cannot be met, or (``whole_model``: the candidates are every quantized layer) only with
     every candidate in float, which would leave nothing in int8.
     """
@@ -329,7 +330,14 @@ def search_float_nodes(quantize: Callable[[list[str]], Path], judge: DriftJudge,
     def with_plan(nodes: list[str]) -> Path:  # what the ranking probes: the plan's groups kept as well
         return write(list(dict.fromkeys([*(n for group in plan_groups for n in group), *nodes])))
 
-    first = attempt([])
+    released: list[tuple[str, ...]] = []
+    # Every layer in int8, the plan's groups too: where another remedy made them unneeded this one
+    # trial ends the search (a search from the plan's groups can settle on many float layers, since
+    # layers kept float can undo errors that cancelled: on U²-Netp 94 nodes where none were needed).
+    bare = attempt([], [], back_in_int8=[n for group in plan_kept for n in group]) if plan_kept else None
+    if bare is not None and bare.within:
+        released, plan_kept[:] = list(plan_kept), []
+    first = bare if bare is not None and bare.within else attempt([])
     kept, check, ranked = [], first, Ranked([])
     if not first.within:
         kept, check, ranked = _fewest_leading(attempt, judge, with_plan, candidates(), first, progress, rank, remedy,
@@ -341,7 +349,6 @@ def search_float_nodes(quantize: Callable[[list[str]], Path], judge: DriftJudge,
         trial_check = attempt(trial, back_in_int8=list(group))
         if trial_check.within:
             kept, check = trial, trial_check
-    released = []
     for group in list(plan_kept):
         plan = [other for other in plan_kept if other != group]
         trial_check = attempt(kept, plan, back_in_int8=list(group))
@@ -352,7 +359,7 @@ def search_float_nodes(quantize: Callable[[list[str]], Path], judge: DriftJudge,
     everything = list(dict.fromkeys(n for group in [*plan_kept, *kept] for n in group))
     if written[0] != everything:
         write(everything)  # the file on disk must be the passing model
-    return SearchResult(nodes, check, first, trials, ranked.order, remedy, list(plan_kept), released)
+    return SearchResult(nodes, check, bare or first, trials, ranked.order, remedy, list(plan_kept), released)
 
 
 def _fewest_leading(attempt, judge: DriftJudge, quantize, groups: Sequence[tuple[str, ...]], first: BudgetCheck,

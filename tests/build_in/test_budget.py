@@ -320,7 +320,8 @@ def test_the_search_puts_the_plans_float_nodes_back_in_int8_when_the_budget_hold
     judge = _CostJudge({"a": 0.001, "b": 0.001, "outlier": 0.0}, cost, 0.005, {})
     result = search_float_nodes(judge.quantize, judge, lambda: [("a",), ("b",)], plan_groups=[("outlier",)])
     assert result.plan_released == [("outlier",)] and result.plan_kept == [] and result.float_nodes == []
-    assert judge.kept == [] and [t.get("back_in_int8") for t in result.trials] == [None, ["outlier"]]
+    # The first trial has every layer int8, the plan's too; it passes, and nothing else is tried.
+    assert judge.kept == [] and [t.get("back_in_int8") for t in result.trials] == [["outlier"]]
     # Needed: kept, and the model on disk is the passing one with it.
     judge = _CostJudge({"a": 0.001, "b": 0.001, "outlier": 0.01}, cost, 0.005, {})
     result = search_float_nodes(judge.quantize, judge, lambda: [("a",), ("b",)], plan_groups=[("outlier",)])
@@ -331,7 +332,8 @@ def test_the_search_puts_the_plans_float_nodes_back_in_int8_when_the_budget_hold
     quantize = judge.quantize
     judge.quantize = lambda nodes: (seen.append(list(nodes)), quantize(nodes))[1]
     result = search_float_nodes(judge.quantize, judge, lambda: [("a",), ("b",)], plan_groups=[("outlier",)])
-    assert all("outlier" in nodes for nodes in seen[:-1]) and seen[-1] == ["a"] and result.float_nodes == ["a"]
+    assert seen[0] == [] and all("outlier" in nodes for nodes in seen[1:-1]) and seen[-1] == ["a"]
+    assert result.float_nodes == ["a"]
     assert result.plan_released == [("outlier",)] and judge.kept == ["a"]
 
 
