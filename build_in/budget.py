@@ -114,6 +114,11 @@ Ranking = Callable[..., "Ranked"]
 PRUNE_TRIALS = 4
 
 
+def group_nodes(groups: Sequence[Sequence[str]]) -> list[str]:
+    """The items of ``groups`` in order, each once (groups may share nodes)."""
+    return list(dict.fromkeys(item for group in groups for item in group))
+
+
 @dataclass(frozen=True)
 class Ranked:
     """Candidates in the order to keep them, and what keeping each alone costs in speed (a share:
@@ -308,8 +313,8 @@ def search_float_nodes(quantize: Callable[[list[str]], Path], judge: DriftJudge,
     costliest of those back in int8, one at a time (:data:`PRUNE_TRIALS`), and then each plan group:
     another remedy may have made it unneeded (on the pretrained U²-Netp, bias correction fixes the
     outlier channel's damage and its float nodes cost a fifth of int8's speed). With plan groups,
-    the very first trial has every layer in int8, them too; when it passes, nothing else is tried. IsnetError when the
-    budget cannot be met, or (``whole_model``: the candidates are every quantized layer) only with
+    the very first trial has every layer in int8, them too; when it passes, nothing else is tried.
+    IsnetError when the budget cannot be met, or (``whole_model``: the candidates are every quantized layer) only with
     every candidate in float, which would leave nothing in int8.
     """
     trials: list[dict] = []
@@ -321,20 +326,20 @@ def search_float_nodes(quantize: Callable[[list[str]], Path], judge: DriftJudge,
         return quantize(nodes)
 
     def attempt(kept: Sequence[tuple[str, ...]], plan: Sequence[tuple[str, ...]] = plan_kept, **note) -> BudgetCheck:
-        nodes = list(dict.fromkeys(n for group in [*plan, *kept] for n in group))
+        nodes = group_nodes([*plan, *kept])
         check = judge(write(nodes))
         trials.append({"float_candidates": len(kept), "float_nodes": len(nodes), **note, "drift": check.drift,
                        "drift_upper_bound": check.bound, "within": check.within})
         return check
 
     def with_plan(nodes: list[str]) -> Path:  # what the ranking probes: the plan's groups kept as well
-        return write(list(dict.fromkeys([*(n for group in plan_groups for n in group), *nodes])))
+        return write(group_nodes([*plan_groups, nodes]))
 
     released: list[tuple[str, ...]] = []
     # Every layer in int8, the plan's groups too: where another remedy made them unneeded this one
     # trial ends the search, and otherwise it records what int8 alone drifts (on U²-Netp, with bias
     # correction: MAE 0.0009 on the validation pictures, bound 0.0028).
-    bare = attempt([], [], back_in_int8=[n for group in plan_kept for n in group]) if plan_kept else None
+    bare = attempt([], [], back_in_int8=group_nodes(plan_kept)) if plan_kept else None
     if bare is not None and bare.within:
         released, plan_kept[:] = list(plan_kept), []
     first = bare if bare is not None and bare.within else attempt([])
@@ -355,11 +360,12 @@ def search_float_nodes(quantize: Callable[[list[str]], Path], judge: DriftJudge,
         if trial_check.within:
             plan_kept[:], check = plan, trial_check
             released.append(group)
-    nodes = list(dict.fromkeys(n for group in kept for n in group))
-    everything = list(dict.fromkeys(n for group in [*plan_kept, *kept] for n in group))
+    nodes = group_nodes(kept)
+    everything = group_nodes([*plan_kept, *kept])
     if written[0] != everything:
         write(everything)  # the file on disk must be the passing model
-    return SearchResult(nodes, check, bare or first, trials, ranked.order, remedy, list(plan_kept), released)
+    return SearchResult(nodes, check, bare if bare is not None else first, trials, ranked.order, remedy,
+                        list(plan_kept), released)
 
 
 def _fewest_leading(attempt, judge: DriftJudge, quantize, groups: Sequence[tuple[str, ...]], first: BudgetCheck,
@@ -449,7 +455,7 @@ def rank_by_isolated_damage(candidates: Sequence[tuple[str, ...]], quantize: Cal
     int8 in the encoder alone drifts 0.0002, in the decoder's trunk concatenations alone 0.084.
     """
     images = min(images, ISOLATED_IMAGES)
-    everything = list(dict.fromkeys(item for group in candidates for item in group))
+    everything = group_nodes(candidates)
     base = judge.probe(quantize(everything), images)
     damages, cost = [], {}
     for index, group in enumerate(candidates):

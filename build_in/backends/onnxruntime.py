@@ -12,7 +12,7 @@ import onnx
 
 from isnet.build_in.runners.onnxruntime import OnnxRuntimeRunner, open_runner  # noqa: F401 -- a backend opens its artifacts
 from isnet.build_in.bias_correction import conv_weight_error_shifts, correct_biases
-from isnet.build_in.budget import DRIFT_IMAGES, MAX_FLOAT_SHARE, SIXTEEN_BIT, DriftJudge, search_budget
+from isnet.build_in.budget import DRIFT_IMAGES, MAX_FLOAT_SHARE, SIXTEEN_BIT, DriftJudge, group_nodes, search_budget
 from isnet.build_in.calibration import CalibrationSource, compute_tensor_ranges
 from isnet.build_in.config import BuildConfig, CalibrationMode, Precision, QuantType
 from isnet.build_in.int8_plan import (Int8Plan, float_tensor_nodes, graph_structure, matching_nodes,
@@ -165,7 +165,7 @@ class _QdqBuild:
             return self.prepared
         model = onnx.load(str(self.prepared))
         kept = set(extra_float)
-        plan = {node for group in self.plan_groups for node in group}
+        plan = set(group_nodes(self.plan_groups))
         shifts = self.shifts_with_plan if plan and plan <= kept else self.shifts
         self.corrected_convs = correct_biases(model, {name: shift for name, shift in shifts.items()
                                                       if name not in kept})
@@ -203,7 +203,7 @@ class _QdqBuild:
         also with those float (the search tries them back in int8; each trial gets the shifts
         measured on what its Convs read)."""
         count = min(BIAS_CORRECTION_IMAGES, len(self.source_data))
-        plan = [node for group in self.plan_groups for node in group]
+        plan = group_nodes(self.plan_groups)
         passes = [(self.shifts_with_plan, plan)] if plan else []
         passes.append((self.shifts, []))
         for done, (shifts, kept) in enumerate(passes):
@@ -219,7 +219,7 @@ class _QdqBuild:
     def search(self, judge: DriftJudge) -> None:
         """The budget search (:func:`isnet.build_in.budget.search_budget`); the passing model is left in
         ``target``. An integer-only build gives its candidates 16 bits, a CPU build keeps them float."""
-        excluded = set(self.plan.excluded_nodes + [node for group in self.plan_groups for node in group])
+        excluded = set(self.plan.excluded_nodes + group_nodes(self.plan_groups))
         by_module = named_by_module([node.name for node in self.graph.node])
 
         def quantized_tensors() -> list[str]:
@@ -250,8 +250,8 @@ class _QdqBuild:
             result = search_budget(self.quantize, judge, self.progress, by_module=by_module,
                                    modules=lambda: group_by_module(quantized_nodes()), ranked_layers=ranked_layers,
                                    plan_groups=self.plan_groups)
-            self.plan.float_nodes = [node for group in result.plan_kept for node in group]
-            self.plan.float_nodes_released = [node for group in result.plan_released for node in group]
+            self.plan.float_nodes = group_nodes(result.plan_kept)
+            self.plan.float_nodes_released = group_nodes(result.plan_released)
         self.plan.budget = judge.summary(result)
 
     def record(self) -> dict:
