@@ -142,6 +142,13 @@ def test_the_budget_holds_an_upper_bound_of_the_drift_not_the_drift_alone(write_
     assert "mean_abs" in judge.misses(one) and "at 95% confidence" in judge.misses(one)
     record = judge.record(spread)
     assert record["validation"]["confidence"] == 0.95 and record["drift_upper_bound"]["mean_abs"] > 0
+    # Where the bound comes from: each picture's own change. The ranking probes then start with the
+    # picture that misses (the 8th), and compare each output with that picture's fp32 map.
+    assert np.argmax(one.picture_change["mean_abs"]) == 7 and one.picture_change["mean_abs"][7] > 0.2
+    assert judge.focus(spread) == list(range(24))  # within budget: nothing to focus on
+    assert judge.focus(one)[0] == 7 and sorted(judge.probe_pictures) == list(range(24))
+    probe = judge.probe(Path("fp32"), 2)
+    assert probe.drift == pytest.approx(0.0, abs=1e-6) and len(judge.inputs(2)) == 2
     # 24 pictures cannot bound a drift at 99% (that needs 100): one line saying how many it needs.
     strict = load_build_config(write_config({"backend": {"quantize": {"calibrate_mode": "max", "max_drift": {
         "mean_abs": 0.01}, "validation": {"path": str(tmp_path / "validation"), "confidence": 0.99}}}}, name="strict.yaml"))
@@ -266,6 +273,9 @@ class _LinearJudge:
     def misses(self, check) -> str:
         return f"mae {check.drift['mae']:.4g} > {self.bounds['mae']:g}"
 
+    def focus(self, _check):
+        return []
+
 
 class _CostJudge:
     """Drift = the damage of the groups left int8; seconds = 1 + the float cost of the groups kept. The
@@ -290,6 +300,9 @@ class _CostJudge:
 
         drift = sum(d for name, d in self.damage.items() if name not in self.kept)
         return BudgetCheck(drift <= self.bounds["mae"], {"mae": drift}, {"mae": drift}, 1.0)
+
+    def focus(self, _check):
+        return []
 
 
 def test_the_search_puts_costly_layers_it_kept_back_in_int8_when_the_budget_holds_without_them():
