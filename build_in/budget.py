@@ -137,8 +137,8 @@ class BudgetCheck:
     drift: dict[str, float]  # |metric change| per budget key, and mean_abs, on the validation pictures
     bound: dict[str, float]  # their upper bounds at the judge's confidence: what the budget is held to
     images_per_second: float
-    # Each key's change on each validation picture alone (its score on that picture, minus fp32's):
-    # where the bound comes from (DriftJudge.focus)
+    # Each key's change on each validation picture alone (its score on that picture minus fp32's;
+    # mean_abs: the map's mean |difference|): where the bound comes from (DriftJudge.focus)
     picture_change: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -226,11 +226,8 @@ class DriftJudge:
         times the budget, and decided the MAE bound; the ranking probes, on the first 8 pictures,
         never saw it. Each picture scores the largest of its changes of the missed metrics, each in
         units of its budget; ties (and a check that misses nothing) keep the order."""
-        missed = [key for key, limit in self.bounds.items() if check.bound[key] > limit and key in check.picture_change]
-        if missed:
-            score = np.max([np.abs(check.picture_change[key]) / max(self.bounds[key], 1e-12)
-                            for key in missed], axis=0)
-            self.probe_pictures = sorted(range(len(self.pairs)), key=lambda index: -score[index])
+        if any(key in check.picture_change for key in self._missed(check)):
+            self.probe_pictures = self._picture_order(check, self._missed(check))
         return self.probe_pictures
 
     def probe(self, model_file: Path, count: int) -> Probe:
@@ -258,10 +255,11 @@ class DriftJudge:
     def check(self, maps: list[np.ndarray], masks: list[np.ndarray], speed: float = float("nan")) -> BudgetCheck:
         """Score one model's raw maps and uint8 masks of the validation images (in order) against fp32's:
         each drift on the pictures, and its upper bound at the judge's confidence."""
-        changes: dict[str, np.ndarray] = {}
+        signed: dict[str, np.ndarray] = {}
         if self.fp32_selected:
             selected = self.scorer(masks, self.masks, self.selections)
-            changes = {key: np.abs(selected[key] - self.fp32_selected[key]) for key in self.bounds if key in selected}
+            signed = {key: selected[key] - self.fp32_selected[key] for key in self.bounds if key in selected}
+        changes = {key: np.abs(values) for key, values in signed.items()}
         # The maps' mean |difference| over all pixels, per selection: summed per picture, then resampled.
         sums = np.array([float(np.abs(got.astype(np.float64) - expected).sum()) for expected, got in zip(self.fp32_maps, maps)])
         sizes = np.array([expected.size for expected in self.fp32_maps], dtype=np.float64)
@@ -270,21 +268,48 @@ class DriftJudge:
         drift = {key: float(values[0]) for key, values in changes.items()}
         bound = {key: float(np.quantile(values[resamples], self.confidence)) for key, values in changes.items()}
         within = all(bound[key] <= limit for key, limit in self.bounds.items())
-        return BudgetCheck(within, drift, bound, speed, {key: values[1 + BOOTSTRAP_RESAMPLES:]
-                                                         for key, values in changes.items()})
+        pictures = slice(1 + BOOTSTRAP_RESAMPLES, None)
+        return BudgetCheck(within, drift, bound, speed, {**{key: values[pictures] for key, values in signed.items()},
+                                                         "mean_abs": changes["mean_abs"][pictures]})
+
+    def _missed(self, check: BudgetCheck) -> list[str]:
+        return [key for key, limit in self.bounds.items() if check.bound[key] > limit]
+
+    def _picture_order(self, check: BudgetCheck, keys: Sequence[str]) -> list[int]:
+        """Picture indices, the largest change of ``keys`` first, each change in units of its budget."""
+        keys = [key for key in keys if key in check.picture_change]
+        if not keys:
+            return list(range(len(self.pairs)))
+        score = np.max([np.abs(check.picture_change[key]) / max(self.bounds[key], 1e-12) for key in keys], axis=0)
+        return sorted(range(len(self.pairs)), key=lambda index: -score[index])
+
+    def worst_pictures(self, check: BudgetCheck, keys: Sequence[str], count: int = 3) -> list[dict]:
+        """The ``count`` validation pictures that move ``keys`` most, with each key's change on them."""
+        return [{"picture": self.pairs[index][0], **{key: round(float(check.picture_change[key][index]), 5)
+                                                     for key in keys if key in check.picture_change}}
+                for index in self._picture_order(check, keys)[:count]]
 
     def misses(self, check: BudgetCheck) -> str:
-        """The bounds ``check`` misses, for an error message (``sm 0.0041 > 0.003``)."""
-        return ", ".join(f"{key} {check.bound[key]:.4g} > {limit:g}" for key, limit in self.bounds.items()
-                         if check.bound[key] > limit) + f" (upper bounds at {self.confidence:.0%} confidence)"
+        """The bounds ``check`` misses, for an error message (``sm 0.0041 > 0.003``), and the pictures
+        that move them most (a bound at 95% rests on a few)."""
+        missed = self._missed(check)
+        text = ", ".join(f"{key} {check.bound[key]:.4g} > {self.bounds[key]:g}" for key in missed)
+        text += f" (upper bounds at {self.confidence:.0%} confidence)"
+        worst = self.worst_pictures(check, missed)
+        if worst and len(worst[0]) > 1:
+            text += "; moved most by " + ", ".join(
+                f"{item['picture']} ({' '.join(f'{key} {value:+.4f}' for key, value in item.items() if key != 'picture')})"
+                for item in worst)
+        return text
 
     def record(self, check: BudgetCheck) -> dict:
         """What every backend's build.json budget record holds: bounds, validation set, drift on it and its
-        upper bounds at the confidence, fp32 scores."""
+        upper bounds at the confidence, fp32 scores, and the pictures that move the budgeted metrics most."""
         return {"bounds": self.bounds, "validation": {"path": str(self.pairs[0][1].parent), "images": len(self.pairs),
                                                       "confidence": self.confidence,
                                                       "bootstrap_resamples": BOOTSTRAP_RESAMPLES},
-                "drift": check.drift, "drift_upper_bound": check.bound, "fp32_scores": self.fp32_scores}
+                "drift": check.drift, "drift_upper_bound": check.bound, "fp32_scores": self.fp32_scores,
+                "worst_pictures": self.worst_pictures(check, list(self.bounds))}
 
     def summary(self, result: "SearchResult") -> dict:
         """The search as build.json records it (``float_nodes``, or ``sixteen_bit_tensors`` for an

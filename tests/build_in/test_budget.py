@@ -145,6 +145,13 @@ def test_the_budget_holds_an_upper_bound_of_the_drift_not_the_drift_alone(write_
     # Where the bound comes from: each picture's own change. The ranking probes then start with the
     # picture that misses (the 8th), and compare each output with that picture's fp32 map.
     assert np.argmax(one.picture_change["mean_abs"]) == 7 and one.picture_change["mean_abs"][7] > 0.2
+    # The failure names that picture, and build.json records the pictures that move the metrics most.
+    seventh = judge.pairs[7][0]
+    assert f"moved most by {seventh} (mean_abs +0.2" in judge.misses(one)
+    assert judge.record(one)["worst_pictures"][0]["picture"] == seventh
+    worst = judge.record(spread)["worst_pictures"]
+    assert len(worst) == 3 and set(worst[0]) == {"picture", "mae", "mean_abs"}
+    assert worst[0]["mean_abs"] == pytest.approx(0.01, rel=0.2)
     assert judge.focus(spread) == list(range(24))  # within budget: nothing to focus on
     assert judge.focus(one)[0] == 7 and sorted(judge.probe_pictures) == list(range(24))
     probe = judge.probe(Path("fp32"), 2)
