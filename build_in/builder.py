@@ -10,6 +10,7 @@ interrupted build leaves nothing and never clobbers a good artifact unless ``for
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import platform
@@ -124,6 +125,24 @@ def _check_drift(config: BuildConfig, fidelity: dict) -> dict:
     return verdict
 
 
+# The subpackages whose code makes an artifact: ``isnet compare`` reuses a build only where theirs is
+# unchanged (the package version does not move between commits: demo builds made before a change of
+# the budget search were reused after it).
+BUILD_CODE = ("build_in", "export", "core")
+
+
+@functools.lru_cache(maxsize=1)
+def build_code_digest() -> str:
+    """A digest of the isnet code that makes artifacts (:data:`BUILD_CODE`), recorded in build.json's
+    ``versions.isnet_code``."""
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for folder in BUILD_CODE:
+        for path in sorted((root / folder).rglob("*.py")):
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _versions(backend) -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -131,7 +150,7 @@ def _versions(backend) -> dict:
         isnet_version = version("isnet")
     except PackageNotFoundError:
         isnet_version = "unknown"
-    return {"isnet": isnet_version, "python": platform.python_version(), "numpy": np.__version__,
+    return {"isnet": isnet_version, "isnet_code": build_code_digest(), "python": platform.python_version(), "numpy": np.__version__,
             "opencv": cv2.__version__, **backend.versions()}
 
 

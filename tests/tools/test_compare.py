@@ -135,6 +135,16 @@ def test_rerun_reuses_every_stage(run_isnet, experiment):
     # Reused stages do not run: no inference, scoring or profiling time.
     spent = next(line for line in again.stdout.splitlines() if line.startswith("time: "))
     assert not any(f" {stage} " in spent for stage in ("run", "eval", "profile")), spent
+    # A build made by other isnet code (build.json's versions.isnet_code) is built again.
+    info_path = experiment.parent / "report" / "artifacts" / "int8" / "build.json"
+    info = json.loads(info_path.read_text())
+    assert len(info["versions"]["isnet_code"]) == 16
+    info["versions"]["isnet_code"] = "0" * 16
+    info_path.write_text(json.dumps(info))
+    rebuilt = run_isnet("compare", experiment, cwd=experiment.parent)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert "int8: reused build" not in rebuilt.stdout and "fp32: reused build, masks, scores, profile" in rebuilt.stdout
+    assert json.loads(info_path.read_text())["versions"]["isnet_code"] != "0" * 16
 
 
 @pytest.mark.slow

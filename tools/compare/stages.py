@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from isnet.build_in import build_artifact, list_images, read_build_info
 from isnet.build_in.budget import describe_budget
+from isnet.build_in.builder import build_code_digest
 from isnet.build_in.config import FrontendType
 from isnet.build_in.difference import DifferenceAccumulator
 from isnet.core import IsnetError, digest_of, sha256_file, write_bytes_atomic
@@ -76,7 +77,8 @@ def _build_stage(entry: BuildEntry, force: bool, progress: Progress | None) -> t
         except IsnetError:
             info = None
         if (info and info.get("config") == entry.config.to_dict()
-                and info.get("source", {}).get("sha256") == sha256_file(entry.config.frontend.checkpoint)):
+                and info.get("source", {}).get("sha256") == sha256_file(entry.config.frontend.checkpoint)
+                and info.get("versions", {}).get("isnet_code") == build_code_digest()):
             return info, True
     result = build_artifact(entry.config, force=True, scorer=partial(selection_scores, smeasure=True),
                             progress=(lambda stage, n, total: progress(f"{entry.name} {stage}", n, total))
