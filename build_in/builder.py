@@ -128,7 +128,7 @@ def _check_drift(config: BuildConfig, fidelity: dict) -> dict:
 # The subpackages whose code makes an artifact: ``isnet compare`` reuses a build only where theirs is
 # unchanged (the package version does not move between commits: demo builds made before a change of
 # the budget search were reused after it).
-BUILD_CODE = ("build_in", "export", "core")
+BUILD_CODE = ("build_in", "export", "core", "eval")  # eval: the budget's scorer
 
 
 @functools.lru_cache(maxsize=1)

@@ -14,6 +14,7 @@ from isnet.build_in.runners.onnxruntime import OnnxRuntimeRunner, open_runner  #
 from isnet.build_in.bias_correction import conv_weight_error_shifts, correct_biases
 from isnet.build_in.budget import DRIFT_IMAGES, MAX_FLOAT_SHARE, SIXTEEN_BIT, DriftJudge, group_nodes, search_budget
 from isnet.build_in.calibration import CalibrationSource, compute_tensor_ranges
+from isnet.build_in.float_borders import pool_before_quantizing
 from isnet.build_in.config import BuildConfig, CalibrationMode, Precision, QuantType
 from isnet.build_in.int8_plan import (Int8Plan, float_tensor_nodes, graph_structure, matching_nodes,
                                      plan_outlier_channels)
@@ -128,6 +129,7 @@ class _QdqBuild:
         # shift of a Conv depends on the int8 error of what it reads).
         self.shifts_with_plan: dict[str, np.ndarray] = {}
         self.corrected_convs = 0  # in the model quantize() wrote last
+        self.pooled_in_float: list[str] = []  # MaxPools after a float layer that pool before quantizing, likewise
 
     def calibrate(self, path: Path, stage: str, channel_ranges: dict | None = None) -> None:
         """Ranges of ``path``'s tensors with the plan's float nodes excluded, into ``self.ranges``."""
@@ -195,6 +197,11 @@ class _QdqBuild:
                             calibrate_method=self.ranges.calibration_method,
                             nodes_to_exclude=self.plan.excluded_nodes + self.plan.float_nodes + extra_float,
                             calibration_cache_path=str(self.work / "calibration.json"), extra_options=options)
+        if not quant.integer_only:
+            model = onnx.load(str(self.target))
+            self.pooled_in_float = pool_before_quantizing(model)
+            if self.pooled_in_float:
+                onnx.save(model, str(self.target))
         return self.target
 
     def correct_biases(self) -> None:
@@ -258,7 +265,8 @@ class _QdqBuild:
         """build.json's backend details: the plan, and what the artifact holds."""
         if self.plan.bias_correction is not None:
             self.plan.bias_correction["convs"] = self.corrected_convs  # in the model written last, the one kept
-        details = {"plan": self.plan.record(), "calibrated_tensors": len(self.ranges.data)}
+        details = {"plan": self.plan.record(), "calibrated_tensors": len(self.ranges.data),
+                   "maxpools_before_quantize": self.pooled_in_float}
         return _checked_artifact(self.target, details, self.plan)
 
 

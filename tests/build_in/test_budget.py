@@ -145,6 +145,13 @@ def test_the_budget_holds_an_upper_bound_of_the_drift_not_the_drift_alone(write_
     # Where the bound comes from: each picture's own change. The ranking probes then start with the
     # picture that misses (the 8th), and compare each output with that picture's fp32 map.
     assert np.argmax(one.picture_change["mean_abs"]) == 7 and one.picture_change["mean_abs"][7] > 0.2
+    # The bound comes from the resamples alone (not from the rows that score one picture each): the maps
+    # have one size, so a resample's mean |difference| is the mean of its pictures' own.
+    from isnet.build_in.budget import BOOTSTRAP_RESAMPLES
+
+    assert judge.selections.shape == (1 + BOOTSTRAP_RESAMPLES + 24, 24)
+    resampled = one.picture_change["mean_abs"][judge.selections[1:1 + BOOTSTRAP_RESAMPLES]].mean(axis=1)
+    assert one.bound["mean_abs"] == pytest.approx(np.quantile(resampled, 0.95), rel=1e-9)
     # The failure names that picture, and build.json records the pictures that move the metrics most.
     seventh = judge.pairs[7][0]
     assert f"moved most by {seventh} (mean_abs +0.2" in judge.misses(one)
@@ -293,12 +300,14 @@ class _CostJudge:
         self.damage, self.cost, self.bounds, self.pairs = damage, cost, {"mae": bound}, [None] * 50
         self.probe_damage = {**damage, **probe_damage}
         self.kept: list[str] = []
+        self.focused, self.probes_focused = [], []  # the checks focus() got; per probe, whether it came after
 
     def quantize(self, nodes: list[str]):
         self.kept = list(nodes)
         return "model.onnx"
 
     def probe(self, _model_file, _images):
+        self.probes_focused.append(bool(self.focused))
         drift = sum(d for name, d in self.probe_damage.items() if name not in self.kept)
         return Probe(drift, 1.0 + sum(self.cost[name] for name in self.kept))
 
@@ -308,7 +317,8 @@ class _CostJudge:
         drift = sum(d for name, d in self.damage.items() if name not in self.kept)
         return BudgetCheck(drift <= self.bounds["mae"], {"mae": drift}, {"mae": drift}, 1.0)
 
-    def focus(self, _check):
+    def focus(self, check):
+        self.focused.append(check)
         return []
 
 
@@ -323,6 +333,8 @@ def test_the_search_puts_costly_layers_it_kept_back_in_int8_when_the_budget_hold
     judge = _CostJudge({"a": 0.004, "b": 0.003, "c": 0.002, "wide": 0.0}, cost, 0.0055, {"wide": 0.05})
     result = search_float_nodes(judge.quantize, judge, lambda: candidates)
     assert result.ranked[0] == ("wide",) and result.float_nodes == ["a"] and result.check.within
+    # The ranking probes ran on the pictures that miss: focus() had the first (failing) check.
+    assert judge.focused == [result.first] and not result.first.within and judge.probes_focused and all(judge.probes_focused)
     assert judge.kept == ["a"]  # the file on disk is the model kept
     assert [trial.get("back_in_int8") for trial in result.trials][-1] == ["wide"] and result.trials[-1]["within"]
     # Where the budget needs it, it stays float: the trial without it misses.

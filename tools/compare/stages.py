@@ -96,7 +96,7 @@ def _export_once(experiment: Experiment, cache: StageCache, force: bool) -> tupl
         return experiment.builds
     target = experiment.output / "source" / f"{experiment.model.stem}.onnx"
     size = experiment.input_size or INPUT_SIZE
-    inputs = digest_of({"model": sha256_file(experiment.model), "size": size})
+    inputs = digest_of({"model": sha256_file(experiment.model), "size": size, "code": build_code_digest()})
     if force or cache.get("export", "source", inputs) is None or not target.is_file():
         export_model(ExportRequest(weights=str(experiment.model), size=size, output_dir=target.parent,
                                    name=target.stem, formats=("onnx",)))
