@@ -226,8 +226,9 @@ class DriftJudge:
         times the budget, and decided the MAE bound; the ranking probes, on the first 8 pictures,
         never saw it. Each picture scores the largest of its changes of the missed metrics, each in
         units of its budget; ties (and a check that misses nothing) keep the order."""
-        if any(key in check.picture_change for key in self._missed(check)):
-            self.probe_pictures = self._picture_order(check, self._missed(check))
+        missed = [key for key in self._missed(check) if key in check.picture_change]
+        if missed:
+            self.probe_pictures = self._picture_order(check, missed)
             self._probe_inputs = {}  # at 1024x1024 each picture held is 12.6 MB
         return self.probe_pictures
 
